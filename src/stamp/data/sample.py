@@ -1,0 +1,66 @@
+"""The one record every loader produces and every collator consumes.
+
+A `StampSample` is a conversation about one image. Assistant turns may contain the `<|seg|>` token any
+number of times; `masks` holds one ground-truth mask per `<|seg|>`, in the order they appear in the
+conversation. Masks are HxW uint8 arrays at the image's original size: 0 background, 1 foreground,
+255 ignore (excluded from the loss and from the metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+SEG_TOKEN = "<|seg|>"
+MASK_TOKEN = "<|mask|>"
+IGNORE_INDEX = 255
+
+
+@dataclass
+class Turn:
+    """One message. `role` is "user" or "assistant"."""
+
+    role: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ("user", "assistant"):
+            raise ValueError(f"turn role must be 'user' or 'assistant', got {self.role!r}")
+
+
+@dataclass
+class StampSample:
+    """A conversation about one image, with one ground-truth mask per `<|seg|>` in assistant turns.
+
+    Attributes:
+        id: unique, stable identifier (e.g. "refcoco/val/123" or "synthref/val/7").
+        image: a PIL image, or a path loaded lazily by `load_image()`.
+        turns: alternating user/assistant turns, starting with the user.
+        masks: HxW uint8 arrays (0/1, 255 = ignore), one per `<|seg|>` in the assistant turns.
+        task: "refer", "grefer", "reason", "vqa", "multi" ... (free text used for bookkeeping).
+        meta: anything else (ann ids, no_target flag, short answer for VQA scoring, ...).
+    """
+
+    id: str
+    image: Image.Image | str | Path
+    turns: list[Turn]
+    masks: list[np.ndarray] = field(default_factory=list)
+    task: str = "refer"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n_seg = sum(t.text.count(SEG_TOKEN) for t in self.turns if t.role == "assistant")
+        if n_seg != len(self.masks):
+            raise ValueError(
+                f"sample {self.id}: {n_seg} {SEG_TOKEN} token(s) in assistant turns but {len(self.masks)} mask(s)"
+            )
+
+    def load_image(self) -> Image.Image:
+        """The image as an RGB PIL image (paths are opened here, EXIF orientation applied)."""
+        from stamp.images import load_image
+
+        return load_image(self.image)

@@ -1,0 +1,202 @@
+"""Two-phase STAMP generation: autoregressive answer, one non-autoregressive pass per `<|seg|>`.
+
+Phase 1 decodes the answer token by token with the KV cache. When the token fed back is `<|seg|>`,
+phase 2 rides on that same step: the step's input is [`<|seg|>`, N placeholders], the `<|seg|>` row is
+causal (it sees only the history and itself, exactly as a plain decode step), the placeholders see the
+history, the `<|seg|>` and each other (hybrid mask), and their last hidden states go through the
+classifier. Afterwards the N placeholder entries are cropped from the cache, so the answer continues
+from the unforked history and the placeholders never enter the text stream. Rows of a batch that are
+not at a `<|seg|>` carry masked-out placeholder slots in that step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from stamp.model.attention import build_hybrid_attention_mask
+from stamp.model.positions import placeholder_position_ids
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings."""
+
+    max_new_tokens: int = 128
+    """Upper bound on answer tokens (forced prefix included)."""
+    do_sample: bool = False
+    """Greedy decoding when False."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    """Seed of the sampling generator (sampling is reproducible given a seed)."""
+    predict_masks: bool = True
+    """Run the mask pass at each `<|seg|>`; False gives the text alone (used to show isolation)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationRequest:
+    """One conversation to continue: prompt ids (ending with the assistant header), its image's
+    merged features (N, H) and grid, and optionally forced answer ids (teacher-forced prefix)."""
+
+    input_ids: list[int]
+    features: torch.Tensor
+    grid_thw: torch.Tensor
+    forced_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: list[int]
+    mask_logits: list[torch.Tensor]  # one (gh, gw) float tensor per `<|seg|>`
+    timings: dict[str, float]
+
+
+def _choose(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) next tokens (greedy, or temperature / top-k / top-p sampling)."""
+    if not cfg.do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k > 0:
+        kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > cfg.top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
+
+
+class _Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                if timer.device.type == "cuda":
+                    torch.cuda.synchronize(timer.device)
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if timer.device.type == "cuda":
+                    torch.cuda.synchronize(timer.device)
+                timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Ctx()
+
+
+@torch.no_grad()
+def generate(
+    model, requests: list[GenerationRequest], cfg: GenerationConfig, pad_id: int, eos_ids: set[int]
+) -> list[GenerationOutput]:
+    """Run two-phase generation for a batch of requests (left-padded). See the module docstring."""
+    device = model.device
+    timer = _Timer(device)
+    bsz = len(requests)
+    mode, seg_id = model.stamp.attention_mode, model.stamp.seg_token_id
+
+    with timer("prefill"):
+        length = max(len(r.input_ids) for r in requests)
+        input_ids = torch.full((bsz, length), pad_id, dtype=torch.long)
+        attn = torch.zeros((bsz, length), dtype=torch.long)
+        for b, r in enumerate(requests):
+            input_ids[b, length - len(r.input_ids) :] = torch.tensor(r.input_ids)
+            attn[b, length - len(r.input_ids) :] = 1
+        input_ids, attn = input_ids.to(device), attn.to(device)
+        mm = (input_ids == model.config.image_token_id).long() * attn
+        grid_thw = torch.stack([r.grid_thw for r in requests]).to(device)
+        embeds = model.embed_conversation(input_ids, [r.features for r in requests])
+        positions = model.conversation_positions(input_ids, attn, mm, grid_thw)
+        key_block = torch.where(attn.bool(), 0, -1)
+        index = torch.arange(length, device=device).expand(bsz, -1)
+        allowed = build_hybrid_attention_mask(key_block, key_block, index, index, mode)
+        cache = DynamicCache(config=model.config.get_text_config())
+        hidden, cache = model.run_language_model(embeds, positions, allowed, cache)
+        logits = model.lm_head(hidden[:, -1])
+        next_pos = positions[:, :, -1].max(0).values + 1  # (B,)
+
+    merge = model.merge_size
+    grids = [(int(r.grid_thw[1]) // merge, int(r.grid_thw[2]) // merge) for r in requests]
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
+    tokens: list[list[int]] = [[] for _ in requests]
+    masks: list[list[torch.Tensor]] = [[] for _ in requests]
+    finished = [False] * bsz
+    for step in range(cfg.max_new_tokens):
+        with timer("decode"):
+            chosen = _choose(logits, cfg, gen).tolist()
+        step_tokens, seg_rows = [], []
+        for b, r in enumerate(requests):
+            tok = r.forced_ids[step] if step < len(r.forced_ids) else chosen[b]
+            if finished[b]:
+                tok = pad_id
+            elif tok in eos_ids:
+                finished[b] = True
+            else:
+                tokens[b].append(tok)
+                if tok == seg_id and cfg.predict_masks:
+                    seg_rows.append(b)
+            step_tokens.append(tok)
+        if all(finished) or step == cfg.max_new_tokens - 1 and not seg_rows:
+            break
+        stage = "mask" if seg_rows else "decode"
+        with timer(stage):
+            hidden, cache = _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos)
+            n_max = hidden.shape[1] - 1
+            for b in seg_rows:
+                gh, gw = grids[b]
+                masks[b].append(model.classifier(hidden[b, 1 : 1 + gh * gw]).float().view(gh, gw).cpu())
+            if n_max:
+                cache.crop(-n_max)
+            live = torch.tensor([[-1 if done else 0] for done in finished], device=device)
+            key_block = torch.cat([key_block, live], dim=1)
+            logits = model.lm_head(hidden[:, 0])
+            next_pos = next_pos + 1
+    return [GenerationOutput(tokens[b], masks[b], dict(timer.totals)) for b in range(bsz)]
+
+
+def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos):
+    """Feed one token per row, plus the placeholder block for rows at `<|seg|>`. Returns hidden, cache."""
+    device = key_block.device
+    bsz, hist = key_block.shape
+    sizes = {b: grids[b][0] * grids[b][1] for b in seg_rows}
+    n_max = max(sizes.values(), default=0)
+    tok = torch.tensor(step_tokens, device=device).view(bsz, 1)
+    embeds = model.get_input_embeddings()(tok)  # (B, 1, H)
+    pos = next_pos.view(1, bsz, 1).expand(3, bsz, 1)
+    new_block = torch.tensor([[-1 if done else 0] for done in finished])  # finished rows only feed padding
+    if n_max:
+        ph = embeds.new_zeros((bsz, n_max, embeds.shape[-1]))
+        ph_pos = torch.zeros((3, bsz, n_max), dtype=torch.long, device=device)
+        ph_block = torch.full((bsz, n_max), -1)
+        for b, n in sizes.items():
+            ph[b, :n] = model.mask_embeddings(requests[b].features.to(device)).to(ph.dtype)
+            ph_pos[:, b, :n] = placeholder_position_ids(next_pos[b] + 1, grids[b], model.stamp.position_mode)
+            ph_block[b, :n] = 1
+        embeds = torch.cat([embeds, ph], dim=1)
+        pos = torch.cat([pos, ph_pos], dim=2)
+        new_block = torch.cat([new_block, ph_block], dim=1)
+    new_block = new_block.to(device)
+    q = new_block.shape[1]
+    q_index = (hist + torch.arange(q, device=device)).expand(bsz, -1)
+    q_limit = torch.full((bsz, q), hist, device=device)  # the token itself / the `<|seg|>` for placeholders
+    allowed = build_hybrid_attention_mask(
+        torch.cat([key_block, new_block], dim=1), new_block, q_index, q_limit, model.stamp.attention_mode
+    )
+    return model.run_language_model(embeds, pos, allowed, cache)

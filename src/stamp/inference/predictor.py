@@ -1,0 +1,203 @@
+"""`StampPredictor`: set an image once, then chat and segment as often as you like.
+
+    >>> from stamp import StampModel, StampPredictor
+    >>> predictor = StampPredictor(StampModel.from_pretrained("path/to/model"))
+    >>> predictor.set_image("photo.jpg")                      # vision tower runs here, once
+    >>> result = predictor.chat("Please segment the dog.")    # answer + one mask per <|seg|>
+    >>> result.text, result.masks[0].mask.shape               # ('Sure, it is <|seg|>.', (H, W))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stamp.data.sample import Turn
+from stamp.images import ImageLike
+from stamp.inference.generation import GenerationConfig, GenerationRequest, generate
+from stamp.model.tokens import PAD
+from stamp.processing import EncodedImage, StampProcessor
+
+UPSAMPLE_SPACES = ("prob", "logit")
+
+
+@dataclass
+class StampMask:
+    """One predicted mask.
+
+    mask: (H, W) bool at the original image size. probs: (H, W) float32 foreground probability.
+    patch_logits: (gh, gw) float32 classifier logits, one per 28x28 cell. score: mean probability of the
+    cells predicted foreground (0.0 for an empty mask).
+    """
+
+    mask: np.ndarray
+    probs: np.ndarray
+    patch_logits: np.ndarray
+    score: float
+
+    @property
+    def patch_mask(self) -> np.ndarray:
+        """(gh, gw) bool patch-level prediction (logit > 0)."""
+        return self.patch_logits > 0
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def bbox(self) -> list[int] | None:
+        """[x, y, w, h] of the mask (COCO convention), None when empty."""
+        ys, xs = np.nonzero(self.mask)
+        if len(xs) == 0:
+            return None
+        return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
+@dataclass
+class StampResult:
+    """The answer and its masks. `text` keeps each `<|seg|>` where the model emitted it; `masks[k]`
+    belongs to the k-th one. `timings` (seconds): vision, prefill, decode, mask, postprocess."""
+
+    text: str
+    masks: list[StampMask] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    token_ids: list[int] = field(default_factory=list)
+
+
+def logits_to_mask(
+    logits: torch.Tensor, size_hw: tuple[int, int], threshold: float = 0.5, space: str = "prob"
+) -> StampMask:
+    """Upsample (gh, gw) logits to the original (H, W) bilinearly and threshold.
+
+    space="prob" interpolates sigmoid probabilities (default: keeps thin regions that weak positive
+    logits would lose); "logit" interpolates the raw logits and thresholds at logit(threshold).
+    """
+    if space not in UPSAMPLE_SPACES:
+        raise ValueError(f"upsample space must be one of {UPSAMPLE_SPACES}, got {space!r}")
+    lg = logits.float()[None, None]
+    if space == "prob":
+        probs = F.interpolate(lg.sigmoid(), size=size_hw, mode="bilinear", align_corners=False)[0, 0]
+    else:
+        probs = F.interpolate(lg, size=size_hw, mode="bilinear", align_corners=False)[0, 0].sigmoid()
+    mask = probs > threshold
+    cells = logits.float().sigmoid()
+    fg = cells[cells > threshold]
+    score = float(fg.mean()) if fg.numel() else 0.0
+    return StampMask(mask.numpy(), probs.numpy().astype(np.float32), logits.float().numpy(), score)
+
+
+class StampPredictor:
+    """Stateful predictor: `set_image()` (expensive, once) then `chat()` (cheap, many times)."""
+
+    def __init__(
+        self,
+        model,
+        processor: StampProcessor | None = None,
+        *,
+        threshold: float = 0.5,
+        upsample: str = "prob",
+    ):
+        self.model = model.eval()
+        self.processor = processor or getattr(model, "processor", None)
+        if self.processor is None:
+            raise ValueError("no processor: pass one, or load the model with StampModel.from_pretrained")
+        if upsample not in UPSAMPLE_SPACES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_SPACES}, got {upsample!r}")
+        self.threshold = threshold
+        self.upsample = upsample
+        tok = self.processor.tokenizer
+        self.pad_id = self.processor.pad_token_id
+        self.eos_ids = {self.processor.im_end_id, tok.convert_tokens_to_ids(PAD)}
+        self._image: EncodedImage | None = None
+        self._features: torch.Tensor | None = None
+        self._vision_seconds = 0.0
+        self.vision_calls = 0  # how often the vision tower ran (a second query on an image skips it)
+
+    # ------------------------------------------------------------------ image
+    def _encode(self, image: ImageLike) -> tuple[EncodedImage, torch.Tensor, float]:
+        t0 = time.perf_counter()
+        enc = self.processor.encode_image(image)
+        dtype = next(self.model.parameters()).dtype
+        with torch.no_grad():
+            pv = enc.pixel_values.to(self.model.device, dtype)
+            feats = self.model.encode_images(pv, enc.grid_thw[None].to(self.model.device))[0]
+        self.vision_calls += 1
+        return enc, feats, time.perf_counter() - t0
+
+    def set_image(self, image: ImageLike) -> None:
+        """Encode `image` (path, PIL, or HxW[xC] array) with the vision tower and keep its features."""
+        self._image, self._features, self._vision_seconds = self._encode(image)
+
+    def reset_image(self) -> None:
+        self._image = self._features = None
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(width, height) of the current image."""
+        return self._image.size if self._image is not None else None
+
+    # ------------------------------------------------------------------ chat
+    def _request(self, enc, feats, prompt, history, answer_prefix) -> GenerationRequest:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty")
+        turns = [t if isinstance(t, Turn) else Turn(*t) for t in (history or [])] + [Turn("user", prompt)]
+        ids, _ = self.processor.encode_turns(turns, enc, add_generation_prompt=True)
+        forced = self.processor._text_ids(answer_prefix) if answer_prefix else []
+        return GenerationRequest(ids, feats, enc.grid_thw, forced)
+
+    def _finish(self, out, enc: EncodedImage, vision_seconds: float) -> StampResult:
+        t0 = time.perf_counter()
+        w, h = enc.size
+        masks = [logits_to_mask(lg, (h, w), self.threshold, self.upsample) for lg in out.mask_logits]
+        timings = {"vision": vision_seconds, "prefill": 0.0, "decode": 0.0, "mask": 0.0, **out.timings}
+        timings["postprocess"] = time.perf_counter() - t0
+        return StampResult(self.processor.decode(out.token_ids), masks, timings, out.token_ids)
+
+    def chat(
+        self,
+        prompt: str,
+        history: Sequence[Turn | tuple[str, str]] | None = None,
+        *,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        answer_prefix: str | None = None,
+        predict_masks: bool = True,
+    ) -> StampResult:
+        """Answer `prompt` about the current image; one mask per `<|seg|>` the answer contains.
+
+        Args:
+            history: earlier (role, text) turns of the conversation, oldest first, starting with "user".
+            answer_prefix: text the answer is forced to start with (e.g. "Sure, it is <|seg|>" to force
+                a mask, as the literature's evaluations do); generation continues after it.
+            predict_masks: False skips the mask passes (the text is the same either way).
+        """
+        if self._image is None:
+            raise ValueError("no image: call set_image() first")
+        cfg = GenerationConfig(max_new_tokens, do_sample, temperature, top_p, seed=seed, predict_masks=predict_masks)
+        req = self._request(self._image, self._features, prompt, history, answer_prefix)
+        out = generate(self.model, [req], cfg, self.pad_id, self.eos_ids)[0]
+        return self._finish(out, self._image, self._vision_seconds)
+
+    def predict_batch(
+        self,
+        items: Sequence[tuple[ImageLike, str]],
+        *,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        seed: int | None = None,
+        answer_prefix: str | None = None,
+    ) -> list[StampResult]:
+        """Several (image, prompt) pairs in one left-padded batch (images may differ in size)."""
+        encoded = [self._encode(image) for image, _ in items]
+        reqs = [self._request(enc, feats, prompt, None, answer_prefix) for (enc, feats, _), (_, prompt) in zip(encoded, items)]
+        cfg = GenerationConfig(max_new_tokens, do_sample, seed=seed)
+        outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids)
+        return [self._finish(o, enc, secs) for o, (enc, _, secs) in zip(outs, encoded)]

@@ -1,0 +1,55 @@
+"""STAMP's own settings, stored in the backbone's `config.json` under the key "stamp"."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from stamp.model.attention import ATTENTION_MODES
+from stamp.model.positions import POSITION_MODES
+
+MASK_EMBEDDING_MODES = ("visual", "plain")
+
+
+@dataclass
+class StampSettings:
+    """What makes a Qwen2-VL a STAMP model. Saved with the weights, so a checkpoint is self-describing."""
+
+    seg_token_id: int
+    """Id of `<|seg|>`, the vocabulary token whose emission triggers a mask."""
+    mask_token_id: int
+    """Id of `<|mask|>`, the placeholder token (one per merged image cell)."""
+    position_mode: str = "grid"
+    """Placeholder positions: "grid" (M-RoPE ids marking each cell, default) or "text" (1-D; the
+    authors' checkpoints)."""
+    attention_mode: str = "hybrid"
+    """"hybrid": placeholders attend bidirectionally among themselves (the paper); "causal": ablation."""
+    mask_embedding: str = "visual"
+    """"visual": E_mask = embed(<|mask|>) + merged visual feature of the cell (the paper); "plain":
+    embed(<|mask|>) only (ablation)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("position_mode", self.position_mode, POSITION_MODES)
+        _check_choice("attention_mode", self.attention_mode, ATTENTION_MODES)
+        _check_choice("mask_embedding", self.mask_embedding, MASK_EMBEDDING_MODES)
+        for name in ("seg_token_id", "mask_token_id"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
+        if self.seg_token_id == self.mask_token_id:
+            raise ValueError("seg_token_id and mask_token_id must differ")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StampSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown STAMP setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")

@@ -1,0 +1,212 @@
+"""Saving and loading STAMP checkpoints, strictly, from local directories only.
+
+Accepted layouts of `load_stamp_model(path)`:
+  1. a stamp-seg checkpoint (config.json with a "stamp" section, model.safetensors incl. `classifier.*`,
+     tokenizer, stamp_processor.json);
+  2. the authors' full checkpoint (a Qwen2-VL directory whose tokenizer has `<|seg|>`/`<|mask|>` and
+     whose weights include `classifier.*`; legacy `model.layers.*`/`visual.*` or new
+     `model.language_model.*`/`model.visual.*` key prefixes). Their checkpoints were trained with 1-D
+     placeholder positions, so `position_mode` defaults to "text" for this layout;
+  3. a stock Qwen2-VL / Qwen2.5-VL directory: STAMP's tokens are added, embeddings resized (mean
+     initialised), and a new classifier initialised -- a starting point for training;
+  4. a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) on a base model
+     of layout 3, given by `base_model=` or the adapter's `base_model_name_or_path`; merged on load.
+Missing or unexpected weights are an error, never a warning. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from stamp.model.config import StampSettings
+from stamp.model.tokens import add_stamp_tokens
+
+
+class StampModelError(ValueError):
+    """A model directory that cannot be loaded (missing, incomplete, incompatible)."""
+
+
+CLASSIFIER_KEYS = {"classifier.weight", "classifier.bias"}
+_LEGACY_RENAMES = [  # authors' / older transformers key prefixes -> the current module names
+    (re.compile(r"^model\.(?!language_model\.|visual\.)"), "model.language_model."),
+    (re.compile(r"^visual\."), "model.visual."),
+]
+
+
+def _checkpoint_keys(path: Path) -> set[str]:
+    keys: set[str] = set()
+    files = sorted(path.glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            keys.update(fh.keys())
+    return keys
+
+
+def _dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise StampModelError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
+
+
+def load_stamp_model(
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
+    base_model: str | os.PathLike | None = None,
+    position_mode: str | None = None,
+    attention_mode: str | None = None,
+    mask_embedding: str | None = None,
+):
+    """Load any of the layouts in the module docstring; returns a StampModel with `.processor` set.
+
+    The three `*_mode` arguments override the saved STAMP settings (e.g. for ablations).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise StampModelError(f"model directory not found: {path}")
+    if (path / "adapter_config.json").is_file():
+        return _load_adapter(path, base_model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    if not (path / "config.json").is_file():
+        raise StampModelError(f"{path} has no config.json: not a model directory")
+    from transformers import AutoConfig, AutoTokenizer
+
+    from stamp.model.modeling import MODEL_CLASSES, StampModel
+    from stamp.processing import StampProcessor
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if config.model_type not in MODEL_CLASSES:
+        raise StampModelError(f"{path}: model type {config.model_type!r} is not supported; use one of {sorted(MODEL_CLASSES)}")
+    keys = _checkpoint_keys(path)
+    if not keys:
+        raise StampModelError(f"{path} has no *.safetensors weights")
+    has_head = CLASSIFIER_KEYS <= keys
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if not hasattr(config, "stamp"):
+        seg_id, mask_id = add_stamp_tokens(tokenizer)
+        config.stamp = StampSettings(seg_id, mask_id, position_mode="text" if has_head else "grid").to_dict()
+    overrides = {"position_mode": position_mode, "attention_mode": attention_mode, "mask_embedding": mask_embedding}
+    config.stamp = StampSettings.from_dict({**config.stamp, **{k: v for k, v in overrides.items() if v}}).to_dict()
+    cls = MODEL_CLASSES[config.model_type]
+    model, info = super(StampModel, cls).from_pretrained(
+        str(path), config=config, dtype=_dtype(dtype), attn_implementation=attn_implementation,
+        local_files_only=True, output_loading_info=True,
+    )
+    _check_loading_info(path, info, new_head_allowed=not has_head, tied=bool(getattr(config, "tie_word_embeddings", False)))
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.processor = StampProcessor.from_pretrained(path, tokenizer)
+    return model.to(device).eval()
+
+
+def _check_loading_info(path: Path, info: dict, *, new_head_allowed: bool, tied: bool) -> None:
+    missing = set(info.get("missing_keys", []))
+    unexpected = set(info.get("unexpected_keys", []))
+    if new_head_allowed:
+        missing -= CLASSIFIER_KEYS
+    if tied:
+        missing.discard("lm_head.weight")
+    mismatched = info.get("mismatched_keys", [])
+    if missing or unexpected or mismatched:
+        parts = []
+        for name, items in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
+            if items:
+                shown = sorted(str(i) for i in items)
+                parts.append(f"{len(shown)} {name} (e.g. {', '.join(shown[:3])})")
+        raise StampModelError(f"{path}: weights do not match the model: {'; '.join(parts)}")
+
+
+def _load_adapter(path: Path, base_model, *, dtype, device, attn_implementation):
+    """Layout 4: LoRA adapter (the authors' 7B release) on a stock base model, merged on load."""
+    from safetensors.torch import load_file
+
+    try:
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    except ImportError:
+        raise StampModelError("loading a LoRA adapter needs peft: pip install 'stamp-seg[train]'") from None
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    base = Path(base_model or cfg.get("base_model_name_or_path") or "")
+    if not base.is_dir():
+        raise StampModelError(f"adapter {path}: base model directory {str(base) or '(none)'} not found; pass base_model=")
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise StampModelError(f"adapter {path}: adapter_model.safetensors not found")
+    model = load_stamp_model(base, dtype=dtype, device="cpu", attn_implementation=attn_implementation)
+    if (path / "tokenizer_config.json").is_file():  # the adapter's tokenizer fixes the ids of the new tokens
+        from transformers import AutoTokenizer
+
+        from stamp.processing import StampProcessor
+
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        seg_id, mask_id = add_stamp_tokens(tok)
+        model.stamp = StampSettings(seg_id, mask_id, position_mode="text")
+        model.config.stamp = model.stamp.to_dict()
+        model.processor = StampProcessor(tok, model.processor.settings)
+    state = {_rename_adapter_key(k): v for k, v in load_file(str(weights)).items()}
+    rows = next((v.shape[0] for k, v in state.items() if k.endswith("embed_tokens.weight")), None)
+    if rows and rows != model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(rows, mean_resizing=False)
+    lora_keys = {k for k in cfg if k in LoraConfig.__dataclass_fields__} - {"peft_type", "task_type", "auto_mapping", "revision"}
+    peft_model = get_peft_model(model, LoraConfig(**{k: cfg[k] for k in lora_keys}))
+    result = set_peft_model_state_dict(peft_model, state)
+    if result.unexpected_keys:
+        raise StampModelError(f"adapter {path}: {len(result.unexpected_keys)} unexpected weights (e.g. {result.unexpected_keys[:3]})")
+    expected = {k for k in peft_model.state_dict() if "lora_" in k or "modules_to_save" in k}
+    missing = [k for k in result.missing_keys if k in expected]
+    if missing:
+        raise StampModelError(f"adapter {path}: {len(missing)} adapter weights missing (e.g. {missing[:3]})")
+    merged = peft_model.merge_and_unload()
+    merged.processor = model.processor
+    return merged.to(device).eval()
+
+
+def _rename_adapter_key(key: str) -> str:
+    prefix = "base_model.model."
+    if not key.startswith(prefix):
+        return key
+    inner = key[len(prefix) :]
+    for pattern, repl in _LEGACY_RENAMES:
+        inner = pattern.sub(repl, inner)
+    return prefix + inner
+
+
+def save_stamp_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Write weights, config, tokenizer and processor settings atomically (temp dir, then rename).
+
+    Refuses to replace an existing non-empty directory unless `overwrite=True`.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise StampModelError(f"{path} exists and is not empty; pass overwrite=True to replace it")
+    if model.processor is None:
+        raise StampModelError("the model has no processor attached; nothing to save the tokenizer from")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.config.stamp = model.stamp.to_dict()
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        model.processor.save_pretrained(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

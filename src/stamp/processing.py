@@ -1,0 +1,238 @@
+"""`StampProcessor`: images -> Qwen2-VL pixel tensors, conversations -> token ids, batches -> tensors.
+
+Built on `Qwen2VLImageProcessorPil` and a tokenizer (transformers' `Qwen2VLProcessor` needs torchvision
+for its video part, which this project does not depend on). The chat format is Qwen2-VL's:
+
+    <|im_start|>system\n{system}<|im_end|>\n                        (omitted when system is None)
+    <|im_start|>user\n<|vision_start|><|image_pad|>*N<|vision_end|>{prompt}<|im_end|>\n
+    <|im_start|>assistant\n{answer}<|im_end|>\n
+
+with N = gh * gw merged cells. Labels cover the assistant answers and their `<|im_end|>`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
+from transformers import Qwen2VLImageProcessorPil
+
+from stamp.data.sample import StampSample, Turn
+from stamp.images import ImageLike, load_image
+from stamp.model.losses import patch_targets
+from stamp.model.tokens import (
+    IM_END,
+    IM_START,
+    IMAGE_PAD,
+    MASK_TOKEN,
+    SEG_TOKEN,
+    VISION_END,
+    VISION_START,
+    token_id,
+)
+
+PROCESSOR_FILE = "stamp_processor.json"
+DEFAULT_SYSTEM = "You are a helpful assistant."
+CELL = 28  # pixels per merged cell (ViT patch 14 x spatial merge 2)
+
+
+@dataclass
+class ProcessorSettings:
+    """Image sizing and prompt format, saved as `stamp_processor.json` next to the weights."""
+
+    min_pixels: int = 1024 * CELL * CELL
+    """Smallest image area after resizing (the paper: 1024 cells)."""
+    max_pixels: int = 1280 * CELL * CELL
+    """Largest image area after resizing (the paper: 1280 cells)."""
+    system_prompt: str | None = DEFAULT_SYSTEM
+    """System message of the chat template; None omits the system turn."""
+    target_threshold: float | None = 0.5
+    """Cells whose foreground area fraction is >= this are positive targets; None keeps soft targets."""
+
+    def __post_init__(self) -> None:
+        if not (0 < self.min_pixels <= self.max_pixels):
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.target_threshold is not None and not (0.0 < self.target_threshold <= 1.0):
+            raise ValueError(f"target_threshold must be in (0, 1] or None, got {self.target_threshold}")
+
+
+@dataclass
+class EncodedImage:
+    """An image ready for the vision tower.
+
+    pixel_values: (gh*2 * gw*2, 3*2*14*14) float patches; grid_thw: (3,) long = (1, 2*gh, 2*gw);
+    size: original (width, height).
+    """
+
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor
+    size: tuple[int, int]
+    image: Image.Image | None = field(default=None, repr=False)
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """(gh, gw): merged cells, i.e. placeholders per `<|seg|>` = gh * gw."""
+        return int(self.grid_thw[1]) // 2, int(self.grid_thw[2]) // 2
+
+    @property
+    def num_cells(self) -> int:
+        gh, gw = self.grid_hw
+        return gh * gw
+
+
+class StampProcessor:
+    """Turns images and conversations into model inputs (see module docstring for the format)."""
+
+    def __init__(self, tokenizer, settings: ProcessorSettings | None = None):
+        self.tokenizer = tokenizer
+        self.settings = settings or ProcessorSettings()
+        self.image_processor = Qwen2VLImageProcessorPil(
+            min_pixels=self.settings.min_pixels, max_pixels=self.settings.max_pixels
+        )
+        self.image_token_id = token_id(tokenizer, IMAGE_PAD)
+        self.vision_start_id = token_id(tokenizer, VISION_START)
+        self.vision_end_id = token_id(tokenizer, VISION_END)
+        self.im_end_id = token_id(tokenizer, IM_END)
+        self.seg_token_id = token_id(tokenizer, SEG_TOKEN)
+        self.mask_token_id = token_id(tokenizer, MASK_TOKEN)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.im_end_id
+        self._reserved = [t for t in tokenizer.all_special_tokens if t.startswith("<|")]
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path) -> None:
+        self.tokenizer.save_pretrained(str(path))
+        (Path(path) / PROCESSOR_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, tokenizer=None) -> StampProcessor:
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        settings = ProcessorSettings()
+        if (path / PROCESSOR_FILE).is_file():
+            settings = ProcessorSettings(**json.loads((path / PROCESSOR_FILE).read_text()))
+        elif (path / "preprocessor_config.json").is_file():  # a stock Qwen2-VL directory
+            pre = json.loads((path / "preprocessor_config.json").read_text())
+            size = pre.get("size") or {}
+            settings.min_pixels = int(pre.get("min_pixels") or size.get("shortest_edge") or settings.min_pixels)
+            settings.max_pixels = int(pre.get("max_pixels") or size.get("longest_edge") or settings.max_pixels)
+        return cls(tokenizer, settings)
+
+    # ------------------------------------------------------------------ images
+    def encode_image(self, image: ImageLike) -> EncodedImage:
+        """Load (any mode, EXIF-rotated) and resize dynamically within [min_pixels, max_pixels]."""
+        pil = load_image(image)
+        out = self.image_processor(images=[pil], return_tensors="pt")
+        return EncodedImage(out["pixel_values"], out["image_grid_thw"][0].long(), pil.size, pil)
+
+    # ------------------------------------------------------------------ text
+    def _text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def check_user_text(self, text: str) -> None:
+        """User text must not smuggle in control tokens (`<|seg|>`, `<|image_pad|>`, ...)."""
+        for tok in self._reserved:
+            if tok in text:
+                raise ValueError(f"the prompt contains the reserved token {tok}")
+
+    def encode_turns(
+        self, turns: list[Turn], image: EncodedImage | None, add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """Token ids of a conversation and, aligned with them, labels (-100 outside assistant answers).
+
+        The image goes at the start of the first user turn.
+        """
+        ids: list[int] = []
+        labels: list[int] = []
+
+        def add(piece: list[int], learn: bool = False) -> None:
+            ids.extend(piece)
+            labels.extend(piece if learn else [-100] * len(piece))
+
+        if self.settings.system_prompt is not None:
+            add(self._text_ids(f"{IM_START}system\n{self.settings.system_prompt}{IM_END}\n"))
+        image_pending = image is not None
+        for turn in turns:
+            if turn.role == "user":
+                self.check_user_text(turn.text)
+                add(self._text_ids(f"{IM_START}user\n"))
+                if image_pending:
+                    add([self.vision_start_id] + [self.image_token_id] * image.num_cells + [self.vision_end_id])
+                    image_pending = False
+                add(self._text_ids(f"{turn.text}{IM_END}\n"))
+            else:
+                add(self._text_ids(f"{IM_START}assistant\n"))
+                add(self._text_ids(turn.text) + [self.im_end_id], learn=True)
+                add(self._text_ids("\n"))
+        if add_generation_prompt:
+            add(self._text_ids(f"{IM_START}assistant\n"))
+        return ids, labels
+
+    def decode(self, ids: list[int]) -> str:
+        """Answer text with `<|seg|>` kept (it marks where each mask belongs) and other specials dropped."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        for tok in self._reserved:
+            if tok != SEG_TOKEN:
+                text = text.replace(tok, "")
+        return text
+
+    # ------------------------------------------------------------------ training samples
+    def encode_sample(self, sample: StampSample) -> dict:
+        """A training example: ids, labels, image tensors and one patch-level target per `<|seg|>`."""
+        image = self.encode_image(sample.load_image())
+        ids, labels = self.encode_turns(sample.turns, image)
+        targets, weights = [], []
+        for mask in sample.masks:
+            frac, valid = patch_targets(mask, image.grid_hw)
+            thr = self.settings.target_threshold
+            targets.append((frac >= thr).float() if thr is not None else frac)
+            weights.append(valid)
+        n_seg = sum(1 for i in ids if i == self.seg_token_id)
+        if n_seg != len(targets):
+            raise ValueError(f"sample {sample.id}: {n_seg} <|seg|> tokens after tokenisation, {len(targets)} masks")
+        return {"input_ids": ids, "labels": labels, "image": image, "targets": targets, "weights": weights}
+
+    def collate(self, examples: list[dict], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad encoded examples into a batch for `StampModel.stamp_forward`."""
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        left = padding_side == "left"
+
+        def pad(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
+            if left:
+                seqs = [s.flip(0) for s in seqs]
+            out = pad_sequence(seqs, batch_first=True, padding_value=value)
+            return out.flip(1) if left else out
+
+        ids = [torch.tensor(e["input_ids"], dtype=torch.long) for e in examples]
+        batch = {
+            "input_ids": pad(ids, self.pad_token_id),
+            "attention_mask": pad([torch.ones_like(i) for i in ids], 0),
+            "labels": pad([torch.tensor(e["labels"], dtype=torch.long) for e in examples], -100),
+        }
+        batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_token_id).long() * batch["attention_mask"]
+        images = [e["image"] for e in examples if e.get("image") is not None]
+        if images:
+            batch["pixel_values"] = torch.cat([im.pixel_values for im in images])
+            batch["image_grid_thw"] = torch.stack([im.grid_thw for im in images])
+        flat_t = [t.flatten() for e in examples for t in e.get("targets", [])]
+        if flat_t:
+            batch["mask_targets"] = pad_sequence(flat_t, batch_first=True)
+            batch["mask_weights"] = pad_sequence([w.flatten() for e in examples for w in e["weights"]], batch_first=True)
+        return batch
+
+
+def resized_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) the image processor resizes to (multiples of 28), for documentation and tests."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    h, w = smart_resize(height, width, factor=CELL, min_pixels=min_pixels, max_pixels=max_pixels)
+    return w, h
+
+
+__all__ = ["StampProcessor", "ProcessorSettings", "EncodedImage", "resized_size"]
