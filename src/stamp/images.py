@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
+ImageLike = str | Path | Image.Image | np.ndarray
 
 # Refuse decompression bombs: 100 megapixels is far beyond what the model ever looks at.
 MAX_IMAGE_PIXELS = 100_000_000
@@ -45,7 +44,9 @@ def load_image(image: ImageLike) -> Image.Image:
         return _to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
         return _to_rgb(_array_to_pil(image))
-    raise ImageError(f"unsupported image type {type(image).__name__}; give a path, a PIL image or a numpy array")
+    raise ImageError(
+        f"unsupported image type {type(image).__name__}; give a path, a PIL image or a numpy array"
+    )
 
 
 def _array_to_pil(arr: np.ndarray) -> Image.Image:

@@ -119,8 +119,12 @@ class StampProcessor:
         elif (path / "preprocessor_config.json").is_file():  # a stock Qwen2-VL directory
             pre = json.loads((path / "preprocessor_config.json").read_text())
             size = pre.get("size") or {}
-            settings.min_pixels = int(pre.get("min_pixels") or size.get("shortest_edge") or settings.min_pixels)
-            settings.max_pixels = int(pre.get("max_pixels") or size.get("longest_edge") or settings.max_pixels)
+            settings.min_pixels = int(
+                pre.get("min_pixels") or size.get("shortest_edge") or settings.min_pixels
+            )
+            settings.max_pixels = int(
+                pre.get("max_pixels") or size.get("longest_edge") or settings.max_pixels
+            )
         return cls(tokenizer, settings)
 
     # ------------------------------------------------------------------ images
@@ -162,7 +166,11 @@ class StampProcessor:
                 self.check_user_text(turn.text)
                 add(self._text_ids(f"{IM_START}user\n"))
                 if image_pending:
-                    add([self.vision_start_id] + [self.image_token_id] * image.num_cells + [self.vision_end_id])
+                    add(
+                        [self.vision_start_id]
+                        + [self.image_token_id] * image.num_cells
+                        + [self.vision_end_id]
+                    )
                     image_pending = False
                 add(self._text_ids(f"{turn.text}{IM_END}\n"))
             else:
@@ -194,7 +202,9 @@ class StampProcessor:
             weights.append(valid)
         n_seg = sum(1 for i in ids if i == self.seg_token_id)
         if n_seg != len(targets):
-            raise ValueError(f"sample {sample.id}: {n_seg} <|seg|> tokens after tokenisation, {len(targets)} masks")
+            raise ValueError(
+                f"sample {sample.id}: {n_seg} <|seg|> tokens after tokenisation, {len(targets)} masks"
+            )
         return {"input_ids": ids, "labels": labels, "image": image, "targets": targets, "weights": weights}
 
     def collate(self, examples: list[dict], padding_side: str = "right") -> dict[str, torch.Tensor]:
@@ -215,7 +225,9 @@ class StampProcessor:
             "attention_mask": pad([torch.ones_like(i) for i in ids], 0),
             "labels": pad([torch.tensor(e["labels"], dtype=torch.long) for e in examples], -100),
         }
-        batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_token_id).long() * batch["attention_mask"]
+        batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_token_id).long() * batch[
+            "attention_mask"
+        ]
         images = [e["image"] for e in examples if e.get("image") is not None]
         if images:
             batch["pixel_values"] = torch.cat([im.pixel_values for im in images])
@@ -223,7 +235,9 @@ class StampProcessor:
         flat_t = [t.flatten() for e in examples for t in e.get("targets", [])]
         if flat_t:
             batch["mask_targets"] = pad_sequence(flat_t, batch_first=True)
-            batch["mask_weights"] = pad_sequence([w.flatten() for e in examples for w in e["weights"]], batch_first=True)
+            batch["mask_weights"] = pad_sequence(
+                [w.flatten() for e in examples for w in e["weights"]], batch_first=True
+            )
         return batch
 
 

@@ -172,7 +172,20 @@ def _build_unit_polygons() -> dict[str, np.ndarray]:
     star[1::2] *= 0.45
     a = 0.33
     cross = np.array(
-        [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)]
+        [
+            (-a, -1),
+            (a, -1),
+            (a, -a),
+            (1, -a),
+            (1, a),
+            (a, a),
+            (a, 1),
+            (-a, 1),
+            (-a, a),
+            (-1, a),
+            (-1, -a),
+            (-a, -a),
+        ]
     )
     ellipse = _regular(48)
     ellipse[:, 1] *= 0.55
@@ -181,7 +194,7 @@ def _build_unit_polygons() -> dict[str, np.ndarray]:
         "ellipse": ellipse,
         "triangle": _regular(3),
         "square": _regular(4, phase=np.pi / 4),
-        "diamond": np.array([(0.0, -1.0), (0.62, 0.0), (0.0, 1.0), (-0.62, 0.0)]),
+        "diamond": np.array([(0.0, -1.0), (0.7, 0.0), (0.0, 1.0), (-0.7, 0.0)]),
         "pentagon": _regular(5),
         "hexagon": _regular(6),
         "star": star,
@@ -213,13 +226,13 @@ def rasterise(vertices: np.ndarray) -> tuple[np.ndarray, int, int]:
     return np.asarray(canvas, dtype=bool), int(x0), int(y0)
 
 
-def sample_scene(rng: np.random.Generator, config: SceneConfig, n_objects: int | None = None) -> Scene:
-    """Draw and render a random scene; deterministic given the state of `rng`."""
+def sample_scene(rng: np.random.Generator, config: SceneConfig, min_objects: int = 1) -> Scene:
+    """Draw and render a random scene with about `min_objects`..`config.max_objects` objects
+    (placement can drop an object that finds no room); deterministic given the state of `rng`."""
     lo, hi = config.image_size_range
     w, h = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
-    if n_objects is None:
-        n_objects = int(rng.choice(np.arange(1, 9), p=_N_OBJECT_P))
-    n_objects = max(1, min(n_objects, config.max_objects))
+    n_objects = int(rng.choice(np.arange(1, 9), p=_N_OBJECT_P))
+    n_objects = min(config.max_objects, max(min_objects, n_objects))
     specs = _sample_specs(rng, config, n_objects, min(w, h))
     instance_map = np.zeros((h, w), dtype=np.uint8)
     placed: list[dict] = []
@@ -267,7 +280,9 @@ def _sample_specs(rng: np.random.Generator, config: SceneConfig, n: int, short_s
     return specs
 
 
-def _draw_pair(rng: np.random.Generator, config: SceneConfig, kinds: list[str], cols: list[str]) -> tuple[str, str]:
+def _draw_pair(
+    rng: np.random.Generator, config: SceneConfig, kinds: list[str], cols: list[str]
+) -> tuple[str, str]:
     for _ in range(50):
         kind, colour = kinds[int(rng.integers(len(kinds)))], cols[int(rng.integers(len(cols)))]
         if config.allowed_pairs is None or (kind, colour) in config.allowed_pairs:
@@ -301,7 +316,13 @@ def _place(
         for k, p in enumerate(placed):
             p["visible"] -= int(covered[k + 1])
         area = int(crop.sum())
-        return {**spec, "polygon": rel + (cx, cy), "area": area, "visible": area, "box": (x0, y0, x0 + cw, y0 + ch)}
+        return {
+            **spec,
+            "polygon": rel + (cx, cy),
+            "area": area,
+            "visible": area,
+            "box": (x0, y0, x0 + cw, y0 + ch),
+        }
     return None
 
 
@@ -375,34 +396,46 @@ def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, s
         return out, style
     if style == "gradient":
         th = rng.uniform(0, 2 * np.pi)
-        u = np.cos(th) * np.linspace(0, 1, w, dtype=np.float32)[None, :]
-        u = u + np.sin(th) * np.linspace(0, 1, h, dtype=np.float32)[:, None]
-        u = (u - u.min()) / max(float(u.max() - u.min()), 1e-6)
-        return (a + u[..., None] * (b - a)).astype(np.uint8), style
+        u = (
+            np.cos(th) * np.arange(w, dtype=np.float32)[None, :]
+            + np.sin(th) * np.arange(h, dtype=np.float32)[:, None]
+        )
+        u -= u.min()
+        level = (u * (255.0 / max(float(u.max()), 1e-6))).astype(np.uint8)
+        ramp = a + np.linspace(0, 1, 256, dtype=np.float32)[:, None] * (b - a)
+        return _apply_palette(level, ramp), style
     if style == "noise":
         cell = int(rng.integers(2, 9))
         coarse = rng.normal(0, 14, size=(h // cell + 1, w // cell + 1, 3)).astype(np.float32)
         coarse = np.clip(a + coarse, 0, 255).astype(np.uint8)
         return np.repeat(np.repeat(coarse, cell, 0), cell, 1)[:h, :w], style
     period = int(rng.integers(8, 40))
-    ys, xs = np.ogrid[:h, :w]
+    ys, xs = np.arange(h, dtype=np.int32)[:, None], np.arange(w, dtype=np.int32)[None, :]
     if rng.random() < 0.5:  # checkerboard
-        sel = (ys // period + xs // period) % 2 == 1
+        sel = (ys // period + xs // period) % 2
     else:  # stripes in one of four directions
         dx, dy = [(1, 0), (0, 1), (1, 1), (1, -1)][int(rng.integers(4))]
-        sel = ((xs * dx + ys * dy) // period) % 2 == 1
+        sel = ((xs * dx + ys * dy + h) // period) % 2
     b = np.clip(a + np.clip(b - a, -30, 30) + 12, 0, 255)  # keep the texture faint
-    lut = np.stack([a, b]).astype(np.uint8)
-    return lut[sel.astype(np.uint8)], style
+    return _apply_palette(sel.astype(np.uint8), np.stack([a, b])), style
 
 
-def _paint(rng: np.random.Generator, background: np.ndarray, instance_map: np.ndarray, colours: list[str]) -> np.ndarray:
-    """Colour every visible object pixel with its object's colour (slightly jittered per object)."""
+def _apply_palette(index: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Map an HxW uint8 index array through up to 256 RGB colours (fast, via a PIL palette image)."""
     palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(colours)] = np.clip(colours, 0, 255).astype(np.uint8)
+    im = Image.fromarray(index, mode="L")
+    im.putpalette(palette.tobytes())  # turns the image into mode "P"
+    return np.asarray(im.convert("RGB"))
+
+
+def _paint(
+    rng: np.random.Generator, background: np.ndarray, instance_map: np.ndarray, colours: list[str]
+) -> np.ndarray:
+    """Colour every visible object pixel with its object's colour (slightly jittered per object)."""
+    palette = np.zeros((len(colours) + 1, 3), dtype=np.int64)
     for k, name in enumerate(colours):
-        palette[k + 1] = np.clip(np.array(COLOURS[name]) + rng.integers(-10, 11, size=3), 0, 255)
-    fg = Image.fromarray(instance_map, mode="L")
-    objects = fg.copy()
-    objects.putpalette(palette.tobytes(), rawmode="RGB") if False else None
-    painted = Image.fromarray(palette[instance_map])
-    return np.asarray(Image.composite(painted, Image.fromarray(background), fg.point(lambda v: 255 if v else 0)))
+        palette[k + 1] = np.array(COLOURS[name]) + rng.integers(-10, 11, size=3)
+    objects = Image.fromarray(_apply_palette(instance_map, palette))
+    fg = Image.fromarray(instance_map, mode="L").point(lambda v: 255 if v else 0)
+    return np.asarray(Image.composite(objects, Image.fromarray(background), fg))

@@ -157,7 +157,9 @@ def generate(
             break
         stage = "mask" if seg_rows else "decode"
         with timer(stage):
-            hidden, cache = _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos)
+            hidden, cache = _step(
+                model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos
+            )
             n_max = hidden.shape[1] - 1
             for b in seg_rows:
                 gh, gw = grids[b]

@@ -1,10 +1,10 @@
 """`StampPredictor`: set an image once, then chat and segment as often as you like.
 
-    >>> from stamp import StampModel, StampPredictor
-    >>> predictor = StampPredictor(StampModel.from_pretrained("path/to/model"))
-    >>> predictor.set_image("photo.jpg")                      # vision tower runs here, once
-    >>> result = predictor.chat("Please segment the dog.")    # answer + one mask per <|seg|>
-    >>> result.text, result.masks[0].mask.shape               # ('Sure, it is <|seg|>.', (H, W))
+>>> from stamp import StampModel, StampPredictor
+>>> predictor = StampPredictor(StampModel.from_pretrained("path/to/model"))
+>>> predictor.set_image("photo.jpg")                      # vision tower runs here, once
+>>> result = predictor.chat("Please segment the dog.")    # answer + one mask per <|seg|>
+>>> result.text, result.masks[0].mask.shape               # ('Sure, it is <|seg|>.', (H, W))
 """
 
 from __future__ import annotations
@@ -181,7 +181,9 @@ class StampPredictor:
         """
         if self._image is None:
             raise ValueError("no image: call set_image() first")
-        cfg = GenerationConfig(max_new_tokens, do_sample, temperature, top_p, seed=seed, predict_masks=predict_masks)
+        cfg = GenerationConfig(
+            max_new_tokens, do_sample, temperature, top_p, seed=seed, predict_masks=predict_masks
+        )
         req = self._request(self._image, self._features, prompt, history, answer_prefix)
         out = generate(self.model, [req], cfg, self.pad_id, self.eos_ids)[0]
         return self._finish(out, self._image, self._vision_seconds)
@@ -197,7 +199,10 @@ class StampPredictor:
     ) -> list[StampResult]:
         """Several (image, prompt) pairs in one left-padded batch (images may differ in size)."""
         encoded = [self._encode(image) for image, _ in items]
-        reqs = [self._request(enc, feats, prompt, None, answer_prefix) for (enc, feats, _), (_, prompt) in zip(encoded, items)]
+        reqs = [
+            self._request(enc, feats, prompt, None, answer_prefix)
+            for (enc, feats, _), (_, prompt) in zip(encoded, items)
+        ]
         cfg = GenerationConfig(max_new_tokens, do_sample, seed=seed)
         outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids)
         return [self._finish(o, enc, secs) for o, (enc, _, secs) in zip(outs, encoded)]

@@ -35,10 +35,12 @@ class StampModelError(ValueError):
 
 
 CLASSIFIER_KEYS = {"classifier.weight", "classifier.bias"}
-_LEGACY_RENAMES = [  # authors' / older transformers key prefixes -> the current module names
-    (re.compile(r"^model\.(?!language_model\.|visual\.)"), "model.language_model."),
-    (re.compile(r"^visual\."), "model.visual."),
-]
+# Authors' / older transformers key prefixes -> the current module names (regex -> replacement).
+LEGACY_KEY_MAPPING = {
+    r"^visual": "model.visual",
+    r"^model(?!\.(language_model|visual))": "model.language_model",
+}
+_LEGACY_RENAMES = [(re.compile(k), v) for k, v in LEGACY_KEY_MAPPING.items()]
 
 
 def _checkpoint_keys(path: Path) -> set[str]:
@@ -53,8 +55,14 @@ def _checkpoint_keys(path: Path) -> set[str]:
 def _dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise StampModelError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
     return table[dtype]
@@ -79,7 +87,9 @@ def load_stamp_model(
     if not path.is_dir():
         raise StampModelError(f"model directory not found: {path}")
     if (path / "adapter_config.json").is_file():
-        return _load_adapter(path, base_model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        return _load_adapter(
+            path, base_model, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
     if not (path / "config.json").is_file():
         raise StampModelError(f"{path} has no config.json: not a model directory")
     from transformers import AutoConfig, AutoTokenizer
@@ -89,7 +99,9 @@ def load_stamp_model(
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     if config.model_type not in MODEL_CLASSES:
-        raise StampModelError(f"{path}: model type {config.model_type!r} is not supported; use one of {sorted(MODEL_CLASSES)}")
+        raise StampModelError(
+            f"{path}: model type {config.model_type!r} is not supported; use one of {sorted(MODEL_CLASSES)}"
+        )
     keys = _checkpoint_keys(path)
     if not keys:
         raise StampModelError(f"{path} has no *.safetensors weights")
@@ -98,14 +110,27 @@ def load_stamp_model(
     if not hasattr(config, "stamp"):
         seg_id, mask_id = add_stamp_tokens(tokenizer)
         config.stamp = StampSettings(seg_id, mask_id, position_mode="text" if has_head else "grid").to_dict()
-    overrides = {"position_mode": position_mode, "attention_mode": attention_mode, "mask_embedding": mask_embedding}
-    config.stamp = StampSettings.from_dict({**config.stamp, **{k: v for k, v in overrides.items() if v}}).to_dict()
+    overrides = {
+        "position_mode": position_mode,
+        "attention_mode": attention_mode,
+        "mask_embedding": mask_embedding,
+    }
+    config.stamp = StampSettings.from_dict(
+        {**config.stamp, **{k: v for k, v in overrides.items() if v}}
+    ).to_dict()
     cls = MODEL_CLASSES[config.model_type]
     model, info = super(StampModel, cls).from_pretrained(
-        str(path), config=config, dtype=_dtype(dtype), attn_implementation=attn_implementation,
-        local_files_only=True, output_loading_info=True,
+        str(path),
+        config=config,
+        dtype=_dtype(dtype),
+        attn_implementation=attn_implementation,
+        local_files_only=True,
+        output_loading_info=True,
+        key_mapping=LEGACY_KEY_MAPPING,
     )
-    _check_loading_info(path, info, new_head_allowed=not has_head, tied=bool(getattr(config, "tie_word_embeddings", False)))
+    _check_loading_info(
+        path, info, new_head_allowed=not has_head, tied=bool(getattr(config, "tie_word_embeddings", False))
+    )
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.processor = StampProcessor.from_pretrained(path, tokenizer)
@@ -140,7 +165,9 @@ def _load_adapter(path: Path, base_model, *, dtype, device, attn_implementation)
     cfg = json.loads((path / "adapter_config.json").read_text())
     base = Path(base_model or cfg.get("base_model_name_or_path") or "")
     if not base.is_dir():
-        raise StampModelError(f"adapter {path}: base model directory {str(base) or '(none)'} not found; pass base_model=")
+        raise StampModelError(
+            f"adapter {path}: base model directory {str(base) or '(none)'} not found; pass base_model="
+        )
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         raise StampModelError(f"adapter {path}: adapter_model.safetensors not found")
@@ -159,11 +186,18 @@ def _load_adapter(path: Path, base_model, *, dtype, device, attn_implementation)
     rows = next((v.shape[0] for k, v in state.items() if k.endswith("embed_tokens.weight")), None)
     if rows and rows != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(rows, mean_resizing=False)
-    lora_keys = {k for k in cfg if k in LoraConfig.__dataclass_fields__} - {"peft_type", "task_type", "auto_mapping", "revision"}
+    lora_keys = {k for k in cfg if k in LoraConfig.__dataclass_fields__} - {
+        "peft_type",
+        "task_type",
+        "auto_mapping",
+        "revision",
+    }
     peft_model = get_peft_model(model, LoraConfig(**{k: cfg[k] for k in lora_keys}))
     result = set_peft_model_state_dict(peft_model, state)
     if result.unexpected_keys:
-        raise StampModelError(f"adapter {path}: {len(result.unexpected_keys)} unexpected weights (e.g. {result.unexpected_keys[:3]})")
+        raise StampModelError(
+            f"adapter {path}: {len(result.unexpected_keys)} unexpected weights (e.g. {result.unexpected_keys[:3]})"
+        )
     expected = {k for k in peft_model.state_dict() if "lora_" in k or "modules_to_save" in k}
     missing = [k for k in result.missing_keys if k in expected]
     if missing:

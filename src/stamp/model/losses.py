@@ -13,7 +13,9 @@ import torch.nn.functional as F
 IGNORE_VALUE = 255
 
 
-def patch_targets(mask: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_targets(
+    mask: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Area fraction of foreground per cell, from a pixel mask at any resolution.
 
     The image the model sees is the original resized to (gh*28, gw*28), so cell (r, c) covers the same
@@ -39,7 +41,9 @@ def patch_targets(mask: np.ndarray | torch.Tensor, grid_hw: tuple[int, int]) -> 
     gh, gw = int(grid_hw[0]), int(grid_hw[1])
     pooled = F.adaptive_avg_pool2d(torch.stack([fg, valid])[None], (gh, gw))[0]  # (2, gh, gw)
     fg_share, valid_share = pooled[0], pooled[1]
-    fraction = torch.where(valid_share > 0, fg_share / valid_share.clamp_min(1e-12), torch.zeros_like(fg_share))
+    fraction = torch.where(
+        valid_share > 0, fg_share / valid_share.clamp_min(1e-12), torch.zeros_like(fg_share)
+    )
     return fraction.clamp_(0, 1), valid_share
 
 

@@ -63,7 +63,9 @@ class StampModel:
 
     def _init_stamp(self, config) -> None:
         if not hasattr(config, "stamp"):
-            raise ValueError("the model config has no 'stamp' settings; load checkpoints with StampModel.from_pretrained")
+            raise ValueError(
+                "the model config has no 'stamp' settings; load checkpoints with StampModel.from_pretrained"
+            )
         self.stamp = StampSettings.from_dict(dict(config.stamp))
         self.classifier = nn.Linear(config.text_config.hidden_size, 1)
         nn.init.normal_(self.classifier.weight, std=getattr(config.text_config, "initializer_range", 0.02))
@@ -277,11 +279,15 @@ class StampModel:
             out.mask_grids = torch.tensor(grids, device=device)
         if mask_targets is not None and logits:
             if mask_targets.shape[0] != len(logits):
-                raise ValueError(f"{len(logits)} <|seg|> tokens in the batch but {mask_targets.shape[0]} mask targets")
+                raise ValueError(
+                    f"{len(logits)} <|seg|> tokens in the batch but {mask_targets.shape[0]} mask targets"
+                )
             n_max = out.mask_logits.shape[1]
             weights = mask_weights if mask_weights is not None else torch.ones_like(mask_targets)
             out.bce_loss, out.dice_loss = mask_losses(
-                out.mask_logits, mask_targets[:, :n_max].to(hidden.device), weights[:, :n_max].to(hidden.device)
+                out.mask_logits,
+                mask_targets[:, :n_max].to(hidden.device),
+                weights[:, :n_max].to(hidden.device),
             )
             total = total + bce_weight * out.bce_loss + dice_weight * out.dice_loss
         out.loss = total

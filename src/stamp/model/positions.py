@@ -20,7 +20,9 @@ import torch
 POSITION_MODES = ("grid", "text")
 
 
-def placeholder_position_ids(start: int | torch.Tensor, grid_hw: tuple[int, int], mode: str = "grid") -> torch.Tensor:
+def placeholder_position_ids(
+    start: int | torch.Tensor, grid_hw: tuple[int, int], mode: str = "grid"
+) -> torch.Tensor:
     """Position ids of one placeholder block.
 
     Args:

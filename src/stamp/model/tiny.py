@@ -6,7 +6,16 @@ import torch
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
 from stamp.model.config import StampSettings
-from stamp.model.tokens import IMAGE_PAD, IM_END, PAD, VIDEO_PAD, VISION_START, add_stamp_tokens, build_byte_tokenizer, token_id
+from stamp.model.tokens import (
+    IM_END,
+    IMAGE_PAD,
+    PAD,
+    VIDEO_PAD,
+    VISION_START,
+    add_stamp_tokens,
+    build_byte_tokenizer,
+    token_id,
+)
 from stamp.processing import CELL, ProcessorSettings, StampProcessor
 
 TINY_TEXT = dict(
@@ -18,7 +27,15 @@ TINY_TEXT = dict(
     rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # sums to head_dim / 2 = 8
     max_position_embeddings=4096,
 )
-TINY_VISION = dict(depth=1, embed_dim=32, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+TINY_VISION = dict(
+    depth=1,
+    embed_dim=32,
+    num_heads=2,
+    mlp_ratio=2,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
 
 
 def build_tiny_model(
@@ -41,8 +58,13 @@ def build_tiny_model(
 
     tok = build_byte_tokenizer()
     seg_id, mask_id = add_stamp_tokens(tok)
-    ids = {name: token_id(tok, t) for name, t in (("image", IMAGE_PAD), ("video", VIDEO_PAD), ("vstart", VISION_START))}
-    text = dict(TINY_TEXT, vocab_size=len(tok), bos_token_id=token_id(tok, PAD), eos_token_id=token_id(tok, IM_END))
+    ids = {
+        name: token_id(tok, t)
+        for name, t in (("image", IMAGE_PAD), ("video", VIDEO_PAD), ("vstart", VISION_START))
+    }
+    text = dict(
+        TINY_TEXT, vocab_size=len(tok), bos_token_id=token_id(tok, PAD), eos_token_id=token_id(tok, IM_END)
+    )
     text["pad_token_id"] = token_id(tok, PAD)
     common = dict(
         text_config=text,
@@ -54,8 +76,18 @@ def build_tiny_model(
     if family == "qwen2_vl":
         config = Qwen2VLConfig(vision_config=dict(TINY_VISION, hidden_size=text["hidden_size"]), **common)
     elif family == "qwen2_5_vl":
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=text["hidden_size"],
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+        vision = dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=text["hidden_size"],
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        )
         config = Qwen2_5_VLConfig(vision_config=vision, **common)
     else:
         raise ValueError(f"family must be one of {sorted(MODEL_CLASSES)}, got {family!r}")
@@ -64,6 +96,9 @@ def build_tiny_model(
     torch.manual_seed(seed)
     model = MODEL_CLASSES[family](config).eval()
     model.processor = StampProcessor(
-        tok, ProcessorSettings(min_pixels=min_cells * CELL * CELL, max_pixels=max_cells * CELL * CELL, system_prompt=None)
+        tok,
+        ProcessorSettings(
+            min_pixels=min_cells * CELL * CELL, max_pixels=max_cells * CELL * CELL, system_prompt=None
+        ),
     )
     return model

@@ -28,7 +28,9 @@ def add_stamp_tokens(tokenizer) -> tuple[int, int]:
     vocab = tokenizer.get_vocab()
     missing = [t for t in STAMP_TOKENS if t not in vocab]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+        )
     return token_id(tokenizer, SEG_TOKEN), token_id(tokenizer, MASK_TOKEN)
 
 

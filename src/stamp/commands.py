@@ -1,0 +1,83 @@
+"""Implementations of the CLI subcommands (each takes the parsed argparse namespace)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from stamp.data.errors import DataError
+from stamp.images import ImageError, load_image
+from stamp.model.loading import StampModelError
+
+USER_ERRORS = (ImageError, StampModelError, DataError, FileExistsError, FileNotFoundError, ValueError)
+
+
+def _predictor(args):
+    from stamp.inference import StampPredictor
+    from stamp.models import load_model
+
+    model = (
+        load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
+        if args.model
+        else load_model(None)
+    )
+    return StampPredictor(model, threshold=args.threshold)
+
+
+def _print_result(title: str, result) -> None:
+    print(f"{title}\n  answer: {result.text}")
+    for k, m in enumerate(result.masks):
+        print(f"  mask {k}: area {m.area} px, bbox {m.bbox}, score {m.score:.3f}")
+    t = result.timings
+    print("  timings (ms): " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in t.items()))
+
+
+def cmd_segment(args) -> int:
+    from stamp.io import ensure_writable, write_result
+
+    image = load_image(args.image)
+    out = Path(args.out)
+    ensure_writable([out / "result.json", out / "overlay.png"], args.force)  # fail before the slow part
+    predictor = _predictor(args)
+    predictor.set_image(image)
+    result = predictor.chat(args.prompt, max_new_tokens=args.max_new_tokens, answer_prefix=args.answer_prefix)
+    paths = write_result(
+        result, image, out, force=args.force, extra={"image": str(args.image), "prompt": args.prompt}
+    )
+    _print_result(f"{args.image}: {args.prompt}", result)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from stamp.io import write_result
+
+    if args.image:
+        image, prompt = load_image(args.image), args.prompt or "Please segment the main object."
+    else:
+        from stamp.data.synthref import SynthRef
+
+        sample = SynthRef(split="val", seed=0)[args.seed]
+        image = sample.load_image()
+        prompt = args.prompt or next(t.text for t in sample.turns if t.role == "user")
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    predictor = _predictor(args)
+    print(f"model loaded in {time.perf_counter() - t0:.2f} s; image {image.size[0]}x{image.size[1]}")
+    predictor.set_image(image)
+    answer = predictor.chat(args.question, max_new_tokens=32)
+    _print_result(f"Q: {args.question}", answer)
+    result = predictor.chat(prompt, max_new_tokens=64)
+    _print_result(f"Q: {prompt}", result)
+    paths = write_result(
+        result,
+        image,
+        out,
+        force=args.force,
+        extra={"prompt": prompt, "question": args.question, "answer": answer.text},
+    )
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+COMMANDS = {"segment": cmd_segment, "demo": cmd_demo}

@@ -1,0 +1,32 @@
+"""Which model a command uses: a path given by the user, or the bundled `tiny-synth`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BUNDLED_DIR = Path(__file__).parent / "assets" / "tiny-synth"
+
+
+def bundled_model_path() -> Path | None:
+    """The bundled trained model's directory, or None if this installation has none."""
+    return BUNDLED_DIR if (BUNDLED_DIR / "config.json").is_file() else None
+
+
+def load_model(path: str | Path | None = None, *, announce: bool = True, **kwargs):
+    """Load `path`, or the bundled model when None. Without a bundled model, a tiny RANDOM model is
+    used and a notice says so (its answers and masks are meaningless)."""
+    from stamp.model.modeling import StampModel
+
+    if path is not None:
+        return StampModel.from_pretrained(path, **kwargs)
+    bundled = bundled_model_path()
+    if bundled is not None:
+        return StampModel.from_pretrained(bundled, **kwargs)
+    if announce:
+        print(
+            "stamp: no bundled trained model in this installation; using a tiny RANDOM model "
+            "(outputs are meaningless). Pass --model DIR for real weights.",
+            file=sys.stderr,
+        )
+    return StampModel.tiny(seed=0)

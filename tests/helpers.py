@@ -1,0 +1,26 @@
+"""Shared test helpers (plain functions, imported by the tests)."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stamp.data.sample import Turn
+
+
+def random_image(h: int, w: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype(np.uint8))
+
+
+def full_recompute_logits(model, image, prompt: str, answer: str) -> list[torch.Tensor]:
+    """Mask logits from ONE uncached forward over [conversation ; placeholders] (the training path)."""
+    proc = model.processor
+    enc = proc.encode_image(image)
+    ids, labels = proc.encode_turns([Turn("user", prompt), Turn("assistant", answer)], enc)
+    batch = proc.collate([{"input_ids": ids, "labels": labels, "image": enc}])
+    with torch.no_grad():
+        out = model.stamp_forward(**batch)
+    if out.mask_logits is None:
+        return []
+    return [
+        lg[: int(g[0] * g[1])].view(int(g[0]), int(g[1])) for lg, g in zip(out.mask_logits, out.mask_grids)
+    ]

@@ -1,0 +1,131 @@
+"""Each checkpoint layout of stamp.model.loading, built as a tiny fake checkpoint on disk."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_image
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2VLForConditionalGeneration
+
+from stamp.inference import StampPredictor
+from stamp.model.loading import StampModelError
+from stamp.model.modeling import StampModel
+from stamp.model.tokens import IM_END, PAD, QWEN_SPECIAL_TOKENS
+
+
+def _legacy(key: str) -> str:
+    return key.replace("model.language_model.", "model.").replace("model.visual.", "visual.")
+
+
+def _mask_logits(model, image):
+    p = StampPredictor(model)
+    p.set_image(image)
+    return p.chat("Segment.", answer_prefix="<|seg|>", max_new_tokens=3).masks[0].patch_logits
+
+
+def _rewrite(path, fn):
+    sd = load_file(str(path / "model.safetensors"))
+    save_file(
+        {fn(k): v for k, v in sd.items() if fn(k) is not None},
+        str(path / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+
+
+def test_authors_full_checkpoint_with_legacy_prefixes(tmp_path, tiny_model):
+    d = tmp_path / "authors"
+    tiny_model.save_stamp(d)
+    _rewrite(d, _legacy)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["stamp"]  # the authors' config has no stamp section
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "stamp_processor.json").unlink()
+    loaded = StampModel.from_pretrained(d)
+    assert loaded.stamp.position_mode == "text"  # what their checkpoints were trained with
+    assert loaded.stamp.seg_token_id == tiny_model.stamp.seg_token_id
+    for (k1, v1), (k2, v2) in zip(
+        sorted(tiny_model.state_dict().items()), sorted(loaded.state_dict().items())
+    ):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_stock_qwen2vl_directory_gets_stamp_parts(tmp_path, tiny_model):
+    """A plain Qwen2-VL (no STAMP tokens, no classifier) loads with tokens added and a new head."""
+    config = tiny_model.config.__class__.from_dict(tiny_model.config.to_dict())
+    del config.stamp
+    base_vocab = 256 + len(QWEN_SPECIAL_TOKENS)  # the byte tokenizer without <|seg|>/<|mask|>
+    config.text_config.vocab_size = base_vocab
+    stock = Qwen2VLForConditionalGeneration(config)
+    d = tmp_path / "stock"
+    stock.save_pretrained(d)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    t = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    t.decoder = decoders.ByteLevel()
+    t.add_special_tokens(list(QWEN_SPECIAL_TOKENS))
+    PreTrainedTokenizerFast(tokenizer_object=t, eos_token=IM_END, pad_token=PAD).save_pretrained(d)
+    loaded = StampModel.from_pretrained(d)
+    assert loaded.stamp.position_mode == "grid"
+    assert loaded.get_input_embeddings().weight.shape[0] == base_vocab + 2
+    assert len(loaded.processor.tokenizer) == base_vocab + 2
+    # no preprocessor config: the paper's sizing (1024..1280 cells) applies, 224x224 -> 896x896 -> 32x32
+    assert _mask_logits(loaded, random_image(224, 224)).shape == (32, 32)
+
+
+def test_missing_and_unexpected_weights_are_errors(tmp_path, tiny_model):
+    d = tmp_path / "broken"
+    tiny_model.save_stamp(d)
+    _rewrite(d, lambda k: None if "layers.1.mlp.up_proj" in k else k)
+    with pytest.raises(StampModelError, match="missing"):
+        StampModel.from_pretrained(d)
+    d2 = tmp_path / "extra"
+    tiny_model.save_stamp(d2)
+    sd = load_file(str(d2 / "model.safetensors"))
+    sd["something.else"] = torch.zeros(2)
+    save_file(sd, str(d2 / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(StampModelError, match="unexpected"):
+        StampModel.from_pretrained(d2)
+
+
+def test_lora_adapter_on_base(tmp_path, tiny_model):
+    peft = pytest.importorskip("peft")
+    base = tmp_path / "base"
+    tiny_model.save_stamp(base)
+    cfg = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        modules_to_save=["classifier"],
+        use_rslora=True,
+    )
+    trained = StampModel.from_pretrained(base)
+    pm = peft.get_peft_model(trained, cfg)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    adapter = tmp_path / "adapter"
+    pm.save_pretrained(str(adapter))
+    sd = load_file(str(adapter / "adapter_model.safetensors"))
+    save_file({_legacy_adapter(k): v for k, v in sd.items()}, str(adapter / "adapter_model.safetensors"))
+    merged_ref = pm.merge_and_unload()
+    image = random_image(224, 224, 1)
+    loaded = StampModel.from_pretrained(adapter, base_model=base)
+    np.testing.assert_allclose(_mask_logits(loaded, image), _mask_logits(merged_ref, image), atol=1e-5)
+    with pytest.raises(StampModelError, match="base model"):
+        StampModel.from_pretrained(adapter, base_model=tmp_path / "nope")
+
+
+def _legacy_adapter(key: str) -> str:
+    return key.replace("base_model.model.model.language_model.", "base_model.model.model.")
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(StampModelError, match="not found"):
+        StampModel.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StampModelError, match="config.json"):
+        StampModel.from_pretrained(tmp_path / "empty")

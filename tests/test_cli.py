@@ -1,0 +1,96 @@
+"""The `stamp` command: help, segment outputs, no clobbering, one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from helpers import random_image
+from PIL import Image
+
+from stamp.cli import main
+
+
+def test_help_runs():
+    out = subprocess.run([sys.executable, "-m", "stamp.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "segment" in out.stdout and "demo" in out.stdout
+
+
+def test_segment_writes_outputs_and_refuses_overwrite(tmp_path, capsys):
+    img = tmp_path / "in.png"
+    random_image(120, 160).save(img)
+    out = tmp_path / "out"
+    argv = [
+        "segment",
+        str(img),
+        "--prompt",
+        "Segment it.",
+        "--out",
+        str(out),
+        "--answer-prefix",
+        "<|seg|>",
+        "--max-new-tokens",
+        "3",
+    ]
+    assert main(argv) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["text"].startswith("<|seg|>") and len(result["masks"]) == 1
+    entry = result["masks"][0]
+    assert entry["rle"]["size"] == [120, 160] and {"area", "bbox", "score", "file"} <= set(entry)
+    mask_png = np.asarray(Image.open(out / "mask_0.png"))
+    assert mask_png.shape == (120, 160) and set(np.unique(mask_png)) <= {0, 255}
+    assert int((mask_png > 0).sum()) == entry["area"]
+    before = (out / "result.json").read_bytes()
+    assert main(argv) == 2  # exists: refused, nothing touched
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "result.json").read_bytes() == before
+    assert main(argv + ["--force"]) == 0
+
+
+def test_errors_are_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    cases = [
+        (
+            ["segment", str(tmp_path / "missing.png"), "--prompt", "x", "--out", str(tmp_path / "o")],
+            "not found",
+        ),
+        (["segment", str(bad), "--prompt", "x", "--out", str(tmp_path / "o")], "not an image"),
+        (["segment", str(bad), "--prompt", "x", "--out", str(tmp_path / "o"), "--model", str(tmp_path)], ""),
+    ]
+    for argv, needle in cases:
+        proc = subprocess.run([sys.executable, "-m", "stamp.cli", *argv], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        err_lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("stamp: error")]
+        assert len(err_lines) == 1 and needle in err_lines[0]
+        assert "Traceback" not in proc.stderr
+
+
+def test_missing_model_dir_is_clean_error(tmp_path):
+    img = tmp_path / "in.png"
+    random_image(64, 64).save(img)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stamp.cli",
+            "segment",
+            str(img),
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(tmp_path / "nope"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        proc.returncode == 2 and "model directory not found" in proc.stderr and "Traceback" not in proc.stderr
+    )
+
+
+def test_typo_suggests_command():
+    proc = subprocess.run([sys.executable, "-m", "stamp.cli", "segmnt"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "did you mean segment" in proc.stderr
