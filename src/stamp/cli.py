@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help='force the answer to start with this, e.g. "Sure, it is <|seg|>"',
     )
+    tr = sub.add_parser("train", help="train per a YAML config, with key=value overrides")
+    tr.add_argument("config", help="YAML config (see configs/)")
+    tr.add_argument("overrides", nargs="*", help="overrides like optim.lr=3e-4 run.steps=100")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 

@@ -9,7 +9,9 @@ from stamp.data.errors import DataError
 from stamp.images import ImageError, load_image
 from stamp.model.loading import StampModelError
 
-USER_ERRORS = (ImageError, StampModelError, DataError, FileExistsError, FileNotFoundError, ValueError)
+from stamp.configuration import ConfigError
+
+USER_ERRORS = (ImageError, StampModelError, DataError, ConfigError, FileExistsError, FileNotFoundError, ValueError)
 
 
 def _predictor(args):
@@ -80,4 +82,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"segment": cmd_segment, "demo": cmd_demo}
+def cmd_train(args) -> int:
+    from stamp.configuration import load_config
+    from stamp.train.config import TrainConfig
+    from stamp.train.trainer import train
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    last = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if last is not None:
+        print(f"last checkpoint: {last} (model: {last / 'model'})")
+    return 0
+
+
+COMMANDS = {"segment": cmd_segment, "demo": cmd_demo, "train": cmd_train}

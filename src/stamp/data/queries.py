@@ -8,7 +8,7 @@ them independently.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import combinations
 
 from stamp.data.scenes import Scene, SceneObject
@@ -30,7 +30,7 @@ ATTRS = ("kind", "colour", "size")
 # The largest (smallest) object must beat the runner-up by this area ratio to be "the largest".
 AREA_RATIO = 1.25
 # Positions compared by centre must differ by this fraction of the image width (height).
-POSITION_MARGIN = 0.06
+POSITION_MARGIN = 0.08
 # A star has 10 corners and a cross 12, but people may count 5 points or 4 arms: corner questions
 # never involve them.
 UNCLEAR_CORNER_KINDS = frozenset({"star", "cross"})
@@ -50,7 +50,7 @@ class Filter:
 
     def to_dict(self) -> dict:
         """Plain-dict form."""
-        return asdict(self)
+        return {"kind": self.kind, "colour": self.colour, "size": self.size}
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,17 @@ class Query:
 
     def to_dict(self) -> dict:
         """Plain-dict form (what `meta` stores)."""
-        return asdict(self)
+        return {
+            "op": self.op,
+            "filter": self.filter.to_dict(),
+            "relation": self.relation,
+            "anchor": None if self.anchor is None else self.anchor.to_dict(),
+            "extreme": self.extreme,
+            "direction": self.direction,
+            "n": self.n,
+            "attr": self.attr,
+            "plural": self.plural,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Query:

@@ -8,7 +8,7 @@ the VISIBLE pixels, and the RGB image is painted from it, so image and masks agr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -92,12 +92,20 @@ class SceneObject:
 
     def to_dict(self) -> dict:
         """Plain-dict form (JSON-serialisable) with `corners` added."""
-        out = asdict(self)
-        out["bbox"] = list(self.bbox)
-        out["centre"] = list(self.centre)
-        out["polygon"] = [list(p) for p in self.polygon]
-        out["corners"] = self.corners
-        return out
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "colour": self.colour,
+            "size": self.size,
+            "diameter": self.diameter,
+            "rotation": self.rotation,
+            "bbox": list(self.bbox),
+            "centre": list(self.centre),
+            "area": self.area,
+            "visible_area": self.visible_area,
+            "corners": self.corners,
+            "polygon": [list(p) for p in self.polygon],
+        }
 
 
 @dataclass
@@ -113,6 +121,8 @@ class Scene:
 
     def mask_of(self, indices: list[int] | tuple[int, ...]) -> np.ndarray:
         """Union of the visible pixels of the given objects, as a 0/1 uint8 HxW mask."""
+        if len(indices) == 1:
+            return (self.instance_map == indices[0] + 1).view(np.uint8)
         lut = np.zeros(256, dtype=np.uint8)
         for i in indices:
             lut[i + 1] = 1
@@ -194,7 +204,7 @@ def _build_unit_polygons() -> dict[str, np.ndarray]:
         "ellipse": ellipse,
         "triangle": _regular(3),
         "square": _regular(4, phase=np.pi / 4),
-        "diamond": np.array([(0.0, -1.0), (0.7, 0.0), (0.0, 1.0), (-0.7, 0.0)]),
+        "diamond": np.array([(0.0, -1.0), (0.6, 0.0), (0.0, 1.0), (-0.6, 0.0)]),
         "pentagon": _regular(5),
         "hexagon": _regular(6),
         "star": star,
@@ -204,7 +214,7 @@ def _build_unit_polygons() -> dict[str, np.ndarray]:
 
 _UNIT_POLYGONS = _build_unit_polygons()
 # Rotation range in degrees: square and diamond stay near upright so neither looks like the other.
-_ROTATION_RANGE = {"circle": 0.0, "square": 20.0, "diamond": 20.0}
+_ROTATION_RANGE = {"circle": 0.0, "square": 15.0, "diamond": 15.0}
 
 
 def shape_vertices(kind: str, diameter: float, rotation: float) -> np.ndarray:
@@ -214,16 +224,19 @@ def shape_vertices(kind: str, diameter: float, rotation: float) -> np.ndarray:
     return np.rint(unit_polygon(kind) @ rot * (diameter / 2.0)).astype(np.int64)
 
 
-def rasterise(vertices: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """Fill the integer polygon (boundary included, like cv2.fillPoly) into a tight boolean crop.
+def rasterise(vertices: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int, int]:
+    """Fill the integer polygon (fill + outline, boundary included, as ReasonSeg's cv2.fillPoly +
+    polylines) and return its tight boolean crop (crop, x0, y0): crop[r, c] is pixel (x0 + c, y0 + r).
 
-    Returns (crop, x0, y0): crop[r, c] is pixel (x0 + c, y0 + r).
+    The polygon is drawn on a full width x height canvas at its absolute coordinates: PIL's scan
+    conversion is not exactly translation invariant, and this way a loader that draws the same
+    polygon on the image gets the same pixels.
     """
-    x0, y0 = vertices.min(axis=0)
-    x1, y1 = vertices.max(axis=0) + 1
-    canvas = Image.new("L", (int(x1 - x0), int(y1 - y0)), 0)
-    ImageDraw.Draw(canvas).polygon([(int(x - x0), int(y - y0)) for x, y in vertices], fill=1)
-    return np.asarray(canvas, dtype=bool), int(x0), int(y0)
+    x0, y0 = (int(v) for v in vertices.min(axis=0))
+    x1, y1 = (int(v) + 1 for v in vertices.max(axis=0))
+    canvas = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(canvas).polygon(vertices.ravel().tolist(), fill=1, outline=1)
+    return np.asarray(canvas.crop((x0, y0, x1, y1)), dtype=bool), x0, y0
 
 
 def sample_scene(rng: np.random.Generator, config: SceneConfig, min_objects: int = 1) -> Scene:
@@ -305,7 +318,7 @@ def _place(
     for _ in range(30):
         cx = int(rng.integers(-rx0, w - rx1))
         cy = int(rng.integers(-ry0, h - ry1))
-        crop, x0, y0 = rasterise(rel + (cx, cy))
+        crop, x0, y0 = rasterise(rel + (cx, cy), w, h)
         ch, cw = crop.shape
         covered = np.bincount(instance_map[y0 : y0 + ch, x0 : x0 + cw][crop], minlength=len(placed) + 1)
         if any(p["visible"] - covered[k + 1] < min_visible * p["area"] for k, p in enumerate(placed)):
@@ -376,14 +389,14 @@ def _finalise(k: int, item: dict, instance_map: np.ndarray) -> SceneObject:
         centre=centre,
         area=item["area"],
         visible_area=item["visible"],
-        polygon=[(int(x), int(y)) for x, y in item["polygon"]],
+        polygon=[tuple(p) for p in item["polygon"].tolist()],
     )
 
 
 def _muted(rng: np.random.Generator) -> np.ndarray:
     """A low-saturation mid-tone colour, so every object colour (white and black included) stands out."""
     grey = rng.uniform(85, 175)
-    return np.clip(grey + rng.uniform(-25, 25, size=3), 0, 255).astype(np.float32)
+    return np.clip(grey + rng.uniform(-18, 18, size=3), 0, 255).astype(np.float32)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, str]:

@@ -217,7 +217,7 @@ def make_grefer(ctx: TaskContext) -> Exchange | None:
     expr = T.describe(query, ctx.rng)
     mask, record = ctx.target(query, expr)
     answer = T.seg_answer(ctx.rng, name=expr, plural=True)
-    question = T.refer_question(ctx.rng, expr)
+    question = T.refer_question(ctx.rng, expr, plural=True)
     return Exchange(question, answer, [mask], [record], subtask="multi_target", query=query, expression=expr)
 
 
@@ -304,8 +304,7 @@ def make_reason(ctx: TaskContext) -> Exchange | None:
     query = reason_query(ctx)
     if query is None:
         return None
-    question, is_sentence = T.reason_question(query, ctx.rng)
-    expr = T.describe(query, ctx.rng)
+    question, is_sentence, expr = T.reason_question(query, ctx.rng)
     mask, record = ctx.target(query, expr)
     answer = T.reason_answer(ctx.rng, _name(ctx, record["indices"][0]))
     sub = f"reason_{query.op}"
@@ -314,7 +313,7 @@ def make_reason(ctx: TaskContext) -> Exchange | None:
         answer,
         [mask],
         [record],
-        sub,
+        subtask=sub,
         is_sentence=is_sentence,
         focus=query,
         query=query,

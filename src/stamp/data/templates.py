@@ -30,6 +30,12 @@ REFER_QUESTIONS = (
     "Where is {expr}? Please output the segmentation mask.",
     "Segment {expr}.",
 )
+PLURAL_REFER_QUESTIONS = (
+    "What are {expr} in this image? Please output segmentation mask.",
+    "Can you segment {expr} in this image?",
+    "Please segment {expr} in this image.",
+    "Segment {expr}.",
+)
 SENTENCE_SUFFIXES = (
     "Please output segmentation mask.",
     "Please respond with segmentation mask.",
@@ -180,9 +186,9 @@ def number_word(n: int) -> str:
 
 
 # ---- conversation builders ----------------------------------------------------------------------------------
-def refer_question(rng: Rng, expr: str) -> str:
+def refer_question(rng: Rng, expr: str, plural: bool = False) -> str:
     """A request to segment the object(s) described by the referring expression `expr`."""
-    return pick(rng, REFER_QUESTIONS).format(expr=expr)
+    return pick(rng, PLURAL_REFER_QUESTIONS if plural else REFER_QUESTIONS).format(expr=expr)
 
 
 def sentence_question(rng: Rng, sentence: str) -> str:
@@ -259,19 +265,20 @@ def _pluralise(phrase: str) -> str:
     return " ".join(words[:-1] + [plural_of(words[-1])])
 
 
-def reason_question(query: Query, rng: Rng) -> tuple[str, bool]:
-    """A reasoning question for `query`: (text, is_sentence). Sentence form ("Which shape has the most
-    corners? Please output ...") or the expression in a plain segmentation request."""
+def reason_question(query: Query, rng: Rng) -> tuple[str, bool, str]:
+    """A reasoning request for `query`: (question, is_sentence, text). The sentence form asks ("Which
+    shape has the most corners?") and appends a mask request; otherwise `text` is the expression in a
+    plain segmentation request."""
     key = {"extreme": query.extreme, "corners": "no_corners" if query.n == 0 else "corners"}.get(query.op)
     if query.op == "same_as":
         key = "same_colour" if query.attr == "colour" else "same_kind"
     if key not in REASON_SENTENCES or (rng is not None and rng.random() < 0.3):
-        return refer_question(rng, describe(query, rng)), False
+        expr = describe(query, rng)
+        return refer_question(rng, expr), False, expr
     anchor = noun(query.anchor, rng) if query.anchor is not None else ""
-    text = pick(rng, REASON_SENTENCES[key]).format(
-        noun=noun(query.filter, rng), anchor=anchor, n=number_word(query.n)
-    )
-    return sentence_question(rng, text), True
+    nn = noun(query.filter, rng)
+    text = pick(rng, REASON_SENTENCES[key]).format(noun=nn, anchor=anchor, n=number_word(query.n))
+    return sentence_question(rng, text), True, text
 
 
 def reason_answer(rng: Rng, name: str) -> str:

@@ -121,3 +121,11 @@ def write_result(
     )
     atomic_write_bytes(out_dir / "result.json", (json.dumps(payload, indent=2) + "\n").encode())
     return paths
+
+
+def save_mask_png(mask: np.ndarray, path: Path) -> str:
+    """Write a bool mask as a 0/255 PNG (atomically); returns the path as a string."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255)))
+    return str(path)

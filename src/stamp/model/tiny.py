@@ -1,4 +1,4 @@
-"""A tiny random STAMP model for tests: built in code in well under a second, no files needed."""
+"""Building STAMP models from scratch: the tiny random test model and from-scratch training runs."""
 
 from __future__ import annotations
 
@@ -6,87 +6,64 @@ import torch
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
 from stamp.model.config import StampSettings
-from stamp.model.tokens import (
-    IM_END,
-    IMAGE_PAD,
-    PAD,
-    VIDEO_PAD,
-    VISION_START,
-    add_stamp_tokens,
-    build_byte_tokenizer,
-    token_id,
-)
+from stamp.model.tokens import IM_END, IMAGE_PAD, PAD, VIDEO_PAD, VISION_START, add_stamp_tokens, build_byte_tokenizer, token_id
 from stamp.processing import CELL, ProcessorSettings, StampProcessor
 
-TINY_TEXT = dict(
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=128,
-    rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # sums to head_dim / 2 = 8
-    max_position_embeddings=4096,
-)
-TINY_VISION = dict(
-    depth=1,
-    embed_dim=32,
-    num_heads=2,
-    mlp_ratio=2,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-)
 
-
-def build_tiny_model(
-    seed: int = 0,
+def build_model_from_scratch(
+    tokenizer,
     *,
+    seed: int = 0,
     family: str = "qwen2_vl",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    mrope_section: tuple[int, int, int] = (2, 3, 3),
+    vision_depth: int = 1,
+    vision_embed_dim: int = 32,
+    vision_heads: int = 2,
+    vision_mlp_ratio: int = 2,
     attn_implementation: str = "sdpa",
     position_mode: str = "grid",
     attention_mode: str = "hybrid",
     mask_embedding: str = "visual",
-    min_cells: int = 4,
-    max_cells: int = 64,
+    processor_settings: ProcessorSettings | None = None,
 ):
-    """A randomly initialised STAMP model (hidden 64, 2 layers, 1 vision block) with a byte tokenizer.
-
-    Images are resized to between `min_cells` and `max_cells` merged 28x28 cells (e.g. 224x224 -> 8x8).
-    The processor is attached as `model.processor`.
-    """
+    """A randomly initialised STAMP model of the given sizes around `tokenizer`; `.processor` attached."""
     from stamp.model.modeling import MODEL_CLASSES
 
-    tok = build_byte_tokenizer()
-    seg_id, mask_id = add_stamp_tokens(tok)
-    ids = {
-        name: token_id(tok, t)
-        for name, t in (("image", IMAGE_PAD), ("video", VIDEO_PAD), ("vstart", VISION_START))
-    }
+    seg_id, mask_id = add_stamp_tokens(tokenizer)
     text = dict(
-        TINY_TEXT, vocab_size=len(tok), bos_token_id=token_id(tok, PAD), eos_token_id=token_id(tok, IM_END)
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        rope_scaling={"type": "mrope", "mrope_section": list(mrope_section)},
+        max_position_embeddings=8192,
+        vocab_size=len(tokenizer),
+        bos_token_id=token_id(tokenizer, PAD),
+        eos_token_id=token_id(tokenizer, IM_END),
+        pad_token_id=token_id(tokenizer, PAD),
     )
-    text["pad_token_id"] = token_id(tok, PAD)
     common = dict(
         text_config=text,
-        image_token_id=ids["image"],
-        video_token_id=ids["video"],
-        vision_start_token_id=ids["vstart"],
+        image_token_id=token_id(tokenizer, IMAGE_PAD),
+        video_token_id=token_id(tokenizer, VIDEO_PAD),
+        vision_start_token_id=token_id(tokenizer, VISION_START),
         tie_word_embeddings=False,
     )
+    patch = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     if family == "qwen2_vl":
-        config = Qwen2VLConfig(vision_config=dict(TINY_VISION, hidden_size=text["hidden_size"]), **common)
+        vision = dict(depth=vision_depth, embed_dim=vision_embed_dim, num_heads=vision_heads, mlp_ratio=vision_mlp_ratio, hidden_size=hidden_size, **patch)
+        config = Qwen2VLConfig(vision_config=vision, **common)
     elif family == "qwen2_5_vl":
         vision = dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=text["hidden_size"],
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[1],
+            depth=vision_depth, hidden_size=vision_embed_dim, intermediate_size=int(vision_embed_dim * vision_mlp_ratio),
+            num_heads=vision_heads, out_hidden_size=hidden_size, window_size=112,
+            fullatt_block_indexes=[vision_depth - 1], **patch,
         )
         config = Qwen2_5_VLConfig(vision_config=vision, **common)
     else:
@@ -95,10 +72,12 @@ def build_tiny_model(
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = MODEL_CLASSES[family](config).eval()
-    model.processor = StampProcessor(
-        tok,
-        ProcessorSettings(
-            min_pixels=min_cells * CELL * CELL, max_pixels=max_cells * CELL * CELL, system_prompt=None
-        ),
-    )
+    model.processor = StampProcessor(tokenizer, processor_settings or ProcessorSettings())
     return model
+
+
+def build_tiny_model(seed: int = 0, *, min_cells: int = 4, max_cells: int = 64, **kwargs):
+    """A tiny random STAMP model (hidden 64, 2 layers, 1 vision block) with a byte-level tokenizer, for
+    tests. Images are resized to between `min_cells` and `max_cells` merged 28x28 cells (224x224 -> 8x8)."""
+    settings = ProcessorSettings(min_pixels=min_cells * CELL * CELL, max_pixels=max_cells * CELL * CELL, system_prompt=None)
+    return build_model_from_scratch(build_byte_tokenizer(), seed=seed, processor_settings=settings, **kwargs)

@@ -1,0 +1,124 @@
+"""The evaluation loop: free generation on each sample's first exchange, scored with the field's metrics.
+
+For each sample, the first user turn is the prompt and the masks of the first assistant turn are the
+ground truth, one expression per `<|seg|>` (the k-th predicted mask is scored against the k-th ground
+truth; a missing prediction counts as "declined", i.e. an empty mask). VQA samples (no mask, a short
+gold answer in `meta["answer"]`) are scored for accuracy.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from stamp.data.sample import SEG_TOKEN, StampSample
+from stamp.eval.metrics import SegMetrics, VQAAccuracy, mask_iou_stats, normalize_answer
+from stamp.model.losses import patch_targets
+
+
+@dataclass
+class EvalReport:
+    """`metrics`: percentages (0-100) and counts; `samples`: one record per scored expression."""
+
+    metrics: dict[str, float]
+    samples: list[dict] = field(default_factory=list)
+
+
+def vqa_correct(prediction: str, short: str, gold_text: str | None = None) -> bool:
+    """Exact match with the short answer or the gold sentence, or the short answer as a whole phrase
+    inside the prediction (long-form answers such as "It is red." for "red")."""
+    pred = normalize_answer(prediction.replace(SEG_TOKEN, " "))
+    refs = {normalize_answer(short)} | ({normalize_answer(gold_text)} if gold_text else set())
+    if pred in refs:
+        return True
+    short_n = normalize_answer(short)
+    alternatives = {short_n} | ({"no", "none"} if short_n == "0" else set())
+    return any(re.search(rf"(^| ){re.escape(a)}( |$)", pred) for a in alternatives if a)
+
+
+def first_exchange(sample: StampSample) -> tuple[str, str, list[np.ndarray]]:
+    """(prompt, gold answer, gold masks of that answer) of the sample's first user/assistant exchange."""
+    prompt = sample.turns[0].text
+    answer = sample.turns[1].text if len(sample.turns) > 1 else ""
+    return prompt, answer, list(sample.masks[: answer.count(SEG_TOKEN)])
+
+
+def evaluate_samples(
+    predictor,
+    samples: Iterable[StampSample],
+    *,
+    answer_prefix: str | None = None,
+    max_new_tokens: int = 64,
+    progress: bool = True,
+    save_masks: Path | None = None,
+    total: int | None = None,
+) -> EvalReport:
+    """Run the predictor on each sample and accumulate pixel-level and patch-level metrics.
+
+    Args:
+        answer_prefix: force each answer to start with this (e.g. "Sure, it is <|seg|>"), as the
+            literature's evaluations do; None lets the model decide whether to emit `<|seg|>`.
+        save_masks: write each predicted mask as `<save_masks>/<k>.png` (k = record number).
+    """
+    seg, patch, vqa = SegMetrics(), SegMetrics(), VQAAccuracy()
+    generalized = False
+    records: list[dict] = []
+    for sample in tqdm(samples, total=total, desc="eval", unit="sample", disable=not progress):
+        prompt, gold, gt_masks = first_exchange(sample)
+        t0 = time.perf_counter()
+        predictor.set_image(sample.load_image())
+        is_vqa = not gt_masks and "answer" in sample.meta
+        result = predictor.chat(prompt, max_new_tokens=max_new_tokens, answer_prefix=None if is_vqa else answer_prefix)
+        seconds = time.perf_counter() - t0
+        image_ref = str(sample.image) if isinstance(sample.image, (str, Path)) else None
+        base = {"id": sample.id, "image": image_ref, "prompt": prompt, "answer": result.text}
+        if is_vqa:
+            ok = vqa_correct(result.text, str(sample.meta["answer"]), gold)
+            vqa.n_samples += 1
+            vqa.n_correct += int(ok)
+            records.append({**base, "task": "vqa", "gold": sample.meta["answer"], "correct": ok, "seconds": seconds})
+            continue
+        for k, gt in enumerate(gt_masks):
+            declined = k >= len(result.masks)
+            pred = np.zeros(gt.shape, bool) if declined else result.masks[k].mask
+            has_target = bool(((gt != 0) & (gt != 255)).any())
+            generalized |= not has_target
+            inter, union = mask_iou_stats(pred, gt)
+            seg.update(inter, union, has_target=has_target, predicted_nonempty=bool(pred.any()), declined=declined)
+            if not declined:
+                frac, valid = patch_targets(gt, result.masks[k].patch_logits.shape)
+                gt_cells = np.where(valid.numpy() > 0, (frac.numpy() >= 0.5).astype(np.uint8), 255)
+                p_pred = result.masks[k].patch_mask
+            else:
+                gt_cells, p_pred = (gt != 0).astype(np.uint8), np.zeros(gt.shape, bool)
+            p_i, p_u = mask_iou_stats(p_pred, gt_cells)
+            patch.update(p_i, p_u, has_target=bool((gt_cells == 1).any()), predicted_nonempty=bool(p_pred.any()), declined=declined)
+            rec = {**base, "task": sample.task, "mask_index": k, "intersection": inter, "union": union,
+                   "iou": 1.0 if union == 0 else inter / union, "has_mask": not declined, "has_target": has_target,
+                   "seconds": seconds}
+            if save_masks is not None and not declined:
+                from stamp.io.outputs import save_mask_png
+
+                rec["mask_file"] = save_mask_png(pred, Path(save_masks) / f"{len(records):06d}.png")
+            records.append(rec)
+    return EvalReport(_combine(seg, patch, vqa, generalized), records)
+
+
+def _combine(seg: SegMetrics, patch: SegMetrics, vqa: VQAAccuracy, generalized: bool) -> dict[str, float]:
+    seg.generalized = generalized
+    out: dict[str, float] = {}
+    if seg.n_samples:
+        out.update(seg.compute())
+        p = patch.compute()
+        out["patch_ciou"], out["patch_giou"] = p["ciou"], p["giou"]
+    if vqa.n_samples:
+        out["vqa_acc"] = vqa.compute()["vqa_acc"]
+        out["n_vqa"] = vqa.n_samples
+    out["n_samples"] = seg.n_samples + vqa.n_samples
+    return out

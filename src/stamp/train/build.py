@@ -1,0 +1,81 @@
+"""Build the model a training config asks for (from scratch, pretrained, LoRA; or from a checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stamp.processing import CELL, ProcessorSettings
+from stamp.train.config import TrainConfig
+
+
+def build_model(cfg: TrainConfig, weights_from: Path | None = None):
+    """The StampModel to train. `weights_from`: a checkpoint's model folder to resume from."""
+    from stamp.model.modeling import StampModel
+
+    m = cfg.model
+    modes = dict(position_mode=m.position_mode, attention_mode=m.attention_mode, mask_embedding=m.mask_embedding)
+    if weights_from is not None and m.lora is None:
+        model = StampModel.from_pretrained(weights_from, attn_implementation=m.attn_implementation)
+    elif m.init == "scratch":
+        from stamp.data.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
+        from stamp.model.tiny import build_model_from_scratch
+
+        settings = ProcessorSettings(
+            min_pixels=m.min_cells * CELL * CELL,
+            max_pixels=m.max_cells * CELL * CELL,
+            system_prompt=m.system_prompt,
+            target_threshold=cfg.loss.target_threshold,
+        )
+        model = build_model_from_scratch(
+            load_synth_tokenizer(m.tokenizer or SHIPPED_TOKENIZER),
+            seed=cfg.run.seed,
+            family=m.family,
+            hidden_size=m.hidden_size,
+            num_layers=m.num_layers,
+            num_heads=m.num_heads,
+            num_kv_heads=m.num_kv_heads,
+            intermediate_size=m.intermediate_size,
+            mrope_section=tuple(m.mrope_section),
+            vision_depth=m.vision_depth,
+            vision_embed_dim=m.vision_embed_dim,
+            vision_heads=m.vision_heads,
+            vision_mlp_ratio=m.vision_mlp_ratio,
+            attn_implementation=m.attn_implementation,
+            processor_settings=settings,
+            **modes,
+        )
+    else:
+        model = StampModel.from_pretrained(m.path, attn_implementation=m.attn_implementation, **modes)
+        model.processor.settings.target_threshold = cfg.loss.target_threshold
+    if m.freeze_vision:
+        model.model.visual.requires_grad_(False)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if m.lora is not None:
+        model = _apply_lora(model, cfg, weights_from)
+    return model.train()
+
+
+def _apply_lora(model, cfg: TrainConfig, weights_from: Path | None):
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    lc = cfg.model.lora
+    processor = model.processor
+    peft_cfg = LoraConfig(
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        use_rslora=lc.rslora,
+        target_modules=list(lc.target_modules),
+        modules_to_save=list(lc.modules_to_save),
+        base_model_name_or_path=cfg.model.path,
+    )
+    # LoRA only inside the language model: the vision tower's own linear layers keep their weights
+    peft_cfg.target_modules = rf"model\.language_model\..*\.({'|'.join(lc.target_modules)})"
+    pm = get_peft_model(model, peft_cfg)
+    if weights_from is not None:
+        set_peft_model_state_dict(pm, load_file(str(Path(weights_from) / "adapter_model.safetensors")))
+    pm.processor = processor
+    pm.stamp_forward = pm.base_model.model.stamp_forward
+    return pm

@@ -1,0 +1,119 @@
+"""Training checkpoints: model (safetensors), optimizer (safetensors + JSON), scheduler, data position
+and RNG state -- written to a temp dir and renamed, so a killed run never leaves a half checkpoint.
+
+Layout: <out_dir>/checkpoints/step_0000250/{model/, optimizer.safetensors, trainer_state.json, rng.safetensors}
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint under `out_dir`, or None."""
+    root = checkpoint_dir(out_dir)
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def _optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
+    for idx, slots in state["state"].items():
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                meta["scalars"][f"{idx}.{name}"] = value
+    return tensors, meta
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    np_state = np.random.get_state()
+    meta = {
+        "python": _jsonable(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    random.setstate(_tuplify(meta["python"]))
+    kind, keys, *rest = meta["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def save_checkpoint(out_dir: Path, step: int, save_model, optimizer, scheduler, trainer_state: dict, keep: int) -> Path:
+    """Write checkpoint `step` atomically; `save_model(path)` writes the model folder. Prunes old ones."""
+    root = checkpoint_dir(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=root))
+    try:
+        save_model(tmp / "model")
+        tensors, meta = _optimizer_to_flat(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng_tensors, rng_meta = rng_state()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        state = {**trainer_state, "step": step, "optimizer": meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
+        (tmp / STATE_FILE).write_text(json.dumps(state))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+    for old in done[: max(0, len(done) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, optimizer, scheduler) -> dict:
+    """Restore optimizer, scheduler and RNG from checkpoint `path`; returns the trainer state dict.
+    (The model weights are loaded by the caller from `path / "model"`.)"""
+    state = json.loads((path / STATE_FILE).read_text())
+    optimizer.load_state_dict(_optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])
+    return state

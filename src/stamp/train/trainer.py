@@ -1,0 +1,198 @@
+"""`stamp train`: one process on CPU/GPU, or several through `accelerate launch`.
+
+    stamp train configs/tiny-synth.yaml run.steps=200
+    accelerate launch --multi_gpu --num_processes 2 -m stamp.cli train configs/tiny-synth.yaml  # 2 ranks
+
+Data is a deterministic function of the global sample index (optimizer step x global batch + offset),
+so `--resume` continues with exactly the samples an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from stamp.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stamp.train.config import TrainConfig
+from stamp.train.logging import MetricsLog
+
+
+class StampTrainingModule(nn.Module):
+    """Wraps a StampModel so DDP/FSDP see the STAMP training step as `forward`."""
+
+    def __init__(self, model, loss_weights: dict[str, float]):
+        super().__init__()
+        self.model = model
+        self.loss_weights = loss_weights
+
+    def forward(self, **batch):
+        out = self.model.stamp_forward(**batch, **self.loss_weights)
+        return out.loss, out
+
+
+def lr_lambda(cfg: TrainConfig):
+    o, total = cfg.optim, cfg.run.steps
+
+    def fn(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        if o.schedule == "linear":
+            return 1.0 - (1.0 - o.min_lr_ratio) * progress
+        return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool = True):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        from stamp.train.build import build_model
+        from stamp.train.data import TrainStream
+
+        self.cfg = cfg
+        self.out_dir = Path(cfg.run.out_dir)
+        cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
+        if cfg.run.threads > 0:
+            torch.set_num_threads(cfg.run.threads)
+        self.accel = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.resume_from = latest_checkpoint(self.out_dir) if resume else None
+        if resume and self.resume_from is None and self.accel.is_main_process:
+            print(f"stamp train: no checkpoint under {self.out_dir}; starting from scratch")
+        if not resume and self.accel.is_main_process:
+            _check_fresh_out_dir(self.out_dir)
+        torch.manual_seed(cfg.run.seed)
+        self.model = build_model(cfg, weights_from=self.resume_from / "model" if self.resume_from else None)
+        self.processor = self.model.processor
+        self.stream = TrainStream(cfg.data, self.processor, seed=cfg.run.seed)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        weights = {"text_weight": cfg.loss.text, "bce_weight": cfg.loss.bce, "dice_weight": cfg.loss.dice}
+        self.module, self.optimizer = self.accel.prepare(StampTrainingModule(self.model, weights), self.optimizer)
+        self.step, self.progress = 0, progress and self.accel.is_main_process
+        if self.resume_from is not None:
+            state = load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
+            self.step = int(state["step"])
+        self.log = MetricsLog(self.out_dir) if self.accel.is_main_process else None
+
+    # ------------------------------------------------------------------ steps
+    @property
+    def global_batch(self) -> int:
+        o = self.cfg.optim
+        return o.batch_size * o.grad_accum * self.accel.num_processes
+
+    def _autocast(self):
+        if self.cfg.run.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.accel.device.type, dtype=torch.bfloat16)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches of this rank's share of the data."""
+        o, rank, world = self.cfg.optim, self.accel.process_index, self.accel.num_processes
+        self.module.train()
+        sums: dict[str, float] = {}
+        for micro in range(o.grad_accum):
+            start = self.step * self.global_batch + (micro * world + rank) * o.batch_size
+            batch = {k: v.to(self.accel.device) for k, v in self.stream.batch(range(start, start + o.batch_size)).items()}
+            sync = self.accel.no_sync(self.module) if micro < o.grad_accum - 1 else contextlib.nullcontext()
+            with sync, self._autocast():
+                loss, out = self.module(**batch)
+                self.accel.backward(loss / o.grad_accum)
+            for name in ("loss", "text_loss", "bce_loss", "dice_loss"):
+                value = getattr(out, name)
+                if value is not None:
+                    sums[name] = sums.get(name, 0.0) + float(value.detach()) / o.grad_accum
+        if o.grad_clip > 0:
+            sums["grad_norm"] = float(self.accel.clip_grad_norm_(self.module.parameters(), o.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        sums["lr"] = self.scheduler.get_last_lr()[0]
+        return sums
+
+    def save(self) -> Path | None:
+        self.accel.wait_for_everyone()
+        path = None
+        if self.accel.is_main_process:
+            unwrapped = self.accel.unwrap_model(self.module).model
+            state = {"samples_seen": self.step * self.global_batch, "world_size": self.accel.num_processes, "config": asdict(self.cfg)}
+            path = save_checkpoint(self.out_dir, self.step, lambda p: _save_model(unwrapped, p), self.optimizer, self.scheduler, state, self.cfg.run.keep_checkpoints)
+        self.accel.wait_for_everyone()
+        return path
+
+    def evaluate(self) -> dict[str, float]:
+        """SynthRef val: free generation, pixel/patch cIoU, gIoU, N-acc/T-acc and VQA accuracy."""
+        from stamp.data.synthref import SynthRef
+        from stamp.eval.evaluate import evaluate_samples
+        from stamp.inference import StampPredictor
+
+        n = self.cfg.data.val_samples
+        model = self.accel.unwrap_model(self.module).model
+        model.eval()
+        ds = SynthRef("val", seed=self.cfg.data.seed, image_size_range=tuple(self.cfg.data.image_size_range))
+        with self._autocast():
+            report = evaluate_samples(StampPredictor(model), (ds[i] for i in range(n)), total=n, progress=False)
+        return report.metrics
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> Path | None:
+        run, start_time = self.cfg.run, time.time()
+        bar = tqdm(total=run.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        last_saved, t_window, n_window = None, time.time(), 0
+        while self.step < run.steps:
+            stats = self.train_step()
+            n_window += 1
+            if self.log is not None and (self.step % run.log_every == 0 or self.step == run.steps):
+                elapsed = time.time() - t_window
+                stats["samples_per_s"] = n_window * self.global_batch / max(elapsed, 1e-9)
+                t_window, n_window = time.time(), 0
+                self.log.write(self.step, "train", stats)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", sps=f"{stats['samples_per_s']:.1f}")
+            bar.update(1)
+            if run.eval_every and self.step % run.eval_every == 0 and self.accel.is_main_process:
+                metrics = self.evaluate()
+                self.log.write(self.step, "val", metrics)
+                bar.write(f"step {self.step} val: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
+            out_of_time = run.max_minutes > 0 and (time.time() - start_time) / 60 >= run.max_minutes
+            if self.step % run.save_every == 0 or self.step == run.steps or out_of_time:
+                last_saved = self.save()
+            if out_of_time:
+                bar.write(f"stamp train: time limit of {run.max_minutes} min reached at step {self.step}; resume with --resume")
+                break
+        bar.close()
+        if self.log is not None:
+            self.log.plot()
+        return last_saved
+
+
+def _save_model(model, path: Path) -> None:
+    if hasattr(model, "peft_config"):  # LoRA: the adapter, loadable with its base model
+        model.save_pretrained(str(path))
+        model.processor.save_pretrained(path)
+    else:
+        model.save_stamp(path)
+
+
+def _check_fresh_out_dir(out_dir: Path) -> None:
+    if (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir()):
+        raise FileExistsError(f"{out_dir} already holds checkpoints; use --resume to continue or choose another run.out_dir")
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path | None:
+    """Train per `cfg`; returns the last checkpoint directory (its `model/` folder is a loadable model)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return Trainer(cfg, resume=resume, progress=progress).fit()
