@@ -24,10 +24,38 @@ from stamp.model.losses import patch_targets
 
 @dataclass
 class EvalReport:
-    """`metrics`: percentages (0-100) and counts; `samples`: one record per scored expression."""
+    """The accumulators of one evaluation (mergeable across shards) and one record per expression."""
 
-    metrics: dict[str, float]
+    seg: SegMetrics = field(default_factory=SegMetrics)
+    patch: SegMetrics = field(default_factory=SegMetrics)
+    vqa: VQAAccuracy = field(default_factory=VQAAccuracy)
     samples: list[dict] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Percentages (0-100) and counts: pixel-level seg metrics, patch_ciou/patch_giou, vqa_acc."""
+        out: dict[str, float] = {}
+        if self.seg.n_samples:
+            out.update(self.seg.compute())
+            p = self.patch.compute()
+            out["patch_ciou"], out["patch_giou"] = p["ciou"], p["giou"]
+        if self.vqa.n_samples:
+            out["vqa_acc"] = self.vqa.compute()["vqa_acc"]
+            out["n_vqa"] = self.vqa.n_samples
+        out["n_samples"] = self.seg.n_samples + self.vqa.n_samples
+        return out
+
+
+def merge_reports(reports: list[EvalReport]) -> EvalReport:
+    """Combine shard reports (samples concatenated in shard order)."""
+    merged = EvalReport()
+    for r in reports:
+        merged.seg.merge(r.seg)
+        merged.patch.merge(r.patch)
+        merged.vqa.merge(r.vqa)
+        merged.samples.extend(r.samples)
+        merged.seg.generalized |= r.seg.generalized
+    return merged
 
 
 def vqa_correct(prediction: str, short: str, gold_text: str | None = None) -> bool:
@@ -66,9 +94,8 @@ def evaluate_samples(
             literature's evaluations do; None lets the model decide whether to emit `<|seg|>`.
         save_masks: write each predicted mask as `<save_masks>/<k>.png` (k = record number).
     """
-    seg, patch, vqa = SegMetrics(), SegMetrics(), VQAAccuracy()
-    generalized = False
-    records: list[dict] = []
+    report = EvalReport()
+    seg, patch, vqa, records = report.seg, report.patch, report.vqa, report.samples
     for sample in tqdm(samples, total=total, desc="eval", unit="sample", disable=not progress):
         prompt, gold, gt_masks = first_exchange(sample)
         t0 = time.perf_counter()
@@ -88,7 +115,7 @@ def evaluate_samples(
             declined = k >= len(result.masks)
             pred = np.zeros(gt.shape, bool) if declined else result.masks[k].mask
             has_target = bool(((gt != 0) & (gt != 255)).any())
-            generalized |= not has_target
+            seg.generalized |= not has_target
             inter, union = mask_iou_stats(pred, gt)
             seg.update(inter, union, has_target=has_target, predicted_nonempty=bool(pred.any()), declined=declined)
             if not declined:
@@ -107,18 +134,4 @@ def evaluate_samples(
 
                 rec["mask_file"] = save_mask_png(pred, Path(save_masks) / f"{len(records):06d}.png")
             records.append(rec)
-    return EvalReport(_combine(seg, patch, vqa, generalized), records)
-
-
-def _combine(seg: SegMetrics, patch: SegMetrics, vqa: VQAAccuracy, generalized: bool) -> dict[str, float]:
-    seg.generalized = generalized
-    out: dict[str, float] = {}
-    if seg.n_samples:
-        out.update(seg.compute())
-        p = patch.compute()
-        out["patch_ciou"], out["patch_giou"] = p["ciou"], p["giou"]
-    if vqa.n_samples:
-        out["vqa_acc"] = vqa.compute()["vqa_acc"]
-        out["n_vqa"] = vqa.n_samples
-    out["n_samples"] = seg.n_samples + vqa.n_samples
-    return out
+    return report

@@ -1,6 +1,38 @@
-"""Refinement of STAMP's per-cell masks: bilinear and image-guided upsampling, SAM refinement."""
+"""Refinement of STAMP's per-cell masks: bilinear and image-guided upsampling, SAM refinement.
 
+`build_refiner("none" | "guided" | "sam" | "sam:PATH")` returns an object with
+`refine(image, coarse_probs, coarse_mask) -> RefineResult`.
+"""
+
+from stamp.refine.base import (
+    GuidedRefiner,
+    NoRefiner,
+    RefineError,
+    Refiner,
+    RefineResult,
+    mask_agreement,
+)
 from stamp.refine.guided import default_radius, guided_upsample
+from stamp.refine.prompts import SamFrame, SamPrompts, build_prompts, mask_box, mask_prompt, select_points
+from stamp.refine.sam import SamRefiner, build_refiner
 from stamp.refine.upsample import upsample_probs
 
-__all__ = ["default_radius", "guided_upsample", "upsample_probs"]
+__all__ = [
+    "GuidedRefiner",
+    "NoRefiner",
+    "RefineError",
+    "RefineResult",
+    "Refiner",
+    "SamFrame",
+    "SamPrompts",
+    "SamRefiner",
+    "build_prompts",
+    "build_refiner",
+    "default_radius",
+    "guided_upsample",
+    "mask_agreement",
+    "mask_box",
+    "mask_prompt",
+    "select_points",
+    "upsample_probs",
+]

@@ -1,0 +1,105 @@
+"""`stamp eval`: evaluate a model on a data split and write `results.json`.
+
+    stamp eval --data refcoco:/data/lisa --split val --model /models/stamp-2b --out results.json
+    stamp eval --data synthref --split val --limit 200 --out synth.json        # the bundled model
+    accelerate launch --num_processes 2 -m stamp.cli eval ...                  # sharded across ranks
+
+results.json (schema version 1):
+    {"schema": 1, "data": "refcoco:/data/lisa", "split": "val", "model": "...", "force_seg": false,
+     "metrics": {"ciou", "giou", "precision@0.5" ... "precision@0.9", "n_acc", "t_acc", "vqa_acc",
+                 "patch_ciou", "patch_giou", "n_samples"}   -- percentages 0-100, those that apply
+     "samples": [{"id", "image", "prompt", "answer", "intersection", "union", "iou", "has_mask",
+                  "seconds", "mask_file"?}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stamp.eval.evaluate import EvalReport, evaluate_samples, merge_reports
+from stamp.io.outputs import atomic_write_bytes, ensure_writable
+
+DEFAULT_FORCE_PREFIX = "Sure, it is <|seg|>"
+
+
+@dataclass
+class EvalJob:
+    data: str
+    split: str = "val"
+    model: str | None = None
+    out: str = "results.json"
+    image_root: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    force_seg: bool = False
+    save_masks: str | None = None
+    max_new_tokens: int = 64
+    overwrite: bool = False
+    dtype: str | None = None
+    device: str = "cpu"
+
+
+def run_eval(job: EvalJob, progress: bool = True) -> dict:
+    """Evaluate and write `job.out`; returns the results dict. Shards over accelerate ranks if launched so."""
+    from stamp.data.registry import open_dataset, parse_data_spec
+    from stamp.inference import StampPredictor
+    from stamp.models import load_model
+
+    out = Path(job.out)
+    ensure_writable([out], job.overwrite)
+    kind, path = parse_data_spec(job.data)
+    dataset = open_dataset(kind, path, job.split, image_root=job.image_root, seed=job.seed)
+    n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
+    rank, world = _distributed()
+    torch.manual_seed(job.seed)
+    model = load_model(job.model, dtype=job.dtype, device=job.device) if job.model else load_model(None)
+    predictor = StampPredictor(model)
+    indices = range(rank, n, world)
+    report = evaluate_samples(
+        predictor,
+        (dataset[i] for i in indices),
+        total=len(indices),
+        answer_prefix=DEFAULT_FORCE_PREFIX if job.force_seg else None,
+        max_new_tokens=job.max_new_tokens,
+        progress=progress and rank == 0,
+        save_masks=Path(job.save_masks) if job.save_masks else None,
+    )
+    report = _gather(report, world)
+    results = {
+        "schema": 1,
+        "data": job.data,
+        "split": job.split,
+        "model": job.model or "bundled",
+        "force_seg": job.force_seg,
+        "metrics": report.metrics,
+        "samples": report.samples,
+    }
+    if rank == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, (json.dumps(results, indent=1) + "\n").encode())
+    return results
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        return state.process_index, state.num_processes
+    return 0, 1
+
+
+def _gather(report: EvalReport, world: int) -> EvalReport:
+    if world == 1:
+        return report
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, report)
+    return merge_reports(parts)

@@ -1,0 +1,276 @@
+"""SAM refinement of STAMP's coarse masks, and `build_refiner` for all refiners.
+
+`SamRefiner` loads a transformers `SamModel` (or `Sam2Model`, when the installed transformers has it)
+from a LOCAL directory, frozen and in eval mode, and refines a coarse mask in one image encoding plus
+a few cheap decoder passes:
+  1. prompts derived deterministically from the coarse mask (`stamp.refine.prompts`): positive points
+     deep inside it, negative points on confident background, its bounding box, and the cell
+     probabilities as a mask prompt with a negative-logit padding;
+  2. SAM's three multimask candidates; the one agreeing best (IoU) with the coarse mask is kept;
+  3. `extra_passes` more passes feeding back the kept low-resolution logits (as the authors do);
+  4. if the final mask agrees with the coarse mask less than `min_agreement`, the coarse mask is
+     returned instead, with `used_fallback=True` and a warning.
+The image embedding of the last image is cached, so several masks on one image encode it once.
+
+Pre-processing is done here (no torchvision): SAM v1 resizes the longest side to the model's input size
+(1024) and pads bottom/right with zeros after normalisation; SAM 2 resizes to a square. Mean/std come
+from the directory's preprocessor_config.json when present, else the ImageNet values SAM uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from PIL import Image
+
+from stamp.refine.base import (
+    GuidedRefiner,
+    NoRefiner,
+    RefineError,
+    Refiner,
+    RefineResult,
+    check_refine_inputs,
+    mask_agreement,
+    to_rgb_image,
+)
+from stamp.refine.prompts import SamFrame, SamPrompts, build_prompts
+
+SAM_PATH_ENV = "STAMP_SAM_PATH"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MODEL_CLASSES = {"sam": "SamModel", "sam2": "Sam2Model"}
+
+
+class SamRefiner:
+    """Refine coarse masks with a frozen SAM / SAM 2 loaded from a local directory.
+
+    Args:
+        model_dir: directory written by `save_pretrained` (config.json + weights), e.g. a local copy of
+            facebook/sam-vit-huge. Nothing is downloaded.
+        device: torch device for SAM.
+        n_points: positive points and (up to) as many negative points.
+        seed: seeds the tie-breaking between equally good point candidates.
+        min_agreement: minimum IoU between SAM's mask and the coarse mask; below it, fall back.
+        extra_passes: decoder passes that feed back the previous low-resolution logits.
+        pad_logit: logit of the mask prompt's padding (must be negative: "not the object").
+        use_box: also prompt with the coarse mask's bounding box.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        n_points: int = 3,
+        seed: int = 0,
+        *,
+        min_agreement: float = 0.5,
+        extra_passes: int = 2,
+        pad_logit: float = -20.0,
+        use_box: bool = True,
+    ) -> None:
+        if pad_logit >= 0:
+            raise ValueError(f"pad_logit must be negative, got {pad_logit}")
+        self.model_dir = Path(model_dir)
+        self.device = torch.device(device)
+        self.n_points, self.seed = int(n_points), int(seed)
+        self.min_agreement, self.extra_passes = float(min_agreement), int(extra_passes)
+        self.pad_logit, self.use_box = float(pad_logit), bool(use_box)
+        self.model, self.model_type = _load_sam(self.model_dir, self.device)
+        prompt_cfg = self.model.config.prompt_encoder_config
+        self.input_size = _as_int(prompt_cfg.image_size)  # square frame side (1024)
+        self.mask_input_size = 4 * (self.input_size // _as_int(prompt_cfg.patch_size))  # 256
+        self.mean, self.std = _load_mean_std(self.model_dir)
+        self._cache_key: str | None = None
+        self._cache_embeddings = None
+
+    def frame(self, image_size: tuple[int, int]) -> SamFrame:
+        """The mapping of an (H, W) image into this model's input frame."""
+        if self.model_type == "sam2":
+            return SamFrame.stretch(image_size, self.input_size)
+        return SamFrame.letterbox(image_size, self.input_size)
+
+    def prompts(
+        self, image_size: tuple[int, int], coarse_probs: np.ndarray, coarse_mask: np.ndarray
+    ) -> SamPrompts:
+        """Prompts for a non-empty (H, W) `coarse_mask` on an image of `image_size` (H, W)."""
+        return build_prompts(
+            coarse_probs,
+            coarse_mask,
+            self.frame(image_size),
+            self.mask_input_size,
+            n_points=self.n_points,
+            seed=self.seed,
+            pad_logit=self.pad_logit,
+        )
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """(1, 3, S, S) float32 pixel values for an RGB image (see `sam_pixel_values`)."""
+        return sam_pixel_values(image, self.frame((image.height, image.width)), self.mean, self.std)
+
+    @torch.no_grad()
+    def refine(
+        self, image: Image.Image | np.ndarray, coarse_probs: np.ndarray, coarse_mask: np.ndarray
+    ) -> RefineResult:
+        """Refine one coarse mask; see the module docstring.
+
+        Args:
+            image: PIL image (any mode; converted to RGB) or (H, W, 3) uint8 array.
+            coarse_probs: (gh, gw) float probabilities in [0, 1] covering the whole image.
+            coarse_mask: (H, W) bool coarse mask at the original size.
+
+        Returns:
+            RefineResult with an (H, W) bool mask; an empty coarse mask is returned unchanged.
+        """
+        rgb = to_rgb_image(image)
+        probs, mask = check_refine_inputs(rgb, coarse_probs, coarse_mask)
+        if not mask.any():
+            return RefineResult(mask=mask.copy(), score=1.0)
+        prompts = self.prompts((rgb.height, rgb.width), probs, mask)
+        embeddings = self._embed(rgb)
+        low_res = self._decode(embeddings, prompts, prompts.input_masks, multimask=True)  # (3, m, m)
+        masks = self.postprocess(low_res, prompts.frame)  # (3, H, W) bool
+        scores = [mask_agreement(m, mask) for m in masks]
+        best = int(np.argmax(scores))
+        best_low, refined = low_res[best], masks[best]
+        for _ in range(self.extra_passes):
+            fed_back = self._reset_padding(best_low, prompts.frame)[None, None]
+            best_low = self._decode(embeddings, prompts, fed_back, multimask=False)[0]
+            refined = self.postprocess(best_low[None], prompts.frame)[0]
+        score = mask_agreement(refined, mask)
+        if score < self.min_agreement:
+            warning = (
+                f"SAM refinement disagrees with the coarse mask (IoU {score:.3f} < {self.min_agreement}); "
+                "kept the coarse mask"
+            )
+            return RefineResult(mask=mask.copy(), score=1.0, used_fallback=True, warning=warning)
+        return RefineResult(mask=refined, score=score)
+
+    def postprocess(self, low_res: torch.Tensor, frame: SamFrame) -> np.ndarray:
+        """(k, m, m) low-resolution logits -> (k, H, W) bool masks at the original size (logit > 0)."""
+        x = F.interpolate(
+            low_res[None].float(), size=(frame.target, frame.target), mode="bilinear", align_corners=False
+        )
+        h, w = frame.resized_size
+        x = F.interpolate(x[..., :h, :w], size=frame.orig_size, mode="bilinear", align_corners=False)
+        return (x[0] > 0).cpu().numpy()
+
+    def _embed(self, image: Image.Image):
+        """Image embeddings (a tensor for SAM, a list of tensors for SAM 2), cached for the last image."""
+        key = f"{image.size}:{hashlib.sha1(image.tobytes()).hexdigest()}"
+        if key != self._cache_key:
+            pixels = self.preprocess(image).to(self.device, dtype=self.model.dtype)
+            self._cache_embeddings = self.model.get_image_embeddings(pixels)
+            self._cache_key = key
+        return self._cache_embeddings
+
+    def _decode(
+        self, embeddings, prompts: SamPrompts, mask_input: torch.Tensor, *, multimask: bool
+    ) -> torch.Tensor:
+        """One mask-decoder pass -> (k, m, m) float32 low-resolution logits on the CPU."""
+        dtype = self.model.dtype
+        out = self.model(
+            image_embeddings=embeddings,
+            input_points=prompts.input_points.to(self.device, dtype=dtype),
+            input_labels=prompts.input_labels.to(self.device),
+            input_boxes=prompts.input_boxes.to(self.device, dtype=dtype) if self.use_box else None,
+            input_masks=mask_input.to(self.device, dtype=dtype),
+            multimask_output=multimask,
+        )
+        return out.pred_masks[0, 0].float().cpu()  # (k, m, m)
+
+    def _reset_padding(self, low_res: torch.Tensor, frame: SamFrame) -> torch.Tensor:
+        """(m, m) logits with the frame's padding region set back to `pad_logit`."""
+        m = low_res.shape[-1]
+        h = -(-frame.resized_size[0] * m // frame.target)  # ceil: keep rows that hold any image
+        w = -(-frame.resized_size[1] * m // frame.target)
+        out = torch.full_like(low_res, self.pad_logit)
+        out[:h, :w] = low_res[:h, :w]
+        return out
+
+    def __repr__(self) -> str:
+        return f"SamRefiner({str(self.model_dir)!r}, model_type={self.model_type!r}, device={str(self.device)!r})"
+
+
+def sam_pixel_values(
+    image: Image.Image, frame: SamFrame, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """(1, 3, S, S) float32: the RGB image resized (PIL bilinear) to `frame.resized_size`, scaled to
+    [0, 1], normalised with mean/std, zero-padded bottom/right to the S x S frame (as SAM does)."""
+    h, w = frame.resized_size
+    arr = np.asarray(image.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0  # (h, w, 3)
+    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    pixels = torch.zeros(1, 3, frame.target, frame.target)
+    pixels[0, :, :h, :w] = torch.from_numpy(arr).permute(2, 0, 1)
+    return pixels
+
+
+def build_refiner(spec: str, device: str | torch.device = "cpu") -> Refiner:
+    """A refiner from a spec string: "none" | "guided" | "sam" | "sam:PATH".
+
+    "sam" alone reads the model directory from the STAMP_SAM_PATH environment variable.
+
+    Raises:
+        RefineError: unknown spec, no SAM path, or a missing/invalid SAM directory.
+    """
+    name, _, arg = str(spec).strip().partition(":")
+    name = name.lower()
+    if name == "none" and not arg:
+        return NoRefiner()
+    if name == "guided" and not arg:
+        return GuidedRefiner()
+    if name == "sam":
+        path = arg or os.environ.get(SAM_PATH_ENV, "")
+        if not path:
+            raise RefineError(f"refiner 'sam' needs a model directory: use 'sam:PATH' or set {SAM_PATH_ENV}")
+        return SamRefiner(path, device=device)
+    raise RefineError(f"unknown refiner {spec!r}; use 'none', 'guided', 'sam' or 'sam:PATH'")
+
+
+def _load_sam(model_dir: Path, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """Load a frozen, eval-mode SAM / SAM 2 from a local directory; RefineError on any problem."""
+    config_path = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise RefineError(f"SAM model directory not found: {model_dir}")
+    if not config_path.is_file():
+        raise RefineError(f"not a SAM model directory (no config.json): {model_dir}")
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise RefineError(f"cannot read {config_path}: {exc}") from None
+    cls_name = _MODEL_CLASSES.get(model_type)
+    if cls_name is None or not hasattr(transformers, cls_name):
+        supported = [k for k, v in _MODEL_CLASSES.items() if hasattr(transformers, v)]
+        raise RefineError(
+            f"unsupported SAM model_type {model_type!r} in {config_path}; supported: {supported}"
+        )
+    try:
+        model = getattr(transformers, cls_name).from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RefineError(f"cannot load {cls_name} from {model_dir}: {first_line}") from None
+    model.to(device).eval().requires_grad_(False)
+    return model, model_type
+
+
+def _load_mean_std(model_dir: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation from preprocessor_config.json when present, else SAM's ImageNet mean/std."""
+    path = model_dir / "preprocessor_config.json"
+    if path.is_file():
+        try:
+            cfg = json.loads(path.read_text())
+            return tuple(map(float, cfg["image_mean"])), tuple(map(float, cfg["image_std"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _as_int(value: int | list[int] | tuple[int, ...]) -> int:
+    """Config sizes may be an int or a (square) pair."""
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
