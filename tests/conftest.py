@@ -5,7 +5,7 @@ import torch
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("STAMP_TEST_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")

@@ -70,8 +70,43 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train per a YAML config, with key=value overrides")
     tr.add_argument("config", help="YAML config (see configs/)")
     tr.add_argument("overrides", nargs="*", help="overrides like optim.lr=3e-4 run.steps=100")
-    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir")
+    tr.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir"
+    )
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev = sub.add_parser("eval", help="evaluate on a data split; write results.json (cIoU, gIoU, N-acc, ...)")
+    ev.add_argument(
+        "--data", required=True, help="KIND:PATH, e.g. refcoco:/data/lisa, grefcoco:/data/lisa, synthref"
+    )
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--out", default="results.json", help="results file (never overwritten without --force)")
+    ev.add_argument(
+        "--image-root", default=None, help="where the images are (default: the LISA layout under the root)"
+    )
+    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--force-seg",
+        action="store_true",
+        help='force answers to start with "Sure, it is <|seg|>" (as the literature does)',
+    )
+    ev.add_argument("--save-masks", default=None, help="write each predicted mask as a PNG into this folder")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--force", action="store_true", help="overwrite --out")
+    ev.add_argument("--no-progress", action="store_true")
+    _add_model_args(ev)
+
+    data = sub.add_parser("data", help="data tools")
+    dsub = data.add_subparsers(
+        dest="data_command", metavar="DATA_COMMAND", parser_class=_Parser, required=True
+    )
+    synth = dsub.add_parser("synth", help="write SynthRef in a real benchmark's on-disk format")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--split", default="val", choices=["train", "val", "test", "compositional"])
+    synth.add_argument("--n", type=int, default=100)
+    synth.add_argument("--format", default="refer", choices=["refer", "grefer", "reasonseg", "llava"])
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--force", action="store_true", help="replace an existing output folder")
     return parser
 
 
@@ -87,7 +122,11 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "overrides", None) is not None and all("=" in e and not e.startswith("-") for e in extra):
+    if (
+        extra
+        and getattr(args, "overrides", None) is not None
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
         args.overrides = list(args.overrides) + extra  # key=value overrides placed after an option
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -5,13 +5,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from stamp.configuration import ConfigError
 from stamp.data.errors import DataError
 from stamp.images import ImageError, load_image
 from stamp.model.loading import StampModelError
 
-from stamp.configuration import ConfigError
-
-USER_ERRORS = (ImageError, StampModelError, DataError, ConfigError, FileExistsError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    ImageError,
+    StampModelError,
+    DataError,
+    ConfigError,
+    FileExistsError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def _predictor(args):
@@ -94,4 +101,40 @@ def cmd_train(args) -> int:
     return 0
 
 
-COMMANDS = {"segment": cmd_segment, "demo": cmd_demo, "train": cmd_train}
+def cmd_eval(args) -> int:
+    from stamp.eval.runner import EvalJob, run_eval
+
+    job = EvalJob(
+        data=args.data,
+        split=args.split,
+        model=args.model,
+        out=args.out,
+        image_root=args.image_root,
+        limit=args.limit,
+        seed=args.seed,
+        force_seg=args.force_seg,
+        save_masks=args.save_masks,
+        max_new_tokens=args.max_new_tokens,
+        overwrite=args.force,
+        dtype=args.dtype,
+        device=args.device,
+    )
+    results = run_eval(job, progress=not args.no_progress)
+    print(
+        " ".join(
+            f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in results["metrics"].items()
+        )
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from stamp.data.export import export_synthref
+
+    out = export_synthref(args.out, args.split, args.n, args.format, seed=args.seed, overwrite=args.force)
+    print(f"wrote {args.n} SynthRef {args.split} samples in {args.format} format to {out}")
+    return 0
+
+
+COMMANDS = {"segment": cmd_segment, "demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "data": cmd_data}

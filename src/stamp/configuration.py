@@ -29,6 +29,14 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass `tp` is, or the one inside an Optional[...]; else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+    return found[0] if found else None
+
+
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
@@ -68,6 +76,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is float:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -111,8 +126,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> di
             if i == len(parts) - 1:
                 node[part] = yaml.safe_load(raw) if raw.strip() else ""
             else:
-                tp = types_[part]
-                if not dataclasses.is_dataclass(tp):
+                tp = _dataclass_in(types_[part])
+                if tp is None:
                     raise ConfigError(f"'{where}{part}' is not a section; cannot set '{key}'")
                 child = dict(node.get(part) or {})
                 node[part] = child

@@ -35,7 +35,6 @@ def test_mixture_is_seeded_and_weighted() -> None:
     counts = collections.Counter(i.split("/")[0] for i in ids)
     assert 0.65 < counts["a"] / 400 < 0.85
     assert {int(i.split("/")[1]) for i in ids if i.startswith("b")} == {0, 1, 2}
-    assert [s.id for s in again.stream(start=5, step=2)][:0] == []
     stream = again.stream(start=5, step=2)
     assert [next(stream).id for _ in range(3)] == [ids[5], ids[7], ids[9]]
     assert mix[0].meta["mixture_source"] == ids[0].split("/")[0]

@@ -20,7 +20,7 @@ KINDS = (*REFER_KINDS, "grefcoco", "reasonseg", "llava", "synthref")
 
 
 def parse_data_spec(spec: str) -> tuple[str, str | None]:
-    """"KIND:PATH" (or "synthref") -> (kind, path)."""
+    """ "KIND:PATH" (or "synthref") -> (kind, path)."""
     kind, _, path = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
@@ -34,7 +34,15 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
     return kind, path or None
 
 
-def open_dataset(kind: str, path: str | Path | None, split: str, *, image_root: str | Path | None = None, seed: int = 0, length: int | None = None):
+def open_dataset(
+    kind: str,
+    path: str | Path | None,
+    split: str,
+    *,
+    image_root: str | Path | None = None,
+    seed: int = 0,
+    length: int | None = None,
+):
     """A map-style data set of StampSamples (see the module docstring for PATH)."""
     if kind == "synthref":
         from stamp.data.synthref import SynthRef

@@ -20,14 +20,15 @@ prefers it as the target.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
 
 from stamp.data.sample import StampSample, Turn
 from stamp.data.scenes import COLOURS, HELD_OUT_PAIRS, KINDS, Scene, SceneConfig, sample_scene
-from stamp.data.synth_tasks import TASK_BUILDERS, TASK_MIN_OBJECTS, Exchange, TaskContext
+from stamp.data.synth_chat import make_dialogue, make_multi, make_vqa
+from stamp.data.synth_tasks import Exchange, TaskContext, make_grefer, make_no_target, make_reason, make_refer
 
 SPLITS = ("train", "val", "test", "compositional")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "compositional": 3}
@@ -43,6 +44,17 @@ DEFAULT_TASK_WEIGHTS: dict[str, float] = {
     "multi": 0.10,
     "dialogue": 0.10,
 }
+TASK_BUILDERS: dict[str, Callable[[TaskContext], Exchange | list[Exchange] | None]] = {
+    "refer": make_refer,
+    "grefer": make_grefer,
+    "no_target": make_no_target,
+    "reason": make_reason,
+    "vqa": make_vqa,
+    "multi": make_multi,
+    "dialogue": make_dialogue,
+}
+# Fewest objects a scene needs for the task to have a chance.
+TASK_MIN_OBJECTS = {"refer": 1, "grefer": 3, "no_target": 1, "reason": 2, "vqa": 1, "multi": 2, "dialogue": 2}
 TASK_OF = {"no_target": "grefer"}  # StampSample.task for a builder name (default: the name itself)
 _MAX_SCENES = 50
 

@@ -101,7 +101,9 @@ def evaluate_samples(
         t0 = time.perf_counter()
         predictor.set_image(sample.load_image())
         is_vqa = not gt_masks and "answer" in sample.meta
-        result = predictor.chat(prompt, max_new_tokens=max_new_tokens, answer_prefix=None if is_vqa else answer_prefix)
+        result = predictor.chat(
+            prompt, max_new_tokens=max_new_tokens, answer_prefix=None if is_vqa else answer_prefix
+        )
         seconds = time.perf_counter() - t0
         image_ref = str(sample.image) if isinstance(sample.image, (str, Path)) else None
         base = {"id": sample.id, "image": image_ref, "prompt": prompt, "answer": result.text}
@@ -109,7 +111,9 @@ def evaluate_samples(
             ok = vqa_correct(result.text, str(sample.meta["answer"]), gold)
             vqa.n_samples += 1
             vqa.n_correct += int(ok)
-            records.append({**base, "task": "vqa", "gold": sample.meta["answer"], "correct": ok, "seconds": seconds})
+            records.append(
+                {**base, "task": "vqa", "gold": sample.meta["answer"], "correct": ok, "seconds": seconds}
+            )
             continue
         for k, gt in enumerate(gt_masks):
             declined = k >= len(result.masks)
@@ -117,7 +121,9 @@ def evaluate_samples(
             has_target = bool(((gt != 0) & (gt != 255)).any())
             seg.generalized |= not has_target
             inter, union = mask_iou_stats(pred, gt)
-            seg.update(inter, union, has_target=has_target, predicted_nonempty=bool(pred.any()), declined=declined)
+            seg.update(
+                inter, union, has_target=has_target, predicted_nonempty=bool(pred.any()), declined=declined
+            )
             if not declined:
                 frac, valid = patch_targets(gt, result.masks[k].patch_logits.shape)
                 gt_cells = np.where(valid.numpy() > 0, (frac.numpy() >= 0.5).astype(np.uint8), 255)
@@ -125,10 +131,24 @@ def evaluate_samples(
             else:
                 gt_cells, p_pred = (gt != 0).astype(np.uint8), np.zeros(gt.shape, bool)
             p_i, p_u = mask_iou_stats(p_pred, gt_cells)
-            patch.update(p_i, p_u, has_target=bool((gt_cells == 1).any()), predicted_nonempty=bool(p_pred.any()), declined=declined)
-            rec = {**base, "task": sample.task, "mask_index": k, "intersection": inter, "union": union,
-                   "iou": 1.0 if union == 0 else inter / union, "has_mask": not declined, "has_target": has_target,
-                   "seconds": seconds}
+            patch.update(
+                p_i,
+                p_u,
+                has_target=bool((gt_cells == 1).any()),
+                predicted_nonempty=bool(p_pred.any()),
+                declined=declined,
+            )
+            rec = {
+                **base,
+                "task": sample.task,
+                "mask_index": k,
+                "intersection": inter,
+                "union": union,
+                "iou": 1.0 if union == 0 else inter / union,
+                "has_mask": not declined,
+                "has_target": has_target,
+                "seconds": seconds,
+            }
             if save_masks is not None and not declined:
                 from stamp.io.outputs import save_mask_png
 

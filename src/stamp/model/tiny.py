@@ -6,7 +6,16 @@ import torch
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
 from stamp.model.config import StampSettings
-from stamp.model.tokens import IM_END, IMAGE_PAD, PAD, VIDEO_PAD, VISION_START, add_stamp_tokens, build_byte_tokenizer, token_id
+from stamp.model.tokens import (
+    IM_END,
+    IMAGE_PAD,
+    PAD,
+    VIDEO_PAD,
+    VISION_START,
+    add_stamp_tokens,
+    build_byte_tokenizer,
+    token_id,
+)
 from stamp.processing import CELL, ProcessorSettings, StampProcessor
 
 
@@ -57,13 +66,25 @@ def build_model_from_scratch(
     )
     patch = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     if family == "qwen2_vl":
-        vision = dict(depth=vision_depth, embed_dim=vision_embed_dim, num_heads=vision_heads, mlp_ratio=vision_mlp_ratio, hidden_size=hidden_size, **patch)
+        vision = dict(
+            depth=vision_depth,
+            embed_dim=vision_embed_dim,
+            num_heads=vision_heads,
+            mlp_ratio=vision_mlp_ratio,
+            hidden_size=hidden_size,
+            **patch,
+        )
         config = Qwen2VLConfig(vision_config=vision, **common)
     elif family == "qwen2_5_vl":
         vision = dict(
-            depth=vision_depth, hidden_size=vision_embed_dim, intermediate_size=int(vision_embed_dim * vision_mlp_ratio),
-            num_heads=vision_heads, out_hidden_size=hidden_size, window_size=112,
-            fullatt_block_indexes=[vision_depth - 1], **patch,
+            depth=vision_depth,
+            hidden_size=vision_embed_dim,
+            intermediate_size=int(vision_embed_dim * vision_mlp_ratio),
+            num_heads=vision_heads,
+            out_hidden_size=hidden_size,
+            window_size=112,
+            fullatt_block_indexes=[vision_depth - 1],
+            **patch,
         )
         config = Qwen2_5_VLConfig(vision_config=vision, **common)
     else:
@@ -79,5 +100,7 @@ def build_model_from_scratch(
 def build_tiny_model(seed: int = 0, *, min_cells: int = 4, max_cells: int = 64, **kwargs):
     """A tiny random STAMP model (hidden 64, 2 layers, 1 vision block) with a byte-level tokenizer, for
     tests. Images are resized to between `min_cells` and `max_cells` merged 28x28 cells (224x224 -> 8x8)."""
-    settings = ProcessorSettings(min_pixels=min_cells * CELL * CELL, max_pixels=max_cells * CELL * CELL, system_prompt=None)
+    settings = ProcessorSettings(
+        min_pixels=min_cells * CELL * CELL, max_pixels=max_cells * CELL * CELL, system_prompt=None
+    )
     return build_model_from_scratch(build_byte_tokenizer(), seed=seed, processor_settings=settings, **kwargs)

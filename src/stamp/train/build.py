@@ -13,7 +13,9 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     from stamp.model.modeling import StampModel
 
     m = cfg.model
-    modes = dict(position_mode=m.position_mode, attention_mode=m.attention_mode, mask_embedding=m.mask_embedding)
+    modes = dict(
+        position_mode=m.position_mode, attention_mode=m.attention_mode, mask_embedding=m.mask_embedding
+    )
     if weights_from is not None and m.lora is None:
         model = StampModel.from_pretrained(weights_from, attn_implementation=m.attn_implementation)
     elif m.init == "scratch":

@@ -83,7 +83,9 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
 
 
-def save_checkpoint(out_dir: Path, step: int, save_model, optimizer, scheduler, trainer_state: dict, keep: int) -> Path:
+def save_checkpoint(
+    out_dir: Path, step: int, save_model, optimizer, scheduler, trainer_state: dict, keep: int
+) -> Path:
     """Write checkpoint `step` atomically; `save_model(path)` writes the model folder. Prunes old ones."""
     root = checkpoint_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -95,7 +97,13 @@ def save_checkpoint(out_dir: Path, step: int, save_model, optimizer, scheduler, 
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         rng_tensors, rng_meta = rng_state()
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        state = {**trainer_state, "step": step, "optimizer": meta, "scheduler": scheduler.state_dict(), "rng": rng_meta}
+        state = {
+            **trainer_state,
+            "step": step,
+            "optimizer": meta,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_meta,
+        }
         (tmp / STATE_FILE).write_text(json.dumps(state))
         if final.exists():
             shutil.rmtree(final)
@@ -113,7 +121,9 @@ def load_checkpoint(path: Path, optimizer, scheduler) -> dict:
     """Restore optimizer, scheduler and RNG from checkpoint `path`; returns the trainer state dict.
     (The model weights are loaded by the caller from `path / "model"`.)"""
     state = json.loads((path / STATE_FILE).read_text())
-    optimizer.load_state_dict(_optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
+    optimizer.load_state_dict(
+        _optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+    )
     scheduler.load_state_dict(state["scheduler"])
     restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])
     return state

@@ -22,7 +22,9 @@ class LoraConfig:
     alpha: int = 128
     dropout: float = 0.05
     rslora: bool = True
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     modules_to_save: list[str] = field(default_factory=lambda: ["classifier", "embed_tokens", "lm_head"])
 
 

@@ -11,7 +11,12 @@ def open_source(src: DataSource, cfg: DataConfig):
     if src.kind == "synthref":
         from stamp.data.synthref import SynthRef
 
-        return SynthRef(src.split, seed=cfg.seed, task_weights=cfg.task_weights, image_size_range=tuple(cfg.image_size_range))
+        return SynthRef(
+            src.split,
+            seed=cfg.seed,
+            task_weights=cfg.task_weights,
+            image_size_range=tuple(cfg.image_size_range),
+        )
     from stamp.data.registry import open_dataset
 
     if not src.path:

@@ -9,7 +9,12 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 CURVES = ("loss", "text_loss", "bce_loss", "dice_loss")
-COLOURS = {"loss": (0, 0, 0), "text_loss": (0, 114, 178), "bce_loss": (213, 94, 0), "dice_loss": (0, 158, 115)}
+COLOURS = {
+    "loss": (0, 0, 0),
+    "text_loss": (0, 114, 178),
+    "bce_loss": (213, 94, 0),
+    "dice_loss": (0, 158, 115),
+}
 
 
 class MetricsLog:
@@ -62,7 +67,7 @@ class MetricsLog:
                 draw.text((pad + 10 + 120 * i, 10), name, fill=COLOURS[name])
             draw.text((pad, h - pad + 8), f"step {x0}", fill=(0, 0, 0))
             draw.text((w - pad - 80, h - pad + 8), f"step {x1}", fill=(0, 0, 0))
-            draw.text((5, pad), f"{10 ** y1:.3g}", fill=(0, 0, 0))
-            draw.text((5, h - pad - 10), f"{10 ** y0:.3g}", fill=(0, 0, 0))
+            draw.text((5, pad), f"{10**y1:.3g}", fill=(0, 0, 0))
+            draw.text((5, h - pad - 10), f"{10**y0:.3g}", fill=(0, 0, 0))
         img.save(path)
         return path

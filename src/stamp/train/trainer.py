@@ -67,7 +67,9 @@ class Trainer:
         cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
-        self.accel = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.accel = Accelerator(
+            cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+        )
         self.resume_from = latest_checkpoint(self.out_dir) if resume else None
         if resume and self.resume_from is None and self.accel.is_main_process:
             print(f"stamp train: no checkpoint under {self.out_dir}; starting from scratch")
@@ -78,10 +80,14 @@ class Trainer:
         self.processor = self.model.processor
         self.stream = TrainStream(cfg.data, self.processor, seed=cfg.run.seed)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         weights = {"text_weight": cfg.loss.text, "bce_weight": cfg.loss.bce, "dice_weight": cfg.loss.dice}
-        self.module, self.optimizer = self.accel.prepare(StampTrainingModule(self.model, weights), self.optimizer)
+        self.module, self.optimizer = self.accel.prepare(
+            StampTrainingModule(self.model, weights), self.optimizer
+        )
         self.step, self.progress = 0, progress and self.accel.is_main_process
         if self.resume_from is not None:
             state = load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
@@ -106,7 +112,10 @@ class Trainer:
         sums: dict[str, float] = {}
         for micro in range(o.grad_accum):
             start = self.step * self.global_batch + (micro * world + rank) * o.batch_size
-            batch = {k: v.to(self.accel.device) for k, v in self.stream.batch(range(start, start + o.batch_size)).items()}
+            batch = {
+                k: v.to(self.accel.device)
+                for k, v in self.stream.batch(range(start, start + o.batch_size)).items()
+            }
             sync = self.accel.no_sync(self.module) if micro < o.grad_accum - 1 else contextlib.nullcontext()
             with sync, self._autocast():
                 loss, out = self.module(**batch)
@@ -129,8 +138,20 @@ class Trainer:
         path = None
         if self.accel.is_main_process:
             unwrapped = self.accel.unwrap_model(self.module).model
-            state = {"samples_seen": self.step * self.global_batch, "world_size": self.accel.num_processes, "config": asdict(self.cfg)}
-            path = save_checkpoint(self.out_dir, self.step, lambda p: _save_model(unwrapped, p), self.optimizer, self.scheduler, state, self.cfg.run.keep_checkpoints)
+            state = {
+                "samples_seen": self.step * self.global_batch,
+                "world_size": self.accel.num_processes,
+                "config": asdict(self.cfg),
+            }
+            path = save_checkpoint(
+                self.out_dir,
+                self.step,
+                lambda p: _save_model(unwrapped, p),
+                self.optimizer,
+                self.scheduler,
+                state,
+                self.cfg.run.keep_checkpoints,
+            )
         self.accel.wait_for_everyone()
         return path
 
@@ -145,7 +166,9 @@ class Trainer:
         model.eval()
         ds = SynthRef("val", seed=self.cfg.data.seed, image_size_range=tuple(self.cfg.data.image_size_range))
         with self._autocast():
-            report = evaluate_samples(StampPredictor(model), (ds[i] for i in range(n)), total=n, progress=False)
+            report = evaluate_samples(
+                StampPredictor(model), (ds[i] for i in range(n)), total=n, progress=False
+            )
         return report.metrics
 
     # ------------------------------------------------------------------ loop
@@ -171,12 +194,33 @@ class Trainer:
             if self.step % run.save_every == 0 or self.step == run.steps or out_of_time:
                 last_saved = self.save()
             if out_of_time:
-                bar.write(f"stamp train: time limit of {run.max_minutes} min reached at step {self.step}; resume with --resume")
+                bar.write(
+                    f"stamp train: time limit of {run.max_minutes} min reached at step {self.step}; resume with --resume"
+                )
                 break
         bar.close()
+        if self.accel.num_processes > 1:
+            self.check_replicas_in_sync()
         if self.log is not None:
             self.log.plot()
         return last_saved
+
+    def check_replicas_in_sync(self) -> str:
+        """All ranks must hold identical weights after data-parallel training; raises if not."""
+        import hashlib
+
+        model = self.accel.unwrap_model(self.module).model
+        digest = hashlib.sha256()
+        for name, p in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(p.detach().float().cpu().numpy().tobytes())
+        mine = digest.hexdigest()
+        everyone = [None] * self.accel.num_processes
+        torch.distributed.all_gather_object(everyone, mine)
+        print(f"stamp train: rank {self.accel.process_index} weights sha256 {mine}", flush=True)
+        if len(set(everyone)) != 1:
+            raise RuntimeError(f"data-parallel replicas diverged: {everyone}")
+        return mine
 
 
 def _save_model(model, path: Path) -> None:
@@ -189,7 +233,9 @@ def _save_model(model, path: Path) -> None:
 
 def _check_fresh_out_dir(out_dir: Path) -> None:
     if (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir()):
-        raise FileExistsError(f"{out_dir} already holds checkpoints; use --resume to continue or choose another run.out_dir")
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints; use --resume to continue or choose another run.out_dir"
+        )
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path | None:

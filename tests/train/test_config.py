@@ -1,0 +1,67 @@
+"""Every shipped YAML loads; overrides are typed; unknown keys name the closest valid key."""
+
+from pathlib import Path
+
+import pytest
+
+from stamp.configuration import ConfigError, load_config
+from stamp.train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if "accelerate" not in p.relative_to(ROOT).parts)
+ACCELERATE_CONFIGS = sorted((ROOT / "accelerate").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert any(p.name == "tiny-synth.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_loads(path):
+    text = path.read_text()
+    assert text.lstrip().startswith("#") and "stamp " in text.splitlines()[1], (
+        "each config opens with its command"
+    )
+    cfg = load_config(TrainConfig, path)
+    assert cfg.run.steps >= 1
+
+
+def test_overrides_and_types(tmp_path):
+    cfg = load_config(
+        TrainConfig,
+        None,
+        ["optim.lr=3e-4", "run.steps=7", "model.lora.r=8", "data.task_weights={refer: 1.0}"],
+    )
+    assert cfg.optim.lr == 3e-4 and cfg.run.steps == 7 and cfg.model.lora.r == 8
+    assert cfg.data.task_weights == {"refer": 1.0}
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(TrainConfig, None, ["run.steps=abc"])
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'lr'"):
+        load_config(TrainConfig, None, ["optim.lrr=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("# x\n# stamp train bad.yaml\nmodel:\n  hiden_size: 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'hidden_size'"):
+        load_config(TrainConfig, bad)
+
+
+def test_invalid_values_are_config_errors():
+    with pytest.raises(ConfigError, match="schedule"):
+        load_config(TrainConfig, None, ["optim.schedule=triangle"])
+    with pytest.raises(ConfigError, match="mrope_section"):
+        load_config(TrainConfig, None, ["model.hidden_size=64"])
+
+
+def test_accelerate_configs_parse():
+    import yaml
+
+    kinds = set()
+    for path in ACCELERATE_CONFIGS:
+        text = path.read_text()
+        assert "accelerate launch" in text.splitlines()[1]
+        data = yaml.safe_load(text)
+        kinds.add(data["distributed_type"])
+        assert data["num_processes"] >= 1
+    assert {"MULTI_GPU", "FSDP", "DEEPSPEED"} <= kinds

@@ -1,0 +1,134 @@
+"""Training end to end on a tiny config: loss goes down, checkpoints resume exactly, 2 ranks agree."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from stamp.configuration import load_config
+from stamp.train.checkpoint import latest_checkpoint
+from stamp.train.config import TrainConfig
+from stamp.train.trainer import Trainer, train
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "tiny-synth.yaml"
+
+
+def _cfg(overrides, *extra):
+    return load_config(TrainConfig, CONFIG, list(overrides) + list(extra))
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / "model" / "model.safetensors"))
+
+
+def test_training_reduces_loss_and_writes_artifacts(tiny_overrides, tmp_path):
+    cfg = _cfg(
+        tiny_overrides,
+        "run.steps=12",
+        "run.save_every=6",
+        "optim.lr=3e-3",
+        "data.sources=[{kind: synthref, split: val}]",
+    )
+    trainer = Trainer(cfg, progress=False)
+    batch = trainer.stream.batch(range(4))
+    with torch.no_grad():
+        before = float(trainer.model.stamp_forward(**batch).loss)
+    last = trainer.fit()
+    with torch.no_grad():
+        after = float(trainer.model.eval().stamp_forward(**batch).loss)
+    assert after < before
+    out = Path(cfg.run.out_dir)
+    assert last == latest_checkpoint(out) and last.name == "step_0000012"
+    assert (out / "metrics.csv").read_text().count("train,loss") == 12
+    assert (out / "loss_curves.png").stat().st_size > 0
+    assert (last / "optimizer.safetensors").is_file() and (last / "rng.safetensors").is_file()
+    assert len(list((out / "checkpoints").glob("step_*"))) <= cfg.run.keep_checkpoints
+    from stamp.model.modeling import StampModel
+
+    loaded = StampModel.from_pretrained(last / "model")  # a checkpoint's model folder is a loadable model
+    assert loaded.stamp.seg_token_id == trainer.model.stamp.seg_token_id
+
+
+def test_refuses_to_clobber_existing_run(tiny_overrides):
+    cfg = _cfg(tiny_overrides, "run.steps=1")
+    train(cfg, progress=False)
+    try:
+        train(cfg, progress=False)
+    except FileExistsError as exc:
+        assert "--resume" in str(exc)
+    else:
+        raise AssertionError("a second run into the same out_dir must be refused")
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_overrides, tmp_path):
+    steps = ["run.steps=6", "run.save_every=2", "run.keep_checkpoints=5"]
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
+    train(_cfg(tiny_overrides, *steps, f"run.out_dir={ref_dir}"), progress=False)
+    # the same run in a subprocess, killed (SIGKILL) once its step-2 checkpoint exists
+    cmd = [
+        sys.executable,
+        "-m",
+        "stamp.cli",
+        "train",
+        str(CONFIG),
+        "--no-progress",
+        *tiny_overrides,
+        *steps,
+        f"run.out_dir={kill_dir}",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    deadline = time.time() + 240
+    while latest_checkpoint(kill_dir) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = latest_checkpoint(kill_dir)
+    assert partial is not None and int(partial.name.split("_")[1]) < 6, "the run must be killed mid-way"
+    train(_cfg(tiny_overrides, *steps, f"run.out_dir={kill_dir}"), resume=True, progress=False)
+    a, b = _weights(latest_checkpoint(ref_dir)), _weights(latest_checkpoint(kill_dir))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
+
+
+def test_two_process_gloo_ranks_hold_identical_weights(tiny_overrides, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        "-m",
+        "stamp.cli",
+        "train",
+        str(CONFIG),
+        "--no-progress",
+        *tiny_overrides,
+        "run.steps=3",
+        "run.save_every=3",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if "weights sha256" in ln]
+    assert len(lines) == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert {ln.split("rank ")[1].split()[0] for ln in lines} == {"0", "1"}
+    assert len({ln.split()[-1] for ln in lines}) == 1
