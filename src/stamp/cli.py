@@ -35,6 +35,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    p.add_argument(
+        "--refine", default="none", metavar="none|guided|sam[:PATH]",
+        help="sub-patch refinement: image-guided upsampling, or a local SAM directory (default: none)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ def _predictor(args):
         if args.model
         else load_model(None)
     )
-    return StampPredictor(model, threshold=args.threshold)
+    return StampPredictor(model, threshold=args.threshold, refine=args.refine)
 
 
 def _print_result(title: str, result) -> None:

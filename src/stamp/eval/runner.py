@@ -41,6 +41,8 @@ class EvalJob:
     overwrite: bool = False
     dtype: str | None = None
     device: str = "cpu"
+    refine: str = "none"
+    threshold: float = 0.5
 
 
 def run_eval(job: EvalJob, progress: bool = True) -> dict:
@@ -57,7 +59,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
     rank, world = _distributed()
     torch.manual_seed(job.seed)
     model = load_model(job.model, dtype=job.dtype, device=job.device) if job.model else load_model(None)
-    predictor = StampPredictor(model)
+    predictor = StampPredictor(model, threshold=job.threshold, refine=job.refine)
     indices = range(rank, n, world)
     report = evaluate_samples(
         predictor,
@@ -75,6 +77,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
         "split": job.split,
         "model": job.model or "bundled",
         "force_seg": job.force_seg,
+        "refine": job.refine,
         "metrics": report.metrics,
         "samples": report.samples,
     }

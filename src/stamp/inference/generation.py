@@ -26,7 +26,7 @@ class GenerationConfig:
     """Decoding settings."""
 
     max_new_tokens: int = 128
-    """Upper bound on answer tokens (forced prefix included)."""
+    """Upper bound on generated answer tokens (after any forced prefix)."""
     do_sample: bool = False
     """Greedy decoding when False."""
     temperature: float = 1.0
@@ -138,12 +138,15 @@ def generate(
     tokens: list[list[int]] = [[] for _ in requests]
     masks: list[list[torch.Tensor]] = [[] for _ in requests]
     finished = [False] * bsz
-    for step in range(cfg.max_new_tokens):
+    limits = [len(r.forced_ids) + cfg.max_new_tokens for r in requests]  # the forced prefix is extra
+    total = max(limits)
+    for step in range(total):
         with timer("decode"):
             chosen = _choose(logits, cfg, gen).tolist()
         step_tokens, seg_rows = [], []
         for b, r in enumerate(requests):
             tok = r.forced_ids[step] if step < len(r.forced_ids) else chosen[b]
+            finished[b] = finished[b] or step >= limits[b]
             if finished[b]:
                 tok = pad_id
             elif tok in eos_ids:
@@ -153,7 +156,7 @@ def generate(
                 if tok == seg_id and cfg.predict_masks:
                     seg_rows.append(b)
             step_tokens.append(tok)
-        if all(finished) or step == cfg.max_new_tokens - 1 and not seg_rows:
+        if all(finished) or step == total - 1 and not seg_rows:
             break
         stage = "mask" if seg_rows else "decode"
         with timer(stage):

@@ -39,6 +39,10 @@ class StampMask:
     probs: np.ndarray
     patch_logits: np.ndarray
     score: float
+    coarse_mask: np.ndarray | None = None
+    """The unrefined (upsampled, thresholded) mask when a refiner changed `mask`; else None."""
+    warning: str | None = None
+    """Set when the refiner fell back to the coarse mask (e.g. SAM disagreed badly)."""
 
     @property
     def patch_mask(self) -> np.ndarray:
@@ -101,7 +105,15 @@ class StampPredictor:
         *,
         threshold: float = 0.5,
         upsample: str = "prob",
+        refine="none",
     ):
+        """
+        Args:
+            threshold: foreground probability threshold.
+            upsample: "prob" (bilinear on probabilities, default) or "logit" (bilinear on logits).
+            refine: "none", "guided" (image-guided upsampling), "sam:PATH" (a local SAM directory), or
+                any object with `refine(image, coarse_probs, coarse_mask) -> RefineResult`.
+        """
         self.model = model.eval()
         self.processor = processor or getattr(model, "processor", None)
         if self.processor is None:
@@ -110,6 +122,11 @@ class StampPredictor:
             raise ValueError(f"upsample must be one of {UPSAMPLE_SPACES}, got {upsample!r}")
         self.threshold = threshold
         self.upsample = upsample
+        if isinstance(refine, str):
+            from stamp.refine import build_refiner
+
+            refine = None if refine == "none" else build_refiner(refine, device=model.device)
+        self.refiner = refine
         tok = self.processor.tokenizer
         self.pad_id = self.processor.pad_token_id
         self.eos_ids = {self.processor.im_end_id, tok.convert_tokens_to_ids(PAD)}
@@ -156,7 +173,19 @@ class StampPredictor:
         masks = [logits_to_mask(lg, (h, w), self.threshold, self.upsample) for lg in out.mask_logits]
         timings = {"vision": vision_seconds, "prefill": 0.0, "decode": 0.0, "mask": 0.0, **out.timings}
         timings["postprocess"] = time.perf_counter() - t0
+        if self.refiner is not None:
+            t1 = time.perf_counter()
+            for m in masks:
+                self._refine(m, enc)
+            timings["refine"] = time.perf_counter() - t1
         return StampResult(self.processor.decode(out.token_ids), masks, timings, out.token_ids)
+
+    def _refine(self, m: StampMask, enc: EncodedImage) -> None:
+        probs = 1.0 / (1.0 + np.exp(-m.patch_logits))
+        res = self.refiner.refine(enc.image, probs, m.mask)
+        if res.used_fallback or not np.array_equal(res.mask, m.mask):
+            m.coarse_mask = m.mask
+        m.mask, m.warning = res.mask, res.warning
 
     def chat(
         self,

@@ -1,0 +1,154 @@
+"""Timing and peak-memory primitives shared by the benchmarks.
+
+Rules (docs/PERFORMANCE.md, "Measuring speed honestly"): warm up first, repeat, report the median with
+its spread (min, max, interquartile range), set the thread count explicitly, and synchronise CUDA before
+reading the clock.
+
+Peak memory:
+- CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`, minus what was allocated
+  before the measured call (the tensors the call itself needed at its peak).
+- CPU: the process's peak resident set size (`VmHWM` in /proc/self/status) is a *high-water mark*: it
+  only ever grows. Before each measured call it is reset to the current RSS by writing "5" to
+  /proc/self/clear_refs (Linux >= 4.0); the figure is then VmHWM after the call minus VmRSS before it.
+  Where the reset is refused, the delta of the un-reset high-water mark is reported instead, which is 0
+  whenever an earlier call peaked higher (`PeakMemory.exact` says which). RSS counts every allocation of
+  the process (torch's, numpy's, the allocator's retained pages), so it is an upper bound on the tensors.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Milliseconds of repeated runs of one call."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    q1_ms: float
+    q3_ms: float
+    repeats: int
+    samples_ms: list[float]
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float]) -> Timing:
+        if not samples_ms:
+            raise ValueError("no timing samples")
+        ordered = sorted(samples_ms)
+        if len(ordered) >= 2:
+            q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+        else:
+            q1 = q3 = ordered[0]
+        return cls(
+            median_ms=statistics.median(ordered),
+            min_ms=ordered[0],
+            max_ms=ordered[-1],
+            q1_ms=q1,
+            q3_ms=q3,
+            repeats=len(ordered),
+            samples_ms=list(samples_ms),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def spread(self) -> str:
+        """'median [min-max]' for tables."""
+        return f"{self.median_ms:.2f} [{self.min_ms:.2f}-{self.max_ms:.2f}]"
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    device: torch.device | str = "cpu",
+    repeats: int = 5,
+    warmup: int = 1,
+    budget_s: float | None = None,
+    warmup_fn: Callable[[], object] | None = None,
+) -> Timing:
+    """Time `fn()` `repeats` times after `warmup` untimed calls (of `warmup_fn` if given).
+
+    `budget_s`: stop repeating once the timed runs have used this many seconds (at least one run is
+    always timed), so that a slow baseline (e.g. 4096 autoregressive steps) does not dominate a run.
+    """
+    for _ in range(warmup):
+        (warmup_fn or fn)()
+    synchronize(device)
+    samples: list[float] = []
+    spent = 0.0
+    for _ in range(max(1, repeats)):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        dt = time.perf_counter() - t0
+        samples.append(dt * 1e3)
+        spent += dt
+        if budget_s is not None and spent >= budget_s:
+            break
+    return Timing.from_samples(samples)
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory of one call above what was in use before it, in MiB."""
+
+    peak_mb: float | None  # None when no method is available
+    method: str  # "cuda_max_memory_allocated" | "rss_hwm_reset" | "rss_hwm" | "unavailable"
+    exact: bool  # False when the figure is a lower bound (high-water mark not reset)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> PeakMemory:
+    """Run `fn()` once and report its peak memory (see the module docstring for the method)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        return PeakMemory(peak / 2**20, "cuda_max_memory_allocated", True)
+    exact = _reset_hwm()
+    before = _status_kb("VmRSS") if exact else _status_kb("VmHWM")
+    fn()
+    after = _status_kb("VmHWM")
+    if before is None or after is None:
+        return PeakMemory(None, "unavailable", False)
+    return PeakMemory(max(0, after - before) / 1024, "rss_hwm_reset" if exact else "rss_hwm", exact)
