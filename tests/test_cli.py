@@ -94,3 +94,21 @@ def test_missing_model_dir_is_clean_error(tmp_path):
 def test_typo_suggests_command():
     proc = subprocess.run([sys.executable, "-m", "stamp.cli", "segmnt"], capture_output=True, text=True)
     assert proc.returncode == 2 and "did you mean segment" in proc.stderr
+
+
+def test_demo_runs_and_writes_overlay(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "stamp.cli", "demo", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "answer:" in proc.stdout and "timings" in proc.stdout
+    assert (out / "overlay.png").is_file() and (out / "result.json").is_file()
+    if "RANDOM" in proc.stderr:  # no bundled model in this checkout: the demo must say so
+        assert "meaningless" in proc.stderr
+
+
+def test_data_synth_cli(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(out), "--split", "val", "--n", "3", "--format", "llava"]) == 0
+    assert (out / "conversations.json").is_file()
+    assert main(["data", "synth", "--out", str(out), "--split", "val", "--n", "3", "--format", "llava"]) == 2
+    assert "exists" in capsys.readouterr().err

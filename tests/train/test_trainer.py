@@ -132,3 +132,27 @@ def test_two_process_gloo_ranks_hold_identical_weights(tiny_overrides, tmp_path)
     assert len(lines) == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert {ln.split("rank ")[1].split()[0] for ln in lines} == {"0", "1"}
     assert len({ln.split()[-1] for ln in lines}) == 1
+
+
+def test_lora_and_frozen_vision_train_the_right_parameters(tiny_overrides, tmp_path):
+    from stamp.model.modeling import StampModel
+
+    base = tmp_path / "base"
+    StampModel.tiny(seed=0).save_stamp(base)
+    cfg = _cfg(
+        tiny_overrides, "run.steps=2", "run.save_every=2", "model.init=pretrained", f"model.path={base}",
+        "model.lora={r: 4, alpha: 8}", "model.freeze_vision=true",
+    )
+    trainer = Trainer(cfg, progress=False)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n and "language_model" in n for n in trainable)
+    assert any("classifier" in n for n in trainable) and any("embed_tokens" in n for n in trainable)
+    assert not any(".visual." in n for n in trainable)
+    assert not any("q_proj.base_layer" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    last = trainer.fit()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in trainable)
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
+    merged = StampModel.from_pretrained(last / "model", base_model=base)  # adapter checkpoint + its base
+    assert merged.stamp.seg_token_id == trainer.model.processor.seg_token_id

@@ -1,0 +1,135 @@
+"""Analytic FLOP counts of the language model's passes, and the same-run matmul reference.
+
+FLOPs of one decoder forward of Q new tokens whose attention spans K keys (cache + new), per layer,
+with h = hidden size, n_h / n_kv = query / key-value heads, d = head dim, I = MLP width
+(one multiply-add = 2 FLOPs):
+
+    projections   2 Q h (n_h d)            q_proj
+                + 2 * 2 Q h (n_kv d)       k_proj, v_proj
+                + 2 Q (n_h d) h            o_proj
+    attention     2 * 2 Q K n_h d          Q K^T and softmax(.) V, dense over all K keys
+    MLP           3 * 2 Q h I              gate, up, down (SwiGLU)
+
+plus the heads: lm_head 2 h V per row it is applied to, classifier 2 h per placeholder. Norms, RoPE,
+softmax, bias additions and the residual adds are elementwise (O(Q h), under 1% here) and not counted.
+The attention term counts every (query, key) pair of the dense masked kernel; in STAMP's mask pass
+every placeholder really does attend to all K keys (history, `<|seg|>` and the whole block).
+
+Passes (H = history tokens in the cache, N = placeholders):
+    STAMP mask pass   Q = N + 1 (the `<|seg|>` and the N placeholders), K = H + N + 1,
+                      lm_head on 1 row (the `<|seg|>`: the answer continues), classifier on N rows;
+    no cache reuse    Q = K = H + N + 1, same heads;
+    autoregressive    N steps, step i: Q = 1, K = H + 1 + i, lm_head on 1 row.
+
+`achieved FLOP/s` = analytic FLOPs / median time; `flops_fraction` = that / the best FLOP/s of a plain
+`torch.mm` of the same dtype on the same device, measured in the same run (`matmul_peak`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from stamp.bench.timing import measure
+
+
+@dataclass(frozen=True)
+class TextDims:
+    """The language model's sizes that the FLOP count needs."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+
+    @classmethod
+    def from_model(cls, model) -> TextDims:
+        tc = model.config.get_text_config()
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        return cls(
+            hidden=tc.hidden_size,
+            layers=tc.num_hidden_layers,
+            heads=tc.num_attention_heads,
+            kv_heads=tc.num_key_value_heads,
+            head_dim=head_dim,
+            intermediate=tc.intermediate_size,
+            vocab=model.lm_head.out_features,
+        )
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def forward_flops(dims: TextDims, queries: int, keys: int) -> int:
+    """FLOPs of the decoder stack for `queries` new tokens attending over `keys` keys (no heads)."""
+    h, q, k = dims.hidden, queries, keys
+    qd, kvd = dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim
+    proj = 2 * q * h * qd + 2 * 2 * q * h * kvd + 2 * q * qd * h
+    attn = 2 * 2 * q * k * qd
+    mlp = 3 * 2 * q * h * dims.intermediate
+    return dims.layers * (proj + attn + mlp)
+
+
+def head_flops(dims: TextDims, lm_rows: int, classifier_rows: int) -> int:
+    return 2 * dims.hidden * dims.vocab * lm_rows + 2 * dims.hidden * classifier_rows
+
+
+def mask_pass_flops(dims: TextDims, n: int, history: int) -> int:
+    """STAMP's mask pass: `<|seg|>` + N placeholders against the cached history (module docstring)."""
+    return forward_flops(dims, n + 1, history + n + 1) + head_flops(dims, 1, n)
+
+
+def no_cache_flops(dims: TextDims, n: int, history: int) -> int:
+    """The same mask computed by one forward over [history ; `<|seg|>` ; placeholders]."""
+    total = history + n + 1
+    return forward_flops(dims, total, total) + head_flops(dims, 1, n)
+
+
+def autoregressive_flops(dims: TextDims, n: int, history: int) -> int:
+    """N one-token decode steps after the history (+ `<|seg|>`), lm_head on each."""
+    steps = sum(forward_flops(dims, 1, history + 1 + i) for i in range(n))
+    return steps + head_flops(dims, n, 0)
+
+
+@dataclass
+class MatmulPeak:
+    """Best measured `torch.mm` throughput of one dtype on one device."""
+
+    dtype: str
+    best_gflops: float
+    best_shape: tuple[int, int, int]
+    by_shape: dict[str, float] = field(default_factory=dict)  # "MxKxN" -> GFLOP/s (median time)
+
+    def to_dict(self) -> dict:
+        return {
+            "dtype": self.dtype,
+            "best_gflops": self.best_gflops,
+            "best_shape": list(self.best_shape),
+            "by_shape": dict(self.by_shape),
+        }
+
+
+def matmul_peak(
+    dtype: torch.dtype,
+    device: torch.device | str,
+    shapes: list[tuple[int, int, int]],
+    repeats: int = 5,
+) -> MatmulPeak:
+    """Median GFLOP/s of (M, K) @ (K, N) for each shape; the best is the reference."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    by_shape: dict[str, float] = {}
+    best = (0.0, shapes[0])
+    for m, k, n in shapes:
+        a = torch.randn(m, k, generator=gen).to(device, dtype)
+        b = torch.randn(k, n, generator=gen).to(device, dtype)
+        out = torch.empty(m, n, device=device, dtype=dtype)
+        t = measure(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), device=device, repeats=repeats)
+        gflops = 2 * m * k * n / (t.median_ms * 1e-3) / 1e9
+        by_shape[f"{m}x{k}x{n}"] = gflops
+        if gflops > best[0]:
+            best = (gflops, (m, k, n))
+    return MatmulPeak(str(dtype).removeprefix("torch."), best[0], best[1], by_shape)
