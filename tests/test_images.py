@@ -37,3 +37,12 @@ def test_bad_inputs(tmp_path):
         load_image(tmp_path / "t.png")
     with pytest.raises(ImageError, match="unsupported"):
         load_image(3)
+
+
+def test_processor_refuses_every_control_token(tiny_model):
+    proc = tiny_model.processor
+    for tok in ("<|seg|>", "<|mask|>", "<|image_pad|>", "<|vision_start|>", "<|im_start|>"):
+        with pytest.raises(ValueError, match="reserved"):
+            proc.check_user_text(f"segment {tok} now")
+    ids = proc._text_ids("a <|vision_start|>b <|seg|>c")
+    assert proc.decode(ids) == "a b <|seg|>c"

@@ -7,6 +7,8 @@ import difflib
 import os
 import sys
 
+from stamp.serve.cli import add_parsers as add_serve_parsers
+
 EXIT_USAGE = 2
 
 
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--format", default="refer", choices=["refer", "grefer", "reasonseg", "llava"])
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--force", action="store_true", help="replace an existing output folder")
+    add_serve_parsers(sub, _Parser)
     return parser
 
 

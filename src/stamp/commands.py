@@ -9,12 +9,15 @@ from stamp.configuration import ConfigError
 from stamp.data.errors import DataError
 from stamp.images import ImageError, load_image
 from stamp.model.loading import StampModelError
+from stamp.refine import RefineError
+from stamp.serve.cli import COMMANDS as SERVE_COMMANDS
 
 USER_ERRORS = (
     ImageError,
     StampModelError,
     DataError,
     ConfigError,
+    RefineError,
     FileExistsError,
     FileNotFoundError,
     ValueError,
@@ -66,9 +69,11 @@ def cmd_demo(args) -> int:
     else:
         from stamp.data.synthref import SynthRef
 
-        sample = SynthRef(split="val", seed=0)[args.seed]
+        ds = SynthRef(split="val", seed=0)
+        # the first referring sample at or after --seed: its request names an object in the scene
+        sample = next(ds[i] for i in range(args.seed, len(ds)) if ds[i].task == "refer")
         image = sample.load_image()
-        prompt = args.prompt or next(t.text for t in sample.turns if t.role == "user")
+        prompt = args.prompt or sample.turns[0].text
     out = Path(args.out)
     t0 = time.perf_counter()
     predictor = _predictor(args)
@@ -118,6 +123,8 @@ def cmd_eval(args) -> int:
         overwrite=args.force,
         dtype=args.dtype,
         device=args.device,
+        refine=args.refine,
+        threshold=args.threshold,
     )
     results = run_eval(job, progress=not args.no_progress)
     print(
@@ -138,3 +145,4 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"segment": cmd_segment, "demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "data": cmd_data}
+COMMANDS.update(SERVE_COMMANDS)

@@ -100,7 +100,7 @@ class StampProcessor:
         self.seg_token_id = token_id(tokenizer, SEG_TOKEN)
         self.mask_token_id = token_id(tokenizer, MASK_TOKEN)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.im_end_id
-        self._reserved = [t for t in tokenizer.all_special_tokens if t.startswith("<|")]
+        self._reserved = reserved_tokens(tokenizer)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path) -> None:
@@ -239,6 +239,15 @@ class StampProcessor:
                 [w.flatten() for e in examples for w in e["weights"]], batch_first=True
             )
         return batch
+
+
+def reserved_tokens(tokenizer) -> list[str]:
+    """Every `<|...|>` control token the tokenizer knows (chat, vision, STAMP): user text may not contain
+    them, and decoded answers drop all but `<|seg|>`. Read from the added-token table, because
+    `all_special_tokens` lists only the named ones (eos, pad) for tokenizers built in code."""
+    found = {t.content for t in tokenizer.added_tokens_decoder.values() if t.content.startswith("<|")}
+    found |= {t for t in tokenizer.all_special_tokens if t.startswith("<|")}
+    return sorted(found)
 
 
 def resized_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

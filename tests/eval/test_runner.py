@@ -60,3 +60,11 @@ def test_bad_data_spec_is_one_line_error(tmp_path, capsys):
     assert main(["eval", "--data", "refcocoo:/x", "--out", str(tmp_path / "x.json")]) == 2
     assert "did you mean refcoco" in capsys.readouterr().err
     assert main(["eval", "--data", f"refcoco:{tmp_path / 'missing'}", "--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_eval_with_guided_refinement_records_it(model_dir, tmp_path):
+    out = tmp_path / "g.json"
+    argv = ["eval", "--data", "synthref", "--split", "val", "--limit", "2", "--model", str(model_dir), "--out", str(out), "--no-progress", "--force-seg", "--refine", "guided"]
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["refine"] == "guided"
+    assert main(argv[:-1] + ["sam:/nonexistent"] + ["--force"]) == 2  # a bad SAM path is a one-line error

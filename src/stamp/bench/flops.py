@@ -16,8 +16,9 @@ The attention term counts every (query, key) pair of the dense masked kernel; in
 every placeholder really does attend to all K keys (history, `<|seg|>` and the whole block).
 
 Passes (H = history tokens in the cache, N = placeholders):
-    STAMP mask pass   Q = N + 1 (the `<|seg|>` and the N placeholders), K = H + N + 1,
-                      lm_head on 1 row (the `<|seg|>`: the answer continues), classifier on N rows;
+    STAMP mask pass   the `<|seg|>` step (Q = 1, K = H + 1) and the placeholder forward (Q = N,
+                      K = H + N + 1), lm_head on 1 row (the `<|seg|>`: the answer continues),
+                      classifier on N rows (`stamp.inference.generation._step`);
     no cache reuse    Q = K = H + N + 1, same heads;
     autoregressive    N steps, step i: Q = 1, K = H + 1 + i, lm_head on 1 row.
 
@@ -80,7 +81,9 @@ def head_flops(dims: TextDims, lm_rows: int, classifier_rows: int) -> int:
 
 def mask_pass_flops(dims: TextDims, n: int, history: int) -> int:
     """STAMP's mask pass: `<|seg|>` + N placeholders against the cached history (module docstring)."""
-    return forward_flops(dims, n + 1, history + n + 1) + head_flops(dims, 1, n)
+    return (
+        forward_flops(dims, 1, history + 1) + forward_flops(dims, n, history + n + 1) + head_flops(dims, 1, n)
+    )
 
 
 def no_cache_flops(dims: TextDims, n: int, history: int) -> int:

@@ -10,6 +10,8 @@ Peak memory:
 - CPU: the process's peak resident set size (`VmHWM` in /proc/self/status) is a *high-water mark*: it
   only ever grows. Before each measured call it is reset to the current RSS by writing "5" to
   /proc/self/clear_refs (Linux >= 4.0); the figure is then VmHWM after the call minus VmRSS before it.
+  Freed heap memory that the allocator keeps would hide the call's own allocations (they reuse pages
+  already resident), so glibc's `malloc_trim(0)` first returns free pages to the system.
   Where the reset is refused, the delta of the un-reset high-water mark is reported instead, which is 0
   whenever an earlier call peaked higher (`PeakMemory.exact` says which). RSS counts every allocation of
   the process (torch's, numpy's, the allocator's retained pages), so it is an upper bound on the tensors.
@@ -17,6 +19,7 @@ Peak memory:
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +30,7 @@ import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_LIBC = None
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -38,7 +42,7 @@ def synchronize(device: torch.device | str) -> None:
 
 @dataclass
 class Timing:
-    """Milliseconds of repeated runs of one call."""
+    """Milliseconds of repeated runs of one call (and, if tracked, the peak memory of the first run)."""
 
     median_ms: float
     min_ms: float
@@ -47,9 +51,10 @@ class Timing:
     q3_ms: float
     repeats: int
     samples_ms: list[float]
+    peak_mem: PeakMemory | None = None
 
     @classmethod
-    def from_samples(cls, samples_ms: list[float]) -> Timing:
+    def from_samples(cls, samples_ms: list[float], peak_mem: PeakMemory | None = None) -> Timing:
         if not samples_ms:
             raise ValueError("no timing samples")
         ordered = sorted(samples_ms)
@@ -65,6 +70,7 @@ class Timing:
             q3_ms=q3,
             repeats=len(ordered),
             samples_ms=list(samples_ms),
+            peak_mem=peak_mem,
         )
 
     def to_dict(self) -> dict:
@@ -83,28 +89,37 @@ def measure(
     warmup: int = 1,
     budget_s: float | None = None,
     warmup_fn: Callable[[], object] | None = None,
+    track_memory: bool = False,
 ) -> Timing:
     """Time `fn()` `repeats` times after `warmup` untimed calls (of `warmup_fn` if given).
 
     `budget_s`: stop repeating once the timed runs have used this many seconds (at least one run is
     always timed), so that a slow baseline (e.g. 4096 autoregressive steps) does not dominate a run.
+    `track_memory`: record the peak memory of the first timed run (`Timing.peak_mem`); the bookkeeping
+    happens outside the timed interval.
     """
     for _ in range(warmup):
         (warmup_fn or fn)()
     synchronize(device)
     samples: list[float] = []
+    peak = None
     spent = 0.0
-    for _ in range(max(1, repeats)):
+    for i in range(max(1, repeats)):
+        probe = MemoryProbe(device) if track_memory and i == 0 else None
+        if probe is not None:
+            probe.start()
         synchronize(device)
         t0 = time.perf_counter()
         fn()
         synchronize(device)
         dt = time.perf_counter() - t0
+        if probe is not None:
+            peak = probe.stop()
         samples.append(dt * 1e3)
         spent += dt
         if budget_s is not None and spent >= budget_s:
             break
-    return Timing.from_samples(samples)
+    return Timing.from_samples(samples, peak)
 
 
 def _status_kb(key: str) -> int | None:
@@ -115,6 +130,19 @@ def _status_kb(key: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _malloc_trim() -> None:
+    """Give the C heap's free pages back to the OS (glibc only; a no-op elsewhere)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
 def _reset_hwm() -> bool:
@@ -134,21 +162,39 @@ class PeakMemory:
     exact: bool  # False when the figure is a lower bound (high-water mark not reset)
 
 
+class MemoryProbe:
+    """`start()` before a call, `stop() -> PeakMemory` after it (see the module docstring)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.before: int | None = None
+        self.exact = False
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+            return
+        _malloc_trim()
+        self.exact = _reset_hwm()
+        self.before = _status_kb("VmRSS") if self.exact else _status_kb("VmHWM")
+
+    def stop(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - (self.before or 0)
+            return PeakMemory(peak / 2**20, "cuda_max_memory_allocated", True)
+        after = _status_kb("VmHWM")
+        if self.before is None or after is None:
+            return PeakMemory(None, "unavailable", False)
+        method = "rss_hwm_reset" if self.exact else "rss_hwm"
+        return PeakMemory(max(0, after - self.before) / 1024, method, self.exact)
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> PeakMemory:
-    """Run `fn()` once and report its peak memory (see the module docstring for the method)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - before
-        return PeakMemory(peak / 2**20, "cuda_max_memory_allocated", True)
-    exact = _reset_hwm()
-    before = _status_kb("VmRSS") if exact else _status_kb("VmHWM")
+    """Run `fn()` once and report its peak memory."""
+    probe = MemoryProbe(device)
+    probe.start()
     fn()
-    after = _status_kb("VmHWM")
-    if before is None or after is None:
-        return PeakMemory(None, "unavailable", False)
-    return PeakMemory(max(0, after - before) / 1024, "rss_hwm_reset" if exact else "rss_hwm", exact)
+    return probe.stop()

@@ -1,9 +1,17 @@
 """Two-phase inference: the answer autoregressively, each mask in one pass."""
 
-from stamp.inference.generation import GenerationConfig, GenerationOutput, GenerationRequest, generate
-from stamp.inference.predictor import StampMask, StampPredictor, StampResult, logits_to_mask
+from stamp.inference.generation import (
+    EventCallback,
+    GenerationConfig,
+    GenerationOutput,
+    GenerationRequest,
+    generate,
+)
+from stamp.inference.predictor import ChatRequest, StampMask, StampPredictor, StampResult, logits_to_mask
 
 __all__ = [
+    "ChatRequest",
+    "EventCallback",
     "GenerationConfig",
     "GenerationOutput",
     "GenerationRequest",

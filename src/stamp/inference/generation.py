@@ -12,6 +12,7 @@ not at a `<|seg|>` carry masked-out placeholder slots in that step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,13 @@ class GenerationRequest:
     features: torch.Tensor
     grid_thw: torch.Tensor
     forced_ids: list[int] = field(default_factory=list)
+    max_new_tokens: int | None = None
+    """This row's own bound on free tokens after the forced prefix (None: the config's)."""
+
+
+EventCallback = Callable[..., None]
+"""`on_event(kind, row, *payload)`: ("token", row, token_id) when a row's answer gains a token,
+("mask", row, k, logits) when the k-th mask of the row has been predicted ((gh, gw) float logits)."""
 
 
 @dataclass
@@ -104,9 +112,18 @@ class _Timer:
 
 @torch.no_grad()
 def generate(
-    model, requests: list[GenerationRequest], cfg: GenerationConfig, pad_id: int, eos_ids: set[int]
+    model,
+    requests: list[GenerationRequest],
+    cfg: GenerationConfig,
+    pad_id: int,
+    eos_ids: set[int],
+    on_event: EventCallback | None = None,
 ) -> list[GenerationOutput]:
-    """Run two-phase generation for a batch of requests (left-padded). See the module docstring."""
+    """Run two-phase generation for a batch of requests (left-padded). See the module docstring.
+
+    `on_event` (optional) is told about each answer token and each mask as soon as it exists (see
+    `EventCallback`): a `<|seg|>` token's event always comes before the event of its mask.
+    """
     device = model.device
     timer = _Timer(device)
     bsz = len(requests)
@@ -138,7 +155,10 @@ def generate(
     tokens: list[list[int]] = [[] for _ in requests]
     masks: list[list[torch.Tensor]] = [[] for _ in requests]
     finished = [False] * bsz
-    limits = [len(r.forced_ids) + cfg.max_new_tokens for r in requests]  # the forced prefix is extra
+    limits = [  # the forced prefix is extra
+        len(r.forced_ids) + (cfg.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens)
+        for r in requests
+    ]
     total = max(limits)
     for step in range(total):
         with timer("decode"):
@@ -153,6 +173,8 @@ def generate(
                 finished[b] = True
             else:
                 tokens[b].append(tok)
+                if on_event is not None:
+                    on_event("token", b, tok)
                 if tok == seg_id and cfg.predict_masks:
                     seg_rows.append(b)
             step_tokens.append(tok)
@@ -167,6 +189,8 @@ def generate(
             for b in seg_rows:
                 gh, gw = grids[b]
                 masks[b].append(model.classifier(hidden[b, 1 : 1 + gh * gw]).float().view(gh, gw).cpu())
+                if on_event is not None:
+                    on_event("mask", b, len(masks[b]) - 1, masks[b][-1])
             if n_max:
                 cache.crop(-n_max)
             live = torch.tensor([[-1 if done else 0] for done in finished], device=device)
@@ -177,31 +201,62 @@ def generate(
 
 
 def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos):
-    """Feed one token per row, plus the placeholder block for rows at `<|seg|>`. Returns hidden, cache."""
+    """Feed one token per row; then, if some rows are at `<|seg|>`, their placeholder blocks in a second
+    forward against the cache that now ends with the `<|seg|>` (`_placeholder_pass`).
+
+    Returns (hidden (B, 1 + n_max, H): the token rows, then the placeholder slots; cache holding the
+    history, the token and the n_max placeholder slots, which the caller crops).
+
+    Two forwards rather than one over [token ; placeholders]: in the single forward the `<|seg|>` row
+    must not see the placeholders, so the attention needed a (Q, K) mask; split, a batch-1 step of
+    either kind needs none, and the backend runs its unmasked kernel (docs/PERFORMANCE.md: 1.3-2.5x
+    faster mask passes for N >= 1024 on CPU). The results are the same up to float rounding.
+    """
     device = key_block.device
     bsz, hist = key_block.shape
-    sizes = {b: grids[b][0] * grids[b][1] for b in seg_rows}
-    n_max = max(sizes.values(), default=0)
     tok = torch.tensor(step_tokens, device=device).view(bsz, 1)
     embeds = model.get_input_embeddings()(tok)  # (B, 1, H)
     pos = next_pos.view(1, bsz, 1).expand(3, bsz, 1)
-    new_block = torch.tensor([[-1 if done else 0] for done in finished])  # finished rows only feed padding
-    if n_max:
-        ph = embeds.new_zeros((bsz, n_max, embeds.shape[-1]))
-        ph_pos = torch.zeros((3, bsz, n_max), dtype=torch.long, device=device)
-        ph_block = torch.full((bsz, n_max), -1)
-        for b, n in sizes.items():
-            ph[b, :n] = model.mask_embeddings(requests[b].features.to(device)).to(ph.dtype)
-            ph_pos[:, b, :n] = placeholder_position_ids(next_pos[b] + 1, grids[b], model.stamp.position_mode)
-            ph_block[b, :n] = 1
-        embeds = torch.cat([embeds, ph], dim=1)
-        pos = torch.cat([pos, ph_pos], dim=2)
-        new_block = torch.cat([new_block, ph_block], dim=1)
-    new_block = new_block.to(device)
-    q = new_block.shape[1]
-    q_index = (hist + torch.arange(q, device=device)).expand(bsz, -1)
-    q_limit = torch.full((bsz, q), hist, device=device)  # the token itself / the `<|seg|>` for placeholders
-    allowed = build_hybrid_attention_mask(
-        torch.cat([key_block, new_block], dim=1), new_block, q_index, q_limit, model.stamp.attention_mode
+    new_block = torch.tensor([[-1 if done else 0] for done in finished], device=device)  # finished: padding
+    keys = torch.cat([key_block, new_block], dim=1)
+    if bool((keys == 0).all()):  # no padding anywhere: each token sees the whole cache and itself
+        allowed = None
+    else:
+        here = torch.full((bsz, 1), hist, device=device)
+        allowed = build_hybrid_attention_mask(keys, new_block, here, here, model.stamp.attention_mode)
+    hidden, cache = model.run_language_model(embeds, pos, allowed, cache)
+    if seg_rows:
+        ph_hidden, cache = _placeholder_pass(model, cache, keys, seg_rows, requests, grids, next_pos)
+        hidden = torch.cat([hidden, ph_hidden], dim=1)
+    return hidden, cache
+
+
+def _placeholder_pass(model, cache, keys, seg_rows, requests, grids, next_pos):
+    """The placeholder blocks of the rows at `<|seg|>` against the cache, whose last key (index
+    keys.shape[1] - 1) is each row's `<|seg|>`. Other rows (and slots past a row's own N) carry masked-out
+    padding. Returns (hidden (B, n_max, H), cache)."""
+    device = keys.device
+    bsz, seen = keys.shape
+    sizes = {b: grids[b][0] * grids[b][1] for b in seg_rows}
+    n_max = max(sizes.values())
+    hidden_size = model.get_input_embeddings().weight.shape[1]
+    ph = torch.zeros(
+        (bsz, n_max, hidden_size), dtype=model.get_input_embeddings().weight.dtype, device=device
     )
-    return model.run_language_model(embeds, pos, allowed, cache)
+    ph_pos = torch.zeros((3, bsz, n_max), dtype=torch.long, device=device)
+    ph_block = torch.full((bsz, n_max), -1)
+    for b, n in sizes.items():
+        ph[b, :n] = model.mask_embeddings(requests[b].features.to(device)).to(ph.dtype)
+        ph_pos[:, b, :n] = placeholder_position_ids(next_pos[b] + 1, grids[b], model.stamp.position_mode)
+        ph_block[b, :n] = 1
+    ph_block = ph_block.to(device)
+    mode = model.stamp.attention_mode
+    if mode == "hybrid" and bool((ph_block == 1).all()) and bool((keys == 0).all()):
+        allowed = None  # every placeholder sees the whole history, its `<|seg|>` and its whole block
+    else:
+        q_index = (seen + torch.arange(n_max, device=device)).expand(bsz, -1)
+        q_limit = torch.full((bsz, n_max), seen - 1, device=device)  # up to the `<|seg|>`
+        allowed = build_hybrid_attention_mask(
+            torch.cat([keys, ph_block], dim=1), ph_block, q_index, q_limit, mode
+        )
+    return model.run_language_model(ph, ph_pos, allowed, cache)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from stamp.data.sample import Turn
 from stamp.images import ImageLike
-from stamp.inference.generation import GenerationConfig, GenerationRequest, generate
+from stamp.inference.generation import EventCallback, GenerationConfig, GenerationRequest, generate
 from stamp.model.tokens import PAD
 from stamp.processing import EncodedImage, StampProcessor
 
@@ -71,6 +71,18 @@ class StampResult:
     masks: list[StampMask] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ChatRequest:
+    """One conversation turn for `StampPredictor.chat_batch`: an image, a prompt, and optionally the
+    earlier turns, a forced answer prefix and this request's own token budget."""
+
+    image: ImageLike
+    prompt: str
+    history: Sequence[Turn | tuple[str, str]] | None = None
+    answer_prefix: str | None = None
+    max_new_tokens: int = 128
 
 
 def logits_to_mask(
@@ -176,13 +188,13 @@ class StampPredictor:
         if self.refiner is not None:
             t1 = time.perf_counter()
             for m in masks:
-                self._refine(m, enc)
+                self._refine(m, enc.image)
             timings["refine"] = time.perf_counter() - t1
         return StampResult(self.processor.decode(out.token_ids), masks, timings, out.token_ids)
 
-    def _refine(self, m: StampMask, enc: EncodedImage) -> None:
+    def _refine(self, m: StampMask, image) -> None:
         probs = 1.0 / (1.0 + np.exp(-m.patch_logits))
-        res = self.refiner.refine(enc.image, probs, m.mask)
+        res = self.refiner.refine(image, probs, m.mask)
         if res.used_fallback or not np.array_equal(res.mask, m.mask):
             m.coarse_mask = m.mask
         m.mask, m.warning = res.mask, res.warning
@@ -199,6 +211,7 @@ class StampPredictor:
         seed: int | None = None,
         answer_prefix: str | None = None,
         predict_masks: bool = True,
+        on_event: EventCallback | None = None,
     ) -> StampResult:
         """Answer `prompt` about the current image; one mask per `<|seg|>` the answer contains.
 
@@ -207,6 +220,7 @@ class StampPredictor:
             answer_prefix: text the answer is forced to start with (e.g. "Sure, it is <|seg|>" to force
                 a mask, as the literature's evaluations do); generation continues after it.
             predict_masks: False skips the mask passes (the text is the same either way).
+            on_event: streaming callback, see `stamp.inference.generation.EventCallback` (row is 0).
         """
         if self._image is None:
             raise ValueError("no image: call set_image() first")
@@ -214,7 +228,7 @@ class StampPredictor:
             max_new_tokens, do_sample, temperature, top_p, seed=seed, predict_masks=predict_masks
         )
         req = self._request(self._image, self._features, prompt, history, answer_prefix)
-        out = generate(self.model, [req], cfg, self.pad_id, self.eos_ids)[0]
+        out = generate(self.model, [req], cfg, self.pad_id, self.eos_ids, on_event)[0]
         return self._finish(out, self._image, self._vision_seconds)
 
     def predict_batch(
@@ -225,13 +239,46 @@ class StampPredictor:
         do_sample: bool = False,
         seed: int | None = None,
         answer_prefix: str | None = None,
+        on_event: EventCallback | None = None,
     ) -> list[StampResult]:
-        """Several (image, prompt) pairs in one left-padded batch (images may differ in size)."""
+        """Several (image, prompt) pairs in one left-padded batch (images may differ in size).
+        `on_event`: streaming callback (see `EventCallback`); its row is the item's index."""
         encoded = [self._encode(image) for image, _ in items]
         reqs = [
             self._request(enc, feats, prompt, None, answer_prefix)
             for (enc, feats, _), (_, prompt) in zip(encoded, items)
         ]
         cfg = GenerationConfig(max_new_tokens, do_sample, seed=seed)
-        outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids)
+        outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
         return [self._finish(o, enc, secs) for o, (enc, _, secs) in zip(outs, encoded)]
+
+    def chat_batch(
+        self,
+        requests: Sequence[ChatRequest],
+        *,
+        predict_masks: bool = True,
+        on_event: EventCallback | None = None,
+    ) -> list[StampResult]:
+        """Greedy answers to several `ChatRequest`s in one left-padded batch: each may have its own
+        image, history, answer prefix and token budget, and they share every forward pass.
+        `on_event`: streaming callback (see `EventCallback`); its row is the request's index."""
+        if not requests:
+            return []
+        encoded = [self._encode(r.image) for r in requests]
+        reqs = []
+        for (enc, feats, _), r in zip(encoded, requests):
+            req = self._request(enc, feats, r.prompt, r.history, r.answer_prefix)
+            req.max_new_tokens = r.max_new_tokens
+            reqs.append(req)
+        cfg = GenerationConfig(max(r.max_new_tokens for r in requests), predict_masks=predict_masks)
+        outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
+        return [self._finish(o, enc, secs) for o, (enc, _, secs) in zip(outs, encoded)]
+
+    def postprocess_logits(self, logits: torch.Tensor, image) -> StampMask:
+        """The mask `chat()` gives for (gh, gw) patch `logits` on `image` (an RGB PIL image as the model
+        saw it): upsampled to its size, thresholded and refined as configured. Used when streaming."""
+        w, h = image.size
+        mask = logits_to_mask(logits, (h, w), self.threshold, self.upsample)
+        if self.refiner is not None:
+            self._refine(mask, image)
+        return mask

@@ -195,17 +195,37 @@ class StampModel:
         self,
         inputs_embeds: torch.Tensor,
         position_ids: torch.Tensor,
-        allowed: torch.Tensor,
+        allowed: torch.Tensor | None,
         cache=None,
     ):
-        """The decoder stack with an explicit (B, 1, Q, K) bool mask. Returns (last hidden states, cache)."""
+        """The decoder stack with an explicit (B, 1, Q, K) bool mask. Returns (last hidden states, cache).
+
+        `allowed=None` means every query sees every key (cache + new tokens): no mask reaches the
+        attention backend, which then runs its unmasked kernel (on CPU, sdpa with a mask converts it
+        and runs ~25% slower, and the mask itself costs Q*K work to build).
+        """
         self.check_attention_backend()
+        extra = {}
+        if allowed is None:
+            text_config = self.config.get_text_config()
+            layer_types = set(getattr(text_config, "layer_types", None) or ["full_attention"])
+            if layer_types == {"full_attention"}:
+                mask = {"full_attention": None}  # a prepared mapping: transformers builds no causal mask
+                extra["is_causal"] = False  # and sdpa must not fall back to its causal default
+            else:  # sliding-window layers need their own masks: spell "everything visible" out
+                past = cache.get_seq_length() if cache is not None else 0
+                q = inputs_embeds.shape[1]
+                allowed = torch.ones((1, 1, q, past + q), dtype=torch.bool, device=inputs_embeds.device)
+                mask = to_backend_mask(allowed, self.attn_implementation)
+        else:
+            mask = to_backend_mask(allowed, self.attn_implementation)
         out = self.model.language_model(
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
-            attention_mask=to_backend_mask(allowed, self.attn_implementation),
+            attention_mask=mask,
             cache=cache,
             use_cache=cache is not None,
+            **extra,
         )
         return out.last_hidden_state, out.cache
 

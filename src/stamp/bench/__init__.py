@@ -1,0 +1,43 @@
+"""`stamp bench`: how fast STAMP's one-pass mask is, measured side by side in one process.
+
+Parts (modules):
+    mask_pass  STAMP's mask pass (prefix KV cache reused) vs. the same without the cache vs. the
+               autoregressive patch-token baseline, for N placeholders, on the model's own API;
+    request    per-request latency by stage, a second query on the same image, batch throughput;
+    flops      analytic FLOP counts and the same-run matmul reference;
+    timing     median/spread timing and peak memory; setup: models, threads, machine;
+    runner     one run of everything -> the JSON document; report: tables and JSON output;
+    cli        the `stamp bench` subcommand (`add_parser`, `cmd_bench`, `main`).
+
+JSON document (schema "stamp-bench/1"; docs/PERFORMANCE.md has the full field list). Times are
+milliseconds (median of the repeats), memory MiB:
+    schema, command                 "stamp-bench/1", the command line that produced it
+    machine                         date (UTC), cpu, cpus_allowed, torch_threads, device, gpu, torch,
+                                    transformers, load_average_start / _end, ...
+    model                           name, kind, random_weights, family, text dims, parameter counts
+    settings                        the parameters of the run (N list, history, repeats, dtypes, ...)
+    matmul[]                        per dtype: best_gflops, best_shape, by_shape
+    mask_pass[]                     per (n, dtype): n, grid, dtype, history, stamp_ms, no_cache_ms,
+                                    autoregressive_ms, ar_ratio (= autoregressive / stamp), cache_ratio
+                                    (= no_cache / stamp), flops_fraction (of matmul[dtype]),
+                                    peak_mem_mb (of the STAMP pass), stamp_one_forward_ms,
+                                    mask_pass_gflop, mask_pass_gflops, matmul_gflops, ar_flops_ratio,
+                                    cache_flops_ratio, no_cache_peak_mem_mb, autoregressive_peak_mem_mb,
+                                    peak_mem_method, max_abs_diff, timings{pass: median/min/max/q1/q3/...}
+    request[]                       per dtype: first_query_ms{stage}, second_query_ms{stage} for stages
+                                    image_load, vision, prefill, decode, mask, postprocess, refine, total
+                                    (first also: wall), second_query_vision_calls, answer_tokens, ...
+    batch[]                         per (dtype, batch_size): images_per_s, ms_per_batch, speedup_vs_batch_1
+    targets[]                       the issue's targets: target, dtype, n, value, met (and bound)
+"""
+
+__all__ = ["SCHEMA", "BenchSettings", "run_bench"]
+
+
+def __getattr__(name: str):
+    """Lazy exports: `stamp.bench.cli` is imported by the `stamp` parser and must stay light."""
+    if name in __all__:
+        from stamp.bench import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'stamp.bench' has no attribute {name!r}")

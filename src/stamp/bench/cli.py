@@ -1,0 +1,170 @@
+"""The `stamp bench` subcommand: `add_parser(subparsers, parser_class)` and `cmd_bench(args)`.
+
+    stamp bench                                  # bundled model, fp32 + bf16, N = 64..4096, H = 512
+    stamp bench --preset synth --json out.json   # a random model of the bundled model's sizes
+    stamp bench --preset tiny --quick            # seconds: every code path, meaningless numbers
+
+`main(argv)` runs the same command without the `stamp` dispatcher (used by benchmarks/*.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _dtype_list(text: str) -> list[str]:
+    from stamp.bench.mask_pass import DTYPES
+
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in DTYPES]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"dtypes must be among {', '.join(DTYPES)}, got {text!r}")
+    return values
+
+
+def _part_list(text: str) -> list[str]:
+    from stamp.bench.runner import PARTS
+
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in PARTS for v in values):
+        raise argparse.ArgumentTypeError(f"parts must be among {', '.join(PARTS)}, got {text!r}")
+    return values
+
+
+def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `stamp bench` options to `p`."""
+    p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    p.add_argument(
+        "--preset", default=None, help="tiny | synth (random, the bundled sizes) | a training YAML"
+    )
+    p.add_argument(
+        "--json", default=None, metavar="OUT", help="write the results as JSON (schema: docs/PERFORMANCE.md)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --json OUT")
+    p.add_argument(
+        "--dtypes", type=_dtype_list, default=None, help="comma-separated: fp32,bf16 (default) or fp16"
+    )
+    p.add_argument("--n", type=_int_list, default=None, help="placeholder counts (default 64,256,1024,4096)")
+    p.add_argument("--history", type=int, default=None, help="history tokens in the cache (default 512)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5)")
+    p.add_argument(
+        "--ar-repeats", type=int, default=None, help="repeats of the autoregressive baseline (default 3)"
+    )
+    p.add_argument(
+        "--ar-budget", type=float, default=None, help="seconds after which the baseline stops repeating"
+    )
+    p.add_argument(
+        "--batch-sizes", type=_int_list, default=None, help="throughput batch sizes (default 1,4,8)"
+    )
+    p.add_argument("--requests", type=int, default=None, help="timed requests per dtype (default 5)")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="answer tokens after <|seg|> (default 16)"
+    )
+    p.add_argument("--parts", type=_part_list, default=None, help="mask_pass,request (default: both)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and repeats: a smoke test in seconds")
+    p.add_argument(
+        "--device", default=None, help="auto (default: the CPU, then CUDA if present), cpu, cuda, cuda:1 ..."
+    )
+    p.add_argument(
+        "--attn", default=None, choices=["sdpa", "eager"], help="override the attention implementation"
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores allowed)")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the tables as markdown (for docs/PERFORMANCE.md)"
+    )
+    return p
+
+
+def add_parser(subparsers, parser_class=None) -> argparse.ArgumentParser:
+    """Register `bench` on a `stamp` subparsers object; the handler is `cmd_bench`.
+
+    The parser's class is the one `subparsers` was made with (`add_subparsers(parser_class=...)`);
+    `parser_class` is accepted for symmetry with the other commands and not needed (bench has no
+    nested subcommands).
+    """
+    p = subparsers.add_parser(
+        "bench",
+        help="time the mask pass against no cache reuse and autoregressive labels; request latency, throughput",
+        description=__doc__.split("\n\n")[0],
+    )
+    configure(p)
+    p.set_defaults(handler=cmd_bench)
+    return p
+
+
+def settings_from_args(args):
+    """`BenchSettings` from parsed arguments (quick mode first, explicit options on top)."""
+    from stamp.bench.runner import BenchSettings
+
+    device = args.device or "auto"
+    s = BenchSettings.quick_settings(args.dtypes, device) if args.quick else BenchSettings(device=device)
+    mp, rq = s.mask_pass, s.request
+    if args.dtypes:
+        mp.dtypes = rq.dtypes = list(args.dtypes)
+    for value, obj, name in (
+        (args.n, mp, "ns"),
+        (args.history, mp, "history"),
+        (args.repeats, mp, "repeats"),
+        (args.ar_repeats, mp, "ar_repeats"),
+        (args.ar_budget, mp, "ar_budget_s"),
+        (args.batch_sizes, rq, "batch_sizes"),
+        (args.requests, rq, "requests"),
+        (args.max_new_tokens, rq, "max_new_tokens"),
+        (args.parts, s, "parts"),
+    ):
+        if value is not None:
+            setattr(obj, name, value)
+    if args.repeats is not None:
+        rq.batch_repeats = args.repeats
+    if mp.history < 1 or mp.repeats < 1 or rq.requests < 1 or rq.max_new_tokens < 0:
+        raise ValueError("--history, --repeats and --requests must be >= 1, --max-new-tokens >= 0")
+    from stamp.bench.runner import resolve_devices
+
+    resolve_devices(s.device)  # an unavailable device fails before the model loads
+    return s
+
+
+def cmd_bench(args, argv: list[str] | None = None) -> int:
+    """Run `stamp bench` for parsed `args`; prints the tables, writes --json. Returns the exit code."""
+    from stamp.bench.report import check_writable, render, write_json
+    from stamp.bench.runner import run_bench
+    from stamp.bench.setup import load_bench_model, set_threads
+
+    settings = settings_from_args(args)
+    if args.json:
+        check_writable(args.json, args.force)  # fail before the slow part
+    threads = set_threads(args.threads)
+    print(f"stamp bench: torch.set_num_threads({threads})")
+    preset = args.preset or ("tiny" if args.quick and args.model is None else None)
+    model, source = load_bench_model(args.model, preset, "cpu", args.attn)
+    words = sys.argv[1:] if argv is None else ["bench", *argv]
+    command = "stamp " + shlex.join(words) if words else "stamp bench"
+    doc = run_bench(model, source, settings, command=command)
+    print()
+    print(render(doc, markdown=args.markdown))
+    if args.json:
+        print(f"wrote {write_json(doc, args.json, force=args.force)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`stamp bench` without the dispatcher: `python -m stamp.bench.cli [options]`."""
+    parser = configure(argparse.ArgumentParser(prog="stamp bench", description=__doc__.split("\n\n")[0]))
+    args = parser.parse_args(argv)
+    return cmd_bench(args, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Printing a `stamp bench` document as tables, and writing it as JSON (atomically, never overwriting)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def check_writable(path: str | Path, force: bool) -> Path:
+    """Fail before a long run if `path` exists (without `force`) or its folder cannot be made."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileExistsError(f"{path} is a directory, not a file")
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(doc: dict, path: str | Path, force: bool = False) -> Path:
+    """Write `doc` to `path` atomically (a temporary file in the same folder, then a rename)."""
+    path = check_writable(path, force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=2, allow_nan=False)
+            fh.write("\n")
+        if path.exists() and not force:  # appeared while we ran
+            raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def mask_pass_table(doc: dict, markdown: bool = False) -> str:
+    header = [
+        "device", "dtype", "N", "grid", "H", "STAMP ms [min-max]", "one-forward ms", "no cache ms", "autoregr. ms",
+        "AR/STAMP", "nocache/STAMP", "FLOP ratio nc/ST", "GFLOP/s", "% matmul", "peak MB",
+    ]  # fmt: skip
+    rows = []
+    for r in doc.get("mask_pass", []):
+        t = r["timings"]["stamp"]
+        rows.append(
+            [
+                r["device"],
+                r["dtype"],
+                str(r["n"]),
+                "x".join(map(str, r["grid"])),
+                str(r["history"]),
+                f"{t['median_ms']:.2f} [{t['min_ms']:.2f}-{t['max_ms']:.2f}]",
+                _fmt(r.get("stamp_one_forward_ms")),
+                _fmt(r["no_cache_ms"]),
+                _fmt(r["autoregressive_ms"], ".1f"),
+                _fmt(r["ar_ratio"], ".1f"),
+                _fmt(r["cache_ratio"]),
+                _fmt(r["cache_flops_ratio"]),
+                _fmt(r["mask_pass_gflops"], ".1f"),
+                _fmt(None if r["flops_fraction"] is None else 100 * r["flops_fraction"], ".0f"),
+                _fmt(r["peak_mem_mb"], ".1f"),
+            ]
+        )
+    return _table(header, rows, markdown)
+
+
+def matmul_table(doc: dict, markdown: bool = False) -> str:
+    rows = [
+        [m["dtype"], "x".join(map(str, m["best_shape"])), f"{m['best_gflops']:.1f}"]
+        for m in doc.get("matmul", [])
+    ]
+    return _table(["dtype", "best shape MxKxN", "GFLOP/s"], rows, markdown)
+
+
+def request_table(doc: dict, markdown: bool = False) -> str:
+    stages = ["image_load", "vision", "prefill", "decode", "mask", "postprocess", "refine", "total"]
+    rows = []
+    for r in doc.get("request", []):
+        for which in ("first_query_ms", "second_query_ms"):
+            label = "1st query" if which.startswith("first") else "2nd query, same image"
+            rows.append([r["device"], r["dtype"], label] + [_fmt(r[which].get(s), ".1f") for s in stages])
+    return _table(["device", "dtype", "request"] + [f"{s} ms" for s in stages], rows, markdown)
+
+
+def batch_table(doc: dict, markdown: bool = False) -> str:
+    rows = [
+        [
+            b["device"],
+            b["dtype"],
+            str(b["batch_size"]),
+            _fmt(b["images_per_s"]),
+            _fmt(b["ms_per_batch"], ".1f"),
+            _fmt(b["speedup_vs_batch_1"]),
+        ]
+        for b in doc.get("batch", [])
+    ]
+    return _table(["device", "dtype", "batch", "images/s", "ms/batch", "x batch 1"], rows, markdown)
+
+
+def targets_table(doc: dict, markdown: bool = False) -> str:
+    rows = []
+    for t in doc.get("targets", []):
+        where = f"{t['device']} {t['dtype']}" + (f" N={t['n']}" if "n" in t else "")
+        bound = _fmt(t.get("bound"))
+        rows.append([t["target"], where, _fmt(t["value"]), bound, "yes" if t["met"] else "NO"])
+    return _table(["target", "where", "value", "FLOP bound", "met"], rows, markdown)
+
+
+def render(doc: dict, markdown: bool = False) -> str:
+    """All tables of the document, with the command, machine and date."""
+    m = doc["machine"]
+    model = doc["model"]
+    head = [
+        f"command: {doc.get('command') or '-'}",
+        f"machine: {m['cpu']} ({m['cpus_allowed']} cpus allowed), devices {', '.join(m['devices'])}"
+        + (f" {m['gpu']}" if "gpu" in m else "")
+        + f", torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}",
+        f"date: {m['date']}; load average at start {m.get('load_average_start')}, end {m.get('load_average_end')}",
+        f"model: {model['name']} ({model['family']}, hidden {model['text']['hidden']}, "
+        f"{model['text']['layers']} layers, random weights: {model['random_weights']})",
+    ]
+    sections = []
+    if doc.get("mask_pass"):
+        sections += [
+            "matmul reference",
+            matmul_table(doc, markdown),
+            "mask pass",
+            mask_pass_table(doc, markdown),
+        ]
+    if doc.get("request"):
+        sections += ["request latency (median ms)", request_table(doc, markdown)]
+    if doc.get("batch"):
+        sections += ["batch throughput", batch_table(doc, markdown)]
+    if doc.get("targets"):
+        sections += ["targets", targets_table(doc, markdown)]
+    sep = "\n\n" if markdown else "\n"
+    return sep.join(["\n".join(("- " + h) if markdown else h for h in head)] + sections)

@@ -1,0 +1,191 @@
+"""End-to-end latency of one request, stage by stage, and throughput at several batch sizes.
+
+A request = load an image file, `StampPredictor.set_image` (preprocessing + vision tower), `chat` with the
+answer forced to start with `<|seg|>` (so a random model also predicts a mask), then the stages that
+`StampResult.timings` reports: prefill, answer decode, mask pass, postprocess (upsample + threshold) and
+refinement (the predictor's "guided" refiner). A second query on the same image follows: it must not
+run the vision tower (`StampPredictor.vision_calls` stays the same), so its vision time is 0.
+
+Images are SynthRef val scenes written to PNG files in a temporary folder (so "image load" is a real
+file decode). Answers are capped at `max_new_tokens` free tokens after the forced `<|seg|>`; with random
+weights the answer rarely ends earlier, so decode time is that of about `max_new_tokens` steps.
+
+Throughput: `StampPredictor.predict_batch` on B distinct images (vision per image, then one left-padded
+generation for the batch, refinement included); images/s = B / median wall time of the call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from stamp.bench.mask_pass import DTYPES
+from stamp.bench.timing import synchronize
+
+STAGES = ("image_load", "vision", "prefill", "decode", "mask", "postprocess", "refine")
+
+
+@dataclass
+class RequestSettings:
+    """What the request and batch benchmarks run."""
+
+    dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    requests: int = 5
+    """Timed requests (each on its own image) per dtype; the median of each stage is reported."""
+    warmup: int = 1
+    max_new_tokens: int = 16
+    refine: str = "guided"
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8])
+    batch_repeats: int = 3
+    image_size: tuple[int, int] = (224, 448)
+    """SynthRef image side range in pixels (the processor resizes to the model's cell budget)."""
+
+
+def _scene_files(count: int, folder: Path, size_range: tuple[int, int]) -> list[tuple[Path, str]]:
+    """`count` SynthRef val scenes saved as PNG, with their first user request."""
+    from stamp.data.synthref import SynthRef
+
+    ds = SynthRef("val", image_size_range=size_range, length=max(count, 1))
+    out = []
+    for i in range(count):
+        sample = ds[i]
+        path = folder / f"scene_{i:03d}.png"
+        sample.load_image().save(path)
+        prompt = next((t.text for t in sample.turns if t.role == "user"), "Segment the object.")
+        out.append((path, prompt))
+    return out
+
+
+def _median_ms(values: list[float]) -> float:
+    return 1e3 * statistics.median(values) if values else 0.0
+
+
+def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSettings, dtype: str) -> dict:
+    """The latency breakdown (median ms per stage) of first and second queries on `files`."""
+    from stamp.images import load_image
+
+    device = predictor.model.device
+    first: dict[str, list[float]] = {s: [] for s in (*STAGES, "total", "wall")}
+    second: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
+    second_vision_calls, answer_tokens, masks, cells = 0, [], 0, []
+    for k, (path, prompt) in enumerate(files):
+        timed = k >= settings.warmup
+        synchronize(device)
+        t0 = time.perf_counter()
+        image = load_image(path)
+        t_load = time.perf_counter() - t0
+        predictor.set_image(image)
+        res = predictor.chat(prompt, answer_prefix="<|seg|>", max_new_tokens=settings.max_new_tokens)
+        synchronize(device)
+        wall = time.perf_counter() - t0
+        calls = predictor.vision_calls
+        res2 = predictor.chat(
+            "And what else is there?", answer_prefix="<|seg|>", max_new_tokens=settings.max_new_tokens
+        )
+        extra_calls = predictor.vision_calls - calls
+        if not timed:
+            continue
+        second_vision_calls += extra_calls
+        for stage in STAGES[1:]:
+            first[stage].append(res.timings.get(stage, 0.0))
+            # the second query reuses the image's features: its vision time is what it really ran
+            value = 0.0 if stage == "vision" and extra_calls == 0 else res2.timings.get(stage, 0.0)
+            second[stage].append(value)
+        first["image_load"].append(t_load)
+        second["image_load"].append(0.0)
+        first["total"].append(sum(first[s][-1] for s in STAGES))
+        second["total"].append(sum(second[s][-1] for s in STAGES))
+        first["wall"].append(wall)
+        answer_tokens.append(len(res.token_ids))
+        masks += len(res.masks)
+        if res.masks:
+            cells.append(res.masks[0].patch_logits.size)
+    return {
+        "dtype": dtype,
+        "requests": len(answer_tokens),
+        "first_query_ms": {s: _median_ms(v) for s, v in first.items()},
+        "second_query_ms": {s: _median_ms(v) for s, v in second.items()},
+        "second_query_vision_calls": second_vision_calls,
+        "answer_tokens": statistics.median(answer_tokens) if answer_tokens else 0,
+        "masks_per_request": masks / max(1, len(answer_tokens)),
+        "cells": statistics.median(cells) if cells else 0,
+        "max_new_tokens": settings.max_new_tokens,
+        "refine": settings.refine,
+    }
+
+
+def batch_records(
+    predictor, files: list[tuple[Path, str]], settings: RequestSettings, dtype: str
+) -> list[dict]:
+    """images/s of `predict_batch` for each batch size (images: the first B of `files`, loaded)."""
+    from stamp.images import load_image
+
+    device = predictor.model.device
+    items = [(load_image(p), prompt) for p, prompt in files]
+    records = []
+    for bsz in settings.batch_sizes:
+        batch = [items[i % len(items)] for i in range(bsz)]
+        runs = []
+        for r in range(settings.warmup + settings.batch_repeats):
+            synchronize(device)
+            t0 = time.perf_counter()
+            predictor.predict_batch(batch, answer_prefix="<|seg|>", max_new_tokens=settings.max_new_tokens)
+            synchronize(device)
+            if r >= settings.warmup:
+                runs.append(time.perf_counter() - t0)
+        sec = statistics.median(runs)
+        records.append(
+            {
+                "dtype": dtype,
+                "batch_size": bsz,
+                "images_per_s": bsz / sec,
+                "ms_per_batch": sec * 1e3,
+                "min_ms_per_batch": min(runs) * 1e3,
+                "max_ms_per_batch": max(runs) * 1e3,
+                "repeats": len(runs),
+            }
+        )
+    base = next((r["images_per_s"] for r in records if r["batch_size"] == 1), None)
+    for r in records:
+        r["speedup_vs_batch_1"] = r["images_per_s"] / base if base else None
+    return records
+
+
+def run_requests(model, settings: RequestSettings, log=print) -> tuple[list[dict], list[dict]]:
+    """(request records, batch records), one request record per dtype and one batch record per
+    (dtype, batch size). The model is cast to each dtype in turn and back at the end."""
+    from stamp.inference import StampPredictor
+
+    original = model.get_input_embeddings().weight.dtype
+    n_files = max(settings.warmup + settings.requests, max(settings.batch_sizes, default=1))
+    requests, batches = [], []
+    with tempfile.TemporaryDirectory(prefix="stamp-bench-") as tmp:
+        files = _scene_files(n_files, Path(tmp), settings.image_size)
+        try:
+            for name in settings.dtypes:
+                model.to(DTYPES[name])
+                predictor = StampPredictor(model, refine=settings.refine)
+                rec = request_record(predictor, files[: settings.warmup + settings.requests], settings, name)
+                requests.append(rec)
+                t = rec["first_query_ms"]
+                log(
+                    f"[request] {name}: " + ", ".join(f"{s} {t[s]:.1f}" for s in (*STAGES, "total")) + " ms; "
+                    f"second query total {rec['second_query_ms']['total']:.1f} ms, "
+                    f"vision calls {rec['second_query_vision_calls']}"
+                )
+                for b in batch_records(predictor, files, settings, name):
+                    batches.append(b)
+                    log(
+                        f"[batch] {name} B={b['batch_size']}: {b['images_per_s']:.2f} images/s "
+                        f"(x{b['speedup_vs_batch_1'] or 0:.2f} vs B=1)"
+                    )
+        finally:
+            model.to(original)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return requests, batches

@@ -1,0 +1,144 @@
+"""`run_bench`: every part of `stamp bench` in one process, assembled into the JSON document.
+
+The document (schema "stamp-bench/1", documented in docs/PERFORMANCE.md and `stamp.bench`):
+    schema, command, machine, model, settings, matmul, mask_pass, request, batch, targets
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from stamp.bench.mask_pass import MaskPassSettings, run_mask_pass
+from stamp.bench.request import RequestSettings, run_requests
+from stamp.bench.setup import describe_model, load_average, machine_info
+
+SCHEMA = "stamp-bench/1"
+PARTS = ("mask_pass", "request")
+
+
+@dataclass
+class BenchSettings:
+    """Everything one `stamp bench` run does."""
+
+    mask_pass: MaskPassSettings = field(default_factory=MaskPassSettings)
+    request: RequestSettings = field(default_factory=RequestSettings)
+    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    device: str = "auto"
+    """"auto": the CPU, then CUDA when present; or one device ("cpu", "cuda", "cuda:1")."""
+    quick: bool = False
+
+    @classmethod
+    def quick_settings(cls, dtypes: list[str] | None = None, device: str = "auto") -> BenchSettings:
+        """A few seconds on the tiny model: every code path, no meaningful numbers (tests, smoke runs)."""
+        dtypes = dtypes or ["fp32"]
+        return cls(
+            mask_pass=MaskPassSettings(
+                ns=[16, 64],
+                dtypes=dtypes,
+                history=32,
+                repeats=2,
+                warmup=1,
+                ar_repeats=1,
+                ar_budget_s=2.0,
+                matmul_shapes=[(128, 128, 128), (256, 256, 256)],
+            ),
+            request=RequestSettings(
+                dtypes=dtypes, requests=1, warmup=0, max_new_tokens=3, batch_sizes=[1, 2], batch_repeats=1
+            ),
+            device=device,
+            quick=True,
+        )
+
+
+def resolve_devices(device: str) -> list[str]:
+    """The devices a run covers: "auto" = ["cpu"] + ["cuda"] when CUDA is available."""
+    if device == "auto":
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available")
+    return [device]
+
+
+def evaluate_targets(doc: dict) -> list[dict]:
+    """The issue's targets against this run's figures: one entry per (target, dtype[, n])."""
+    out = []
+    for r in doc.get("mask_pass", []):
+        common = {"device": r["device"], "dtype": r["dtype"], "n": r["n"], "history": r["history"]}
+        if r["n"] in (256, 1024):
+            out.append(
+                {"target": "ar_ratio >= 30", **common, "value": r["ar_ratio"], "met": r["ar_ratio"] >= 30}
+            )
+        if r["history"] >= 512:  # the target is about recomputing a history of 512 tokens
+            out.append(
+                {
+                    "target": "cache_ratio >= 2",
+                    **common,
+                    "value": r["cache_ratio"],
+                    "met": r["cache_ratio"] >= 2,
+                    "bound": r["cache_flops_ratio"],  # the FLOP ratio: what a compute-bound pass reaches
+                }
+            )
+        if r["n"] == 1024 and r["flops_fraction"] is not None:
+            out.append(
+                {
+                    "target": "flops_fraction >= 0.4",
+                    **common,
+                    "value": r["flops_fraction"],
+                    "met": r["flops_fraction"] >= 0.4,
+                }
+            )
+    for r in doc.get("batch", []):
+        if r["batch_size"] == 8 and r.get("speedup_vs_batch_1") is not None:
+            value = r["speedup_vs_batch_1"]
+            out.append(
+                {
+                    "target": "batch 8 >= 1.5x batch 1",
+                    "dtype": r["dtype"],
+                    "value": value,
+                    "met": value >= 1.5,
+                }
+            )
+    return out
+
+
+def run_bench(model, source: dict, settings: BenchSettings, command: str = "", log=print) -> dict:
+    """Run the selected parts on `model` (already on `settings.device`) and return the JSON document."""
+    unknown = sorted(set(settings.parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown bench part(s) {unknown}; use {', '.join(PARTS)}")
+    devices = resolve_devices(settings.device)
+    doc: dict = {
+        "schema": SCHEMA,
+        "command": command,
+        "machine": machine_info(devices),
+        "model": describe_model(model, source),
+        "settings": {**asdict(settings), "parts": list(settings.parts), "devices": devices},
+        "matmul": [],
+        "mask_pass": [],
+        "request": [],
+        "batch": [],
+    }
+    m = doc["machine"]
+    log(
+        f"stamp bench: {doc['model']['name']} on {', '.join(devices)} ({m['cpu']}), "
+        f"torch threads {m['torch_threads']}, load average {m['load_average_start']}"
+    )
+    try:
+        for device in devices:
+            model.to(device)
+            tag = {"device": device}
+            if "mask_pass" in settings.parts:
+                records, refs = run_mask_pass(model, settings.mask_pass, log=log)
+                doc["mask_pass"] += [{**tag, **r} for r in records]
+                doc["matmul"] += [{**tag, **r} for r in refs]
+            if "request" in settings.parts:
+                requests, batches = run_requests(model, settings.request, log=log)
+                doc["request"] += [{**tag, **r} for r in requests]
+                doc["batch"] += [{**tag, **r} for r in batches]
+    finally:
+        model.to("cpu")
+    m["load_average_end"] = load_average()
+    doc["targets"] = evaluate_targets(doc)
+    return doc

@@ -1,0 +1,154 @@
+"""Which model the benchmark runs, on which machine, with how many threads.
+
+Models:
+- `--model DIR`: a saved STAMP model (`stamp.models.load_model`);
+- nothing: the bundled model (`load_model(None)`; a tiny random model with a notice where none is bundled);
+- `--preset tiny`: `StampModel.tiny()` (hidden 64, 2 layers: the test model);
+- `--preset synth`: a RANDOM model with the bundled model's sizes, read from configs/tiny-synth.yaml
+  through the training config (`TrainConfig` + `stamp.train.build.build_model`), so the two never
+  drift apart; `--preset PATH.yaml`: the same for any training config.
+For a fixed N and history, random weights cost exactly what trained weights cost.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+PRESETS = ("tiny", "synth")
+SYNTH_CONFIG = "configs/tiny-synth.yaml"
+
+
+def _find_config(name: str) -> Path:
+    """`name` relative to the working directory, else to the source checkout holding this package."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        if (base / name).is_file():
+            return base / name
+    raise FileNotFoundError(f"{name} not found (run from the repository root, or pass --preset PATH.yaml)")
+
+
+def load_bench_model(
+    model: str | None = None, preset: str | None = None, device: str = "cpu", attn: str | None = None
+):
+    """(model in eval mode on `device`, a dict describing where it came from). `attn`: override the
+    attention implementation ("sdpa" or "eager") of the whole model."""
+    if model is not None and preset is not None:
+        raise ValueError("give either --model or --preset, not both")
+    if preset == "tiny":
+        from stamp.model.modeling import StampModel
+
+        net, source = StampModel.tiny(seed=0), {"kind": "preset", "name": "tiny", "random_weights": True}
+    elif preset is not None:
+        from stamp.configuration import load_config
+        from stamp.train.build import build_model
+        from stamp.train.config import TrainConfig
+
+        path = _find_config(SYNTH_CONFIG) if preset == "synth" else Path(preset)
+        if preset != "synth" and not (path.suffix in (".yaml", ".yml") and path.is_file()):
+            raise ValueError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or a training YAML file")
+        cfg = load_config(TrainConfig, path)
+        if cfg.model.init != "scratch":
+            raise ValueError(f"{path}: model.init must be 'scratch' for a preset (use --model for weights)")
+        net = build_model(cfg)
+        source = {"kind": "preset", "name": preset, "config": str(path), "random_weights": True}
+    else:
+        from stamp.models import bundled_model_path, load_model
+
+        net = load_model(model)
+        random = model is None and bundled_model_path() is None
+        source = {
+            "kind": "path" if model else "bundled",
+            "name": model or "bundled",
+            "random_weights": random,
+        }
+    if attn is not None:
+        from stamp.model.attention import SUPPORTED_ATTN_IMPLEMENTATIONS
+
+        if attn not in SUPPORTED_ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"--attn must be one of {SUPPORTED_ATTN_IMPLEMENTATIONS}, got {attn!r}")
+        net.set_attn_implementation(attn)
+    return net.eval().requires_grad_(False).to(device), source
+
+
+def describe_model(model, source: dict) -> dict:
+    """The `model` section of the JSON."""
+    from stamp.bench.flops import TextDims
+
+    lm = sum(p.numel() for p in model.model.language_model.parameters())
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    heads = sum(p.numel() for p in model.lm_head.parameters()) + sum(
+        p.numel() for p in model.classifier.parameters()
+    )
+    return {
+        **source,
+        "family": model.config.model_type,
+        "text": TextDims.from_model(model).to_dict(),
+        "params_language": lm,
+        "params_vision": vision,
+        "params_heads": heads,
+        "attn_implementation": model.attn_implementation,
+        "position_mode": model.stamp.position_mode,
+        "attention_mode": model.stamp.attention_mode,
+        "mask_embedding": model.stamp.mask_embedding,
+    }
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count (default: the cores this process may run on); returns it."""
+    if threads is None or threads <= 0:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (other work on the machine skews timings), or None."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def machine_info(devices: list[str]) -> dict:
+    """The `machine` section of the JSON."""
+    import transformers
+
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_env": {
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+            if k in os.environ
+        },
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "devices": list(devices),
+        "load_average_start": load_average(),
+    }
+    gpus = [torch.device(d) for d in devices if torch.device(d).type == "cuda"]
+    if gpus:
+        info["gpu"] = torch.cuda.get_device_name(gpus[0].index or 0)
+        info["cuda"] = torch.version.cuda
+    return info

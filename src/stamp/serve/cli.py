@@ -1,0 +1,133 @@
+"""`stamp serve` (the HTTP API) and `stamp web` (the same app with the demo page at `/`).
+
+Wired into `stamp.cli` / `stamp.commands` with `add_parsers(sub, _Parser)` and `COMMANDS`. Nothing
+here imports FastAPI until a command runs, so the CLI works without the `serve` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_USAGE = 2
+
+
+def add_parsers(subparsers, parser_class: type[argparse.ArgumentParser] | None = None) -> None:
+    """Add the `serve` and `web` subcommands to the `stamp` subparsers.
+
+    `parser_class` is the CLI's parser class; the subparsers action already creates parsers of it, so
+    it is only checked here for symmetry with the other commands.
+    """
+    for name, help_text, port in (
+        ("serve", "run the HTTP API (POST /v1/segment, /v1/segment/stream, GET /health, /v1/model)", 8000),
+        ("web", "run the web demo (the HTTP API plus a page at /)", 8000),
+    ):
+        p = subparsers.add_parser(name, help=help_text, description=help_text)
+        if parser_class is not None and not isinstance(p, parser_class):  # pragma: no cover
+            raise TypeError(f"expected a {parser_class.__name__} parser")
+        add_serve_arguments(p, default_port=port)
+
+
+def add_serve_arguments(p: argparse.ArgumentParser, default_port: int = 8000) -> None:
+    """The options shared by `stamp serve` and `stamp web`."""
+    from stamp.serve.config import ServeSettings
+
+    d = ServeSettings()
+    p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    p.add_argument("--base-model", default=None, help="base model directory for a LoRA adapter checkpoint")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=default_port, help=f"port (default {default_port})")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d.max_batch_size,
+        help=f"requests per batched generation; 1 disables batching (default {d.max_batch_size})",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=d.batch_wait_ms,
+        help=f"how long a request waits for others to batch with (default {d.batch_wait_ms:g})",
+    )
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=d.timeout_s,
+        help=f"per-request time limit (default {d.timeout_s:g})",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=d.max_upload_mb,
+        help=f"largest image upload in MiB (default {d.max_upload_mb:g})",
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=d.max_pixels, help=f"largest image, w x h (default {d.max_pixels})"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=d.default_max_new_tokens,
+        help=f"default answer token budget (default {d.default_max_new_tokens})",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def settings_from_args(args, *, web: bool):
+    """`ServeSettings` from parsed arguments (ValueError on a bad value)."""
+    from stamp.serve.config import ServeSettings
+
+    return ServeSettings(
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        timeout_s=args.timeout_s,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        default_max_new_tokens=args.max_new_tokens,
+        web=web,
+        model_name=args.model,
+    )
+
+
+def _run(args, *, web: bool) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        print("stamp: error: serving needs the serve extra: pip install 'stamp-seg[serve]'", file=sys.stderr)
+        return EXIT_USAGE
+    import torch
+
+    from stamp.inference import StampPredictor
+    from stamp.models import load_model
+    from stamp.serve.app import create_app
+
+    settings = settings_from_args(args, web=web)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model:
+        model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
+    else:
+        model = load_model(None)
+    app = create_app(StampPredictor(model, threshold=args.threshold), settings)
+    what = "web demo" if web else "API"
+    print(f"stamp: {what} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """`stamp serve`: the HTTP API."""
+    return _run(args, web=False)
+
+
+def cmd_web(args) -> int:
+    """`stamp web`: the HTTP API with the demo page at `/`."""
+    return _run(args, web=True)
+
+
+COMMANDS = {"serve": cmd_serve, "web": cmd_web}

@@ -1,0 +1,146 @@
+"""Pydantic models of the HTTP API's requests and responses (they make up the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class HistoryTurn(BaseModel):
+    """One earlier turn of the conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    text: str
+
+
+class SegmentOptions(BaseModel):
+    """What to ask about the image (shared by the JSON and the multipart forms)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="The user's message, e.g. 'Please segment the red circle.'")
+    history: list[HistoryTurn] = Field(
+        default_factory=list,
+        description="Earlier turns, oldest first: user, assistant, user, ... ending with an assistant turn.",
+    )
+    answer_prefix: str | None = Field(
+        default=None,
+        description="Text the answer is forced to start with, e.g. 'Sure, it is <|seg|>' to force a mask.",
+    )
+    max_new_tokens: int | None = Field(
+        default=None, ge=0, description="Answer token budget after the prefix (server default when absent)."
+    )
+    return_png: bool = Field(default=False, description="Also return each mask as a base64 PNG (0/255).")
+
+
+class SegmentJSONRequest(SegmentOptions):
+    """`application/json` body of /v1/segment and /v1/segment/stream."""
+
+    image: str = Field(description="The image file, base64-encoded (a `data:image/...;base64,` URL is fine).")
+
+
+class SegmentMultipartRequest(BaseModel):
+    """`multipart/form-data` body of /v1/segment and /v1/segment/stream (documentation only)."""
+
+    image: bytes = Field(json_schema_extra={"format": "binary"}, description="The image file.")
+    prompt: str
+    history: str | None = Field(default=None, description="JSON list of {role, text} turns.")
+    answer_prefix: str | None = None
+    max_new_tokens: int | None = None
+    return_png: bool = False
+
+
+class RLE(BaseModel):
+    """COCO run-length encoding (compressed `counts` string), decodable with pycocotools."""
+
+    size: list[int] = Field(description="[height, width]")
+    counts: str
+
+
+class MaskResult(BaseModel):
+    """One predicted mask; `index` k belongs to the k-th `<|seg|>` of the answer."""
+
+    index: int
+    phrase: str = Field(description="The words of the answer the mask belongs to (before its <|seg|>).")
+    span: list[int] = Field(description="[start, end) of the phrase in the answer text, in code points.")
+    color: str = Field(description="Display colour, '#rrggbb' (the overlay palette, in order).")
+    area: int
+    bbox: list[int] | None = Field(description="[x, y, w, h], null when the mask is empty")
+    score: float
+    grid: list[int] = Field(description="[gh, gw] cells the model classified")
+    rle: RLE
+    png: str | None = Field(default=None, description="base64 PNG (0/255), when return_png")
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+
+
+class SegmentResponse(BaseModel):
+    """The answer, its masks and where the time went."""
+
+    id: str
+    text: str = Field(description="The answer; each <|seg|> marks where its mask belongs.")
+    masks: list[MaskResult]
+    image: ImageInfo
+    batch_size: int = Field(description="How many requests shared this request's forward passes.")
+    timings: dict[str, float] = Field(
+        description="Seconds: queue, vision, prefill, decode, mask, postprocess, total."
+    )
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable, e.g. not_an_image, empty_prompt, upload_too_large.")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    uptime_s: float
+    queue_depth: int
+    requests_done: int
+    requests_failed: int
+    requests_abandoned: int = Field(description="Stopped early: every client of their batch had gone.")
+    batches_run: int
+    max_batch_seen: int
+    mean_batch_size: float
+    batch_sizes: dict[str, int] = Field(description="How many batches of each size ran.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    family: str
+    random_weights: bool = Field(description="True for the tiny random model (its outputs mean nothing).")
+    parameters: int
+    dtype: str
+    device: str
+    seg_token: str
+    image_cells: list[int] = Field(description="[min, max] 28x28 cells an image is resized to.")
+    max_batch_size: int
+    batch_wait_ms: float
+    timeout_s: float
+    max_upload_bytes: int
+    max_pixels: int
+    max_prompt_chars: int
+    max_new_tokens_limit: int
+
+
+class Sample(BaseModel):
+    name: str
+    url: str
+    width: int
+    height: int
+    prompts: list[str]
+
+
+class SamplesResponse(BaseModel):
+    samples: list[Sample]
+    prompts: list[str] = Field(description="Example prompts that suit any image.")

@@ -1,0 +1,136 @@
+"""`stamp bench --quick`: runs in seconds on the tiny model; the JSON has the documented schema and its
+ratios agree with its milliseconds. No timing assertions."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from stamp.bench.cli import add_parser, main
+from stamp.bench.report import write_json
+from stamp.bench.runner import evaluate_targets
+
+NUMBER = (int, float)
+
+
+@pytest.fixture(scope="module")
+def quick_doc(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    threads = str(torch.get_num_threads())
+    argv = ["--quick", "--device", "cpu", "--threads", threads, "--dtypes", "fp32,bf16", "--json", str(out)]
+    assert main(argv) == 0
+    return json.loads(out.read_text()), out
+
+
+def test_schema_top_level(quick_doc):
+    doc, _ = quick_doc
+    assert doc["schema"] == "stamp-bench/1"
+    for key in (
+        "command",
+        "machine",
+        "model",
+        "settings",
+        "matmul",
+        "mask_pass",
+        "request",
+        "batch",
+        "targets",
+    ):
+        assert key in doc
+    for key in ("date", "cpu", "devices", "torch", "torch_threads", "load_average_start"):
+        assert key in doc["machine"]
+    assert doc["model"]["name"] == "tiny" and doc["model"]["random_weights"] is True
+    assert {m["dtype"] for m in doc["matmul"]} == {"float32", "bfloat16"}
+
+
+def test_mask_pass_records(quick_doc):
+    doc, _ = quick_doc
+    recs = doc["mask_pass"]
+    assert {(r["n"], r["dtype"]) for r in recs} == {(n, d) for n in (16, 64) for d in ("fp32", "bf16")}
+    for r in recs:
+        assert r["device"] == "cpu"
+        for key in (
+            "stamp_ms",
+            "no_cache_ms",
+            "autoregressive_ms",
+            "ar_ratio",
+            "cache_ratio",
+            "flops_fraction",
+            "peak_mem_mb",
+        ):
+            assert isinstance(r[key], NUMBER) and r[key] >= 0, key
+        assert r["grid"][0] * r["grid"][1] == r["n"]
+        assert r["ar_ratio"] == pytest.approx(r["autoregressive_ms"] / r["stamp_ms"], rel=1e-3)
+        assert r["cache_ratio"] == pytest.approx(r["no_cache_ms"] / r["stamp_ms"], rel=1e-3)
+        assert r["flops_fraction"] == pytest.approx(r["mask_pass_gflops"] / r["matmul_gflops"], rel=1e-6)
+        assert r["stamp_ms"] == pytest.approx(r["timings"]["stamp"]["median_ms"], abs=1e-3)
+        t = r["timings"]["stamp"]
+        assert t["min_ms"] <= t["median_ms"] <= t["max_ms"]
+        if r["dtype"] == "fp32":
+            assert r["max_abs_diff"] <= 1e-4
+
+
+def test_request_and_batch_records(quick_doc):
+    doc, _ = quick_doc
+    assert [r["dtype"] for r in doc["request"]] == ["fp32", "bf16"]
+    for r in doc["request"]:
+        first, second = r["first_query_ms"], r["second_query_ms"]
+        for stage in ("image_load", "vision", "prefill", "decode", "mask", "postprocess", "refine", "total"):
+            assert isinstance(first[stage], NUMBER) and isinstance(second[stage], NUMBER)
+        assert first["vision"] > 0
+        assert second["vision"] == 0 and r["second_query_vision_calls"] == 0  # the vision tower is skipped
+        assert r["masks_per_request"] >= 1
+    assert all(r["device"] == "cpu" for r in doc["request"] + doc["batch"])
+    sizes = [(b["dtype"], b["batch_size"]) for b in doc["batch"]]
+    assert sizes == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    for b in doc["batch"]:
+        assert b["images_per_s"] == pytest.approx(b["batch_size"] / (b["ms_per_batch"] / 1e3), rel=1e-6)
+
+
+def test_targets_are_evaluated_from_the_records():
+    rec = {"device": "cpu", "dtype": "fp32", "history": 512, "cache_flops_ratio": 1.5, "flops_fraction": 0.5}
+    doc = {
+        "mask_pass": [
+            {**rec, "n": 256, "ar_ratio": 40.0, "cache_ratio": 2.5},
+            {**rec, "n": 1024, "ar_ratio": 20.0, "cache_ratio": 1.4},
+        ],
+        "batch": [
+            {"device": "cpu", "dtype": "fp32", "batch_size": 1, "speedup_vs_batch_1": 1.0},
+            {"device": "cpu", "dtype": "fp32", "batch_size": 8, "speedup_vs_batch_1": 1.6},
+        ],
+    }
+    got = {(t["target"], t.get("n")): t["met"] for t in evaluate_targets(doc)}
+    assert got == {
+        ("ar_ratio >= 30", 256): True,
+        ("cache_ratio >= 2", 256): True,
+        ("ar_ratio >= 30", 1024): False,
+        ("cache_ratio >= 2", 1024): False,
+        ("flops_fraction >= 0.4", 1024): True,
+        ("batch 8 >= 1.5x batch 1", None): True,
+    }
+
+
+def test_json_is_never_clobbered(quick_doc, tmp_path):
+    _, out = quick_doc
+    before = out.read_text()
+    with pytest.raises(FileExistsError):
+        main(["--quick", "--json", str(out)])  # refused before any work
+    assert out.read_text() == before
+    target = tmp_path / "x.json"
+    write_json({"a": 1}, target)
+    with pytest.raises(FileExistsError):
+        write_json({"a": 2}, target)
+    write_json({"a": 3}, target, force=True)
+    assert json.loads(target.read_text()) == {"a": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary files left behind
+
+
+def test_add_parser_registers_bench():
+    parser = argparse.ArgumentParser(prog="stamp")
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub, argparse.ArgumentParser)
+    args = parser.parse_args(["bench", "--preset", "tiny", "--n", "64,256", "--dtypes", "bf16", "--quick"])
+    assert args.command == "bench" and args.n == [64, 256] and args.dtypes == ["bf16"] and args.quick
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--dtypes", "fp8"])

@@ -1,0 +1,106 @@
+"""The mask-pass benchmark compares equal work: its cached, one-forward and uncached passes give the
+same logits, which are those of the production generation path. No timing assertions."""
+
+import pytest
+import torch
+
+from stamp.bench.flops import (
+    TextDims,
+    autoregressive_flops,
+    forward_flops,
+    mask_pass_flops,
+    no_cache_flops,
+)
+from stamp.bench.mask_pass import MaskPassBench, check_equal_work, grid_for, plain_token_ids
+from stamp.bench.timing import Timing, measure, peak_memory
+from stamp.inference.generation import GenerationConfig, GenerationRequest, generate
+from stamp.model.modeling import StampModel
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("position_mode", ["grid", "text"])
+@pytest.mark.parametrize("attention_mode", ["hybrid", "causal"])
+def test_cached_one_forward_and_uncached_passes_agree(attn, position_mode, attention_mode):
+    model = StampModel.tiny(
+        seed=3, attn_implementation=attn, position_mode=position_mode, attention_mode=attention_mode
+    )
+    bench = MaskPassBench(model, history=40, grid=(3, 5))
+    assert check_equal_work(bench) <= 1e-4
+    assert bench.cache.get_seq_length() == 40  # every pass leaves the history cache as it was
+
+
+def test_stamp_pass_equals_production_generation(monkeypatch):
+    model = StampModel.tiny(seed=4)
+    bench = MaskPassBench(model, history=24, grid=(4, 4))
+    # the bench's history is text only; let generate() take the same prompt with the image's features
+    monkeypatch.setattr(model, "embed_conversation", lambda ids, feats: model.get_input_embeddings()(ids))
+    logits, next_logits = bench.stamp()
+    req = GenerationRequest(
+        bench.history_ids[0].tolist(), bench.features, torch.tensor([1, 8, 8]), [model.stamp.seg_token_id]
+    )
+    cfg = GenerationConfig(max_new_tokens=1)
+    out = generate(model, [req], cfg, pad_id=0, eos_ids=set())[0]
+    assert len(out.mask_logits) == 1
+    assert (out.mask_logits[0] - logits).abs().max() <= 1e-5
+    # the same next token after <|seg|> too
+    assert out.token_ids[1] == int(next_logits.argmax())
+
+
+def test_history_is_really_used():
+    model = StampModel.tiny(seed=5)
+    a = MaskPassBench(model, history=16, grid=(2, 2), seed=0).stamp()[0]
+    b = MaskPassBench(model, history=16, grid=(2, 2), seed=1).stamp()[0]
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_autoregressive_baseline_labels_and_cache():
+    model = StampModel.tiny(seed=6)
+    bench = MaskPassBench(model, history=10, grid=(2, 3))
+    labels = bench.autoregressive()
+    assert len(labels) == 6 and set(labels) <= set(bench.label_ids.tolist())
+    assert bench.cache.get_seq_length() == 10
+    assert bench.autoregressive(steps=3) == labels[:3]  # deterministic, restarts from the history
+
+
+def test_history_avoids_special_tokens():
+    model = StampModel.tiny(seed=0)
+    plain = set(plain_token_ids(model).tolist())
+    for special in (model.stamp.seg_token_id, model.stamp.mask_token_id, model.config.image_token_id):
+        assert special not in plain
+
+
+def test_grid_for():
+    assert grid_for(64) == (8, 8) and grid_for(4096) == (64, 64) and grid_for(12) == (3, 4)
+    assert grid_for(7) == (1, 7)
+    with pytest.raises(ValueError):
+        grid_for(0)
+
+
+def test_flop_formulas():
+    dims = TextDims(hidden=8, layers=2, heads=2, kv_heads=1, head_dim=4, intermediate=16, vocab=10)
+    # per layer, Q=3 K=5: proj 2*3*8*8 + 4*3*8*4 + 2*3*8*8 = 1152, attn 4*3*5*8 = 480, mlp 6*3*8*16 = 2304
+    assert forward_flops(dims, 3, 5) == 2 * (1152 + 480 + 2304)
+    n, h = 4, 6
+    stamp = mask_pass_flops(dims, n, h)
+    assert stamp == forward_flops(dims, 1, h + 1) + forward_flops(dims, n, h + n + 1) + 2 * 8 * 10 + 2 * 8 * n
+    assert no_cache_flops(dims, n, h) > stamp
+    assert (
+        autoregressive_flops(dims, n, h)
+        == sum(forward_flops(dims, 1, h + 1 + i) for i in range(n)) + n * 2 * 8 * 10
+    )
+
+
+def test_timing_statistics_and_budget():
+    t = Timing.from_samples([3.0, 1.0, 2.0, 10.0])
+    assert (t.median_ms, t.min_ms, t.max_ms, t.repeats) == (2.5, 1.0, 10.0, 4)
+    assert t.q1_ms <= t.median_ms <= t.q3_ms
+    calls = []
+    timing = measure(lambda: calls.append(1), repeats=50, warmup=2, budget_s=0.0)
+    assert timing.repeats == 1 and len(calls) == 3  # the budget stops after one timed run
+
+
+def test_peak_memory_sees_a_large_allocation():
+    peak = peak_memory(lambda: torch.ones(5_000_000, dtype=torch.float64).sum())  # 38 MiB
+    if peak.method == "unavailable":
+        pytest.skip("no /proc/self/status")
+    assert peak.peak_mb >= (30 if peak.exact else 0)
