@@ -28,11 +28,7 @@ def _predictor(args):
     from stamp.inference import StampPredictor
     from stamp.models import load_model
 
-    model = (
-        load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
-        if args.model
-        else load_model(None)
-    )
+    model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
     return StampPredictor(model, threshold=args.threshold, refine=args.refine)
 
 

@@ -22,6 +22,7 @@ def load_model(path: str | Path | None = None, *, announce: bool = True, **kwarg
         return StampModel.from_pretrained(path, **kwargs)
     bundled = bundled_model_path()
     if bundled is not None:
+        kwargs["dtype"] = kwargs.get("dtype") or "float32"  # shipped in bf16 to halve its size
         return StampModel.from_pretrained(bundled, **kwargs)
     if announce:
         print(
@@ -30,3 +31,26 @@ def load_model(path: str | Path | None = None, *, announce: bool = True, **kwarg
             file=sys.stderr,
         )
     return StampModel.tiny(seed=0)
+
+
+def export_bundled(model_dir: str | Path, out_dir: str | Path = BUNDLED_DIR, overwrite: bool = False) -> Path:
+    """Write a trained checkpoint's model as the bundled model: bf16 weights (half the size), config,
+    tokenizer and processor settings. `python -m stamp.models CHECKPOINT/model [--force]`."""
+    import torch
+
+    from stamp.model.modeling import StampModel
+
+    model = StampModel.from_pretrained(model_dir).to(torch.bfloat16)
+    model.save_stamp(out_dir, overwrite=overwrite)
+    return Path(out_dir)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="export a trained model as the bundled tiny-synth model")
+    ap.add_argument("model_dir")
+    ap.add_argument("--out", default=str(BUNDLED_DIR))
+    ap.add_argument("--force", action="store_true")
+    a = ap.parse_args()
+    print(f"wrote {export_bundled(a.model_dir, a.out, a.force)}")

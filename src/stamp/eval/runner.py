@@ -58,7 +58,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     rank, world = _distributed()
     torch.manual_seed(job.seed)
-    model = load_model(job.model, dtype=job.dtype, device=job.device) if job.model else load_model(None)
+    model = load_model(job.model, dtype=job.dtype, device=job.device)
     predictor = StampPredictor(model, threshold=job.threshold, refine=job.refine)
     indices = range(rank, n, world)
     report = evaluate_samples(

@@ -229,6 +229,9 @@ def save_stamp_model(model, path: str | os.PathLike, *, overwrite: bool = False)
         raise StampModelError("the model has no processor attached; nothing to save the tokenizer from")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the saved model should look like any folder
     try:
         model.config.stamp = model.stamp.to_dict()
         model.save_pretrained(str(tmp), safe_serialization=True)

@@ -1,0 +1,58 @@
+"""The mask pass runs as a `<|seg|>` decode step plus an (often unmasked) placeholder forward: it must
+still equal the uncached single forward in every mode, and in batches where only some rows are at a
+`<|seg|>` (masked path) or all are (unmasked path)."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import full_recompute_logits, random_image
+
+from stamp.inference import StampPredictor
+from stamp.inference.generation import GenerationConfig, generate
+from stamp.model.modeling import StampModel
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention_mode", ["hybrid", "causal"])
+def test_single_request_matches_full_recompute(attn, attention_mode):
+    model = StampModel.tiny(seed=7, attn_implementation=attn, attention_mode=attention_mode)
+    image = random_image(150, 230, 3)
+    pred = StampPredictor(model)
+    pred.set_image(image)
+    res = pred.chat("Segment it.", answer_prefix="A <|seg|> and <|seg|>", max_new_tokens=3)
+    ref = full_recompute_logits(model, image, "Segment it.", res.text)
+    assert len(res.masks) == len(ref) == 2
+    for got, want in zip(res.masks, ref):
+        assert np.abs(got.patch_logits - want.numpy()).max() <= 1e-5
+
+
+@pytest.mark.parametrize("prefixes", [("<|seg|>", "<|seg|>"), ("<|seg|>", "Well, <|seg|>")])
+def test_batch_rows_at_seg_together_or_apart(prefixes, monkeypatch):
+    """Same-size images without padding (both rows at `<|seg|>` together: no mask) and rows reaching
+    `<|seg|>` at different steps (masked placeholder slots for the other row)."""
+    model = StampModel.tiny(seed=8)
+    pred = StampPredictor(model)
+    images = [random_image(224, 224, 4), random_image(224, 224, 5)]
+    requests = []
+    for image, prefix in zip(images, prefixes):
+        enc = pred.processor.encode_image(image)
+        with torch.no_grad():
+            feats = model.encode_images(enc.pixel_values, enc.grid_thw[None])[0]
+        requests.append(pred._request(enc, feats, "Segment the thing.", None, prefix))
+    placeholder_masks = []  # for each placeholder forward (Q > 1 after the prefill): was a mask used?
+    run = model.run_language_model
+
+    def spy(embeds, pos, allowed, cache=None):
+        if cache is not None and cache.get_seq_length() > 0 and embeds.shape[1] > 1:
+            placeholder_masks.append(allowed is not None)
+        return run(embeds, pos, allowed, cache)
+
+    monkeypatch.setattr(model, "run_language_model", spy)
+    outs = generate(model, requests, GenerationConfig(max_new_tokens=2), pred.pad_id, pred.eos_ids)
+    together = prefixes[0] == prefixes[1]
+    assert placeholder_masks == ([False] if together else [True, True])
+    for image, out in zip(images, outs):
+        text = pred.processor.decode(out.token_ids)
+        ref = full_recompute_logits(model, image, "Segment the thing.", text)
+        assert len(out.mask_logits) >= 1
+        assert (out.mask_logits[0] - ref[0]).abs().max() <= 1e-5
