@@ -98,7 +98,12 @@ def test_typo_suggests_command():
 
 def test_demo_runs_and_writes_overlay(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "stamp.cli", "demo", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stamp.cli", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "answer:" in proc.stdout and "timings" in proc.stdout
     assert (out / "overlay.png").is_file() and (out / "result.json").is_file()

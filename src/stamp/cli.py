@@ -7,6 +7,7 @@ import difflib
 import os
 import sys
 
+from stamp.bench.cli import add_parser as add_bench_parser
 from stamp.serve.cli import add_parsers as add_serve_parsers
 
 EXIT_USAGE = 2
@@ -38,7 +39,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
     p.add_argument(
-        "--refine", default="none", metavar="none|guided|sam[:PATH]",
+        "--refine",
+        default="none",
+        metavar="none|guided|sam[:PATH]",
         help="sub-patch refinement: image-guided upsampling, or a local SAM directory (default: none)",
     )
 
@@ -114,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--force", action="store_true", help="replace an existing output folder")
     add_serve_parsers(sub, _Parser)
+    add_bench_parser(sub, _Parser)
     return parser
 
 

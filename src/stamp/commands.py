@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from stamp.bench.cli import cmd_bench
 from stamp.configuration import ConfigError
 from stamp.data.errors import DataError
 from stamp.images import ImageError, load_image
@@ -142,3 +143,4 @@ def cmd_data(args) -> int:
 
 COMMANDS = {"segment": cmd_segment, "demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "data": cmd_data}
 COMMANDS.update(SERVE_COMMANDS)
+COMMANDS["bench"] = cmd_bench

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stamp.bench.cli import add_parser, main
-from stamp.bench.report import write_json
+from stamp.bench.report import render, write_json
 from stamp.bench.runner import evaluate_targets
 
 NUMBER = (int, float)
@@ -109,6 +109,18 @@ def test_targets_are_evaluated_from_the_records():
         ("flops_fraction >= 0.4", 1024): True,
         ("batch 8 >= 1.5x batch 1", None): True,
     }
+    assert all(t["device"] == "cpu" for t in evaluate_targets(doc))
+
+
+def test_render_prints_every_section(quick_doc):
+    doc, _ = quick_doc
+    doc = {**doc, "targets": evaluate_targets({"batch": doc["batch"], "mask_pass": doc["mask_pass"]})}
+    doc["targets"].append({"target": "x", "device": "cpu", "dtype": "fp32", "value": 1.0, "met": True})
+    for markdown in (False, True):
+        text = render(doc, markdown=markdown)
+        for title in ("matmul reference", "mask pass", "request latency", "batch throughput", "targets"):
+            assert title in text
+        assert doc["command"] in text and doc["machine"]["date"] in text
 
 
 def test_json_is_never_clobbered(quick_doc, tmp_path):

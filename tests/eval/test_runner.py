@@ -23,7 +23,23 @@ SAMPLE_KEYS = {"id", "image", "prompt", "answer", "intersection", "union", "iou"
 
 def test_eval_synthref_schema_and_no_overwrite(model_dir, tmp_path, capsys):
     out = tmp_path / "r.json"
-    argv = ["eval", "--data", "synthref", "--split", "val", "--limit", "6", "--model", str(model_dir), "--out", str(out), "--no-progress", "--force-seg", "--max-new-tokens", "8"]
+    argv = [
+        "eval",
+        "--data",
+        "synthref",
+        "--split",
+        "val",
+        "--limit",
+        "6",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--force-seg",
+        "--max-new-tokens",
+        "8",
+    ]
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert res["schema"] == 1 and res["split"] == "val" and res["force_seg"] is True
@@ -46,12 +62,50 @@ def test_eval_exported_refer_and_grefer_formats(model_dir, tmp_path):
     # the refer export is a dataset named "synthref"; present it as refcoco in the LISA layout
     shutil.move(str(root / "r" / "synthref"), str(root / "r" / "refcoco"))
     out = tmp_path / "refcoco.json"
-    assert main(["eval", "--data", f"refcoco:{root / 'r'}", "--split", "val", "--model", str(model_dir), "--out", str(out), "--no-progress", "--max-new-tokens", "6"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                f"refcoco:{root / 'r'}",
+                "--split",
+                "val",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--max-new-tokens",
+                "6",
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["metrics"]["n_samples"] >= 4
     export_synthref(root / "g", "val", 6, "grefer", progress=False)
     out_g = tmp_path / "g.json"
-    assert main(["eval", "--data", f"grefcoco:{root / 'g'}", "--split", "val", "--model", str(model_dir), "--out", str(out_g), "--no-progress", "--max-new-tokens", "6", "--save-masks", str(tmp_path / "masks")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                f"grefcoco:{root / 'g'}",
+                "--split",
+                "val",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(out_g),
+                "--no-progress",
+                "--max-new-tokens",
+                "6",
+                "--save-masks",
+                str(tmp_path / "masks"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out_g.read_text())["metrics"]
     assert "n_acc" in metrics and "t_acc" in metrics
 
@@ -64,7 +118,23 @@ def test_bad_data_spec_is_one_line_error(tmp_path, capsys):
 
 def test_eval_with_guided_refinement_records_it(model_dir, tmp_path):
     out = tmp_path / "g.json"
-    argv = ["eval", "--data", "synthref", "--split", "val", "--limit", "2", "--model", str(model_dir), "--out", str(out), "--no-progress", "--force-seg", "--refine", "guided"]
+    argv = [
+        "eval",
+        "--data",
+        "synthref",
+        "--split",
+        "val",
+        "--limit",
+        "2",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--force-seg",
+        "--refine",
+        "guided",
+    ]
     assert main(argv) == 0
     assert json.loads(out.read_text())["refine"] == "guided"
     assert main(argv[:-1] + ["sam:/nonexistent"] + ["--force"]) == 2  # a bad SAM path is a one-line error

@@ -105,3 +105,12 @@ def test_sampling_is_seeded(tiny_model):
     a = pred.chat("Say something.", do_sample=True, seed=3, max_new_tokens=12, temperature=1.5)
     b = pred.chat("Say something.", do_sample=True, seed=3, max_new_tokens=12, temperature=1.5)
     assert a.token_ids == b.token_ids
+
+
+def test_second_query_reports_no_vision_time(tiny_model):
+    pred = StampPredictor(tiny_model)
+    pred.set_image(random_image(224, 224, 7))
+    first = pred.chat("One?", max_new_tokens=2)
+    second = pred.chat("Two?", max_new_tokens=2)
+    assert first.timings["vision"] > 0 and second.timings["vision"] == 0.0
+    assert pred.vision_calls == 1

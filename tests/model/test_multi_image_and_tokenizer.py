@@ -1,6 +1,6 @@
 import torch
-
 from helpers import random_image
+
 from stamp.data.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
 from stamp.model.tokens import MASK_TOKEN, QWEN_SPECIAL_TOKENS, SEG_TOKEN
 
@@ -26,8 +26,12 @@ def test_seg_uses_the_last_image_before_it(tiny_model):
     with torch.no_grad():
         out = tiny_model.stamp_forward(**batch)
         feats = tiny_model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
-        conv_pos = tiny_model.conversation_positions(batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"], batch["image_grid_thw"])
-        blocks = tiny_model.placeholder_blocks(batch["input_ids"], batch["mm_token_type_ids"], conv_pos, feats, batch["image_grid_thw"])
+        conv_pos = tiny_model.conversation_positions(
+            batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"], batch["image_grid_thw"]
+        )
+        blocks = tiny_model.placeholder_blocks(
+            batch["input_ids"], batch["mm_token_type_ids"], conv_pos, feats, batch["image_grid_thw"]
+        )
     assert blocks[0][0].image_index == 1 and blocks[0][0].grid_hw == b.grid_hw
     assert tuple(out.mask_grids[0].tolist()) == b.grid_hw and out.mask_grids[0].tolist() != list(a.grid_hw)
 

@@ -152,10 +152,11 @@ def cmd_bench(args, argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else ["bench", *argv]
     command = "stamp " + shlex.join(words) if words else "stamp bench"
     doc = run_bench(model, source, settings, command=command)
+    written = write_json(doc, args.json, force=args.force) if args.json else None  # before printing
     print()
     print(render(doc, markdown=args.markdown))
-    if args.json:
-        print(f"wrote {write_json(doc, args.json, force=args.force)}")
+    if written:
+        print(f"wrote {written}")
     return 0
 
 

@@ -95,6 +95,7 @@ def evaluate_targets(doc: dict) -> list[dict]:
             out.append(
                 {
                     "target": "batch 8 >= 1.5x batch 1",
+                    "device": r["device"],
                     "dtype": r["dtype"],
                     "value": value,
                     "met": value >= 1.5,

@@ -149,14 +149,21 @@ class StampPredictor:
 
     # ------------------------------------------------------------------ image
     def _encode(self, image: ImageLike) -> tuple[EncodedImage, torch.Tensor, float]:
+        return self._encode_many([image])[0]
+
+    def _encode_many(self, images: Sequence[ImageLike]) -> list[tuple[EncodedImage, torch.Tensor, float]]:
+        """Processor + ONE vision-tower call for all `images`; per image (encoded, features, seconds),
+        the seconds being an equal share of the batch's time."""
         t0 = time.perf_counter()
-        enc = self.processor.encode_image(image)
+        encs = [self.processor.encode_image(im) for im in images]
         dtype = next(self.model.parameters()).dtype
         with torch.no_grad():
-            pv = enc.pixel_values.to(self.model.device, dtype)
-            feats = self.model.encode_images(pv, enc.grid_thw[None].to(self.model.device))[0]
-        self.vision_calls += 1
-        return enc, feats, time.perf_counter() - t0
+            pv = torch.cat([e.pixel_values for e in encs]).to(self.model.device, dtype)
+            grid = torch.stack([e.grid_thw for e in encs]).to(self.model.device)
+            feats = self.model.encode_images(pv, grid)
+        self.vision_calls += len(encs)
+        share = (time.perf_counter() - t0) / max(len(encs), 1)
+        return [(e, f, share) for e, f in zip(encs, feats)]
 
     def set_image(self, image: ImageLike) -> None:
         """Encode `image` (path, PIL, or HxW[xC] array) with the vision tower and keep its features."""
@@ -229,7 +236,9 @@ class StampPredictor:
         )
         req = self._request(self._image, self._features, prompt, history, answer_prefix)
         out = generate(self.model, [req], cfg, self.pad_id, self.eos_ids, on_event)[0]
-        return self._finish(out, self._image, self._vision_seconds)
+        result = self._finish(out, self._image, self._vision_seconds)
+        self._vision_seconds = 0.0  # later queries on this image do not run the vision tower
+        return result
 
     def predict_batch(
         self,
@@ -243,7 +252,7 @@ class StampPredictor:
     ) -> list[StampResult]:
         """Several (image, prompt) pairs in one left-padded batch (images may differ in size).
         `on_event`: streaming callback (see `EventCallback`); its row is the item's index."""
-        encoded = [self._encode(image) for image, _ in items]
+        encoded = self._encode_many([image for image, _ in items])
         reqs = [
             self._request(enc, feats, prompt, None, answer_prefix)
             for (enc, feats, _), (_, prompt) in zip(encoded, items)
@@ -264,7 +273,7 @@ class StampPredictor:
         `on_event`: streaming callback (see `EventCallback`); its row is the request's index."""
         if not requests:
             return []
-        encoded = [self._encode(r.image) for r in requests]
+        encoded = self._encode_many([r.image for r in requests])
         reqs = []
         for (enc, feats, _), r in zip(encoded, requests):
             req = self._request(enc, feats, r.prompt, r.history, r.answer_prefix)
