@@ -145,14 +145,46 @@ def test_eval_sharded_over_two_ranks_equals_one_process(model_dir, tmp_path):
     import subprocess
     import sys
 
-    common = ["--data", "synthref", "--split", "val", "--limit", "4", "--model", str(model_dir), "--no-progress", "--force-seg", "--max-new-tokens", "4"]
+    common = [
+        "--data",
+        "synthref",
+        "--split",
+        "val",
+        "--limit",
+        "4",
+        "--model",
+        str(model_dir),
+        "--no-progress",
+        "--force-seg",
+        "--max-new-tokens",
+        "4",
+    ]
     single = tmp_path / "one.json"
     assert main(["eval", *common, "--out", str(single)]) == 0
     sharded = tmp_path / "two.json"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-           "-m", "stamp.cli", "eval", *common, "--out", str(sharded)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+        "-m",
+        "stamp.cli",
+        "eval",
+        *common,
+        "--out",
+        str(sharded),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     a, b = json.loads(single.read_text()), json.loads(sharded.read_text())

@@ -27,6 +27,8 @@ def build_hybrid_attention_mask(
     query_index: torch.Tensor,
     query_limit: torch.Tensor,
     mode: str = "hybrid",
+    key_segment: torch.Tensor | None = None,
+    query_segment: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Which keys each query may attend to.
 
@@ -37,6 +39,8 @@ def build_hybrid_attention_mask(
         query_limit: (B, Q) long, the last *text* key index the query may see: its own index for text
             tokens, the index of its `<|seg|>` for placeholders.
         mode: "hybrid" (bidirectional placeholders) or "causal" (ablation).
+        key_segment / query_segment: optional (B, K) / (B, Q) sample ids of packed rows: a query only
+            sees keys of its own sample.
 
     Returns:
         (B, 1, Q, K) bool, True where attention is allowed. Every row allows at least the query itself,
@@ -63,6 +67,8 @@ def build_hybrid_attention_mask(
     if mode == "causal":
         same_block = same_block & (key_index <= qi)
     allowed = (sees_text & (qb >= 0)) | same_block
+    if key_segment is not None and query_segment is not None:
+        allowed = allowed & (query_segment.unsqueeze(2) == key_segment.unsqueeze(1))
     allowed = allowed | (key_index == qi)  # a query always sees itself: no empty softmax row
     return allowed.unsqueeze(1)
 

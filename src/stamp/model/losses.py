@@ -72,16 +72,21 @@ def mask_losses(
     return bce, dice.mean()
 
 
-def text_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
+def text_loss_at(
+    hidden: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    next_labels: torch.Tensor,
+    lm_head: torch.nn.Module,
+) -> torch.Tensor:
     """Next-token cross-entropy, computing the LM head only where there is a label.
 
     Args:
-        hidden: (B, L, H) last hidden states of the conversation tokens.
-        labels: (B, L) token ids, -100 where no loss is taken (prompt, padding).
+        hidden: (R, T, H) last hidden states; rows / cols: (n,) where each predicting token sits.
+        next_labels: (n,) the token each of them must predict, -100 where no loss is taken.
     """
-    shift_labels = labels[:, 1:]
-    keep = shift_labels != -100
+    keep = next_labels != -100
     if not bool(keep.any()):
         return hidden.sum() * 0.0
-    logits = lm_head(hidden[:, :-1][keep])  # (n_labels, V)
-    return F.cross_entropy(logits.float(), shift_labels[keep])
+    logits = lm_head(hidden[rows[keep].to(hidden.device), cols[keep].to(hidden.device)])  # (n_labels, V)
+    return F.cross_entropy(logits.float(), next_labels[keep].to(hidden.device))

@@ -24,7 +24,8 @@ from transformers.utils import ModelOutput
 
 from stamp.model.attention import SUPPORTED_ATTN_IMPLEMENTATIONS, build_hybrid_attention_mask, to_backend_mask
 from stamp.model.config import StampSettings
-from stamp.model.losses import mask_losses, text_loss
+from stamp.model.losses import mask_losses, text_loss_at
+from stamp.model.packing import Layout, SampleSequence, layout_rows, plan_rows
 from stamp.model.positions import placeholder_position_ids
 
 
@@ -243,6 +244,7 @@ class StampModel:
         text_weight: float = 1.0,
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
+        pack: bool = True,
         **_: object,
     ) -> StampOutput:
         """One forward over [conversation ; all placeholder blocks] giving the text and mask losses.
@@ -253,50 +255,41 @@ class StampModel:
             labels: (B, L) token ids, -100 where no text loss is taken.
             mask_targets / mask_weights: (M, N_max) per-cell targets in [0, 1] and loss weights (0 on
                 padding and ignore), one row per `<|seg|>` in sample-major order.
+            pack: several samples per row (exact; see `stamp.model.packing`) instead of one per row.
         """
         feats = self.encode_images(pixel_values, image_grid_thw) if pixel_values is not None else []
         conv = self.embed_conversation(input_ids, feats)  # (B, L, H)
         conv_pos = self.conversation_positions(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
         blocks = self.placeholder_blocks(input_ids, mm_token_type_ids, conv_pos, feats, image_grid_thw)
 
-        bsz, seq = input_ids.shape
-        device = input_ids.device
-        rows, pos_rows, key_rows, limit_rows = [], [], [], []
-        for b in range(bsz):
-            rows.append(torch.cat([conv[b]] + [blk.embeds.to(conv.dtype) for blk in blocks[b]]))
-            pos_rows.append(torch.cat([conv_pos[:, b]] + [blk.position_ids for blk in blocks[b]], dim=1).T)
-            keys = [torch.where(attention_mask[b].bool(), 0, -1)]
-            limits = [torch.arange(seq, device=device)]
-            for j, blk in enumerate(blocks[b]):
-                n = blk.embeds.shape[0]
-                keys.append(torch.full((n,), j + 1, device=device))
-                limits.append(torch.full((n,), blk.seg_index, device=device))
-            key_rows.append(torch.cat(keys))
-            limit_rows.append(torch.cat(limits))
-        embeds = pad_sequence(rows, batch_first=True)  # (B, L + P, H)
-        position_ids = pad_sequence(pos_rows, batch_first=True).permute(2, 0, 1)  # (3, B, L + P)
-        key_block = pad_sequence(key_rows, batch_first=True, padding_value=-1)
-        limit = pad_sequence(limit_rows, batch_first=True)
-        index = torch.arange(key_block.shape[1], device=device).expand_as(key_block)
-        allowed = build_hybrid_attention_mask(key_block, key_block, index, limit, self.stamp.attention_mode)
-        hidden, _ = self.run_language_model(embeds, position_ids, allowed)
+        seqs = self._sample_sequences(conv, conv_pos, attention_mask, blocks)
+        lay = layout_rows(seqs, plan_rows([len(s) for s in seqs], pack))
+        index = torch.arange(lay.key_block.shape[1], device=input_ids.device).expand_as(lay.key_block)
+        allowed = build_hybrid_attention_mask(
+            lay.key_block,
+            lay.key_block,
+            index,
+            lay.limit,
+            self.stamp.attention_mode,
+            lay.segment,
+            lay.segment,
+        )
+        hidden, _ = self.run_language_model(lay.embeds, lay.position_ids, allowed)
 
         out = StampOutput()
         total = hidden.new_zeros((), dtype=torch.float32)
         if labels is not None:
-            out.text_loss = text_loss(hidden[:, :seq], labels, self.lm_head)
+            out.text_loss = self._text_loss(hidden, lay, seqs, labels, attention_mask)
             total = total + text_weight * out.text_loss
         logits, grids = [], []
-        for b in range(bsz):
-            offset = seq
-            for blk in blocks[b]:
-                n = blk.embeds.shape[0]
-                logits.append(self.classifier(hidden[b, offset : offset + n]).squeeze(-1))
+        for b, seq in enumerate(seqs):
+            r, o = lay.placement[b]
+            for (start, end), blk in zip(seq.block_spans, blocks[b]):
+                logits.append(self.classifier(hidden[r, o + start : o + end]).squeeze(-1))
                 grids.append(blk.grid_hw)
-                offset += n
         if logits:
             out.mask_logits = pad_sequence(logits, batch_first=True)
-            out.mask_grids = torch.tensor(grids, device=device)
+            out.mask_grids = torch.tensor(grids, device=input_ids.device)
         if mask_targets is not None and logits:
             if mask_targets.shape[0] != len(logits):
                 raise ValueError(
@@ -312,6 +305,50 @@ class StampModel:
             total = total + bce_weight * out.bce_loss + dice_weight * out.dice_loss
         out.loss = total
         return out
+
+    def _sample_sequences(self, conv, conv_pos, attention_mask, blocks) -> list[SampleSequence]:
+        """Each sample's [conversation (padding dropped) ; its placeholder blocks], own coordinates."""
+        seqs = []
+        for b in range(conv.shape[0]):
+            idx = attention_mask[b].nonzero().flatten()
+            local = attention_mask[b].long().cumsum(0) - 1  # padded index -> index among real tokens
+            n_conv = idx.numel()
+            embeds, pos = [conv[b, idx]], [conv_pos[:, b, idx]]
+            block = [torch.zeros(n_conv, dtype=torch.long, device=conv.device)]
+            limit = [torch.arange(n_conv, device=conv.device)]
+            spans, start = [], n_conv
+            for j, blk in enumerate(blocks[b]):
+                n = blk.embeds.shape[0]
+                embeds.append(blk.embeds.to(conv.dtype))
+                pos.append(blk.position_ids)
+                block.append(torch.full((n,), j + 1, dtype=torch.long, device=conv.device))
+                limit.append(
+                    torch.full((n,), int(local[blk.seg_index]), dtype=torch.long, device=conv.device)
+                )
+                spans.append((start, start + n))
+                start += n
+            seqs.append(
+                SampleSequence(
+                    torch.cat(embeds),
+                    torch.cat(pos, dim=1),
+                    torch.cat(block),
+                    torch.cat(limit),
+                    n_conv,
+                    spans,
+                )
+            )
+        return seqs
+
+    def _text_loss(self, hidden, lay: Layout, seqs, labels, attention_mask) -> torch.Tensor:
+        """Next-token cross-entropy over the conversation tokens of every sample, wherever it sits."""
+        rows, cols, targets = [], [], []
+        for b, seq in enumerate(seqs):
+            r, o = lay.placement[b]
+            lab = labels[b, attention_mask[b].bool()]  # (n_conv,)
+            rows.append(torch.full((seq.n_conv - 1,), r, dtype=torch.long))
+            cols.append(torch.arange(o, o + seq.n_conv - 1))
+            targets.append(lab[1:])
+        return text_loss_at(hidden, torch.cat(rows), torch.cat(cols), torch.cat(targets), self.lm_head)
 
 
 class StampQwen2VLModel(StampModel, Qwen2VLForConditionalGeneration):
