@@ -53,19 +53,21 @@ def bench_synthref(n: int, repeats: int) -> None:
         report(f"  fixed size {side}x{side}", timed(ds.generate, max(n // 3, 20), repeats))
 
 
-def bench_collator(n: int, repeats: int, batch_size: int) -> None:
-    """Hook for the collator: encode_sample + collate, if the processor exists yet."""
-    try:
-        from stamp.data.tokenizer import load_synth_tokenizer
-        from stamp.processing import StampProcessor
-
-        processor = StampProcessor(load_synth_tokenizer())
-    except Exception as exc:  # not written yet, or no shipped tokenizer: skip with a note
-        print(f"collator: skipped ({type(exc).__name__}: {exc})")
-        return
+def bench_collator(n: int, repeats: int, batch_size: int, config: str) -> None:
+    """encode_sample + collate with the image sizing and data of a training config (the bundled one)."""
+    from stamp.configuration import load_config
     from stamp.data.synthref import SynthRef
+    from stamp.data.tokenizer import load_synth_tokenizer
+    from stamp.processing import CELL, ProcessorSettings, StampProcessor
+    from stamp.train.config import TrainConfig
 
-    samples = [SynthRef("train").generate(i) for i in range(max(n, batch_size))]
+    cfg = load_config(TrainConfig, config)
+    m = cfg.model
+    settings = ProcessorSettings(m.min_cells * CELL * CELL, m.max_cells * CELL * CELL, m.system_prompt)
+    processor = StampProcessor(load_synth_tokenizer(), settings)
+    print(f"collator with {config}: images {cfg.data.image_size_range} px, {m.min_cells}..{m.max_cells} cells")
+    ds = SynthRef("train", image_size_range=tuple(cfg.data.image_size_range))
+    samples = [ds.generate(i) for i in range(max(n, batch_size))]
     report(
         "processor.encode_sample",
         timed(lambda i: processor.encode_sample(samples[i % len(samples)]), n, repeats),
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch/numpy threads (set before timing)")
+    parser.add_argument("--config", default="configs/tiny-synth.yaml", help="training config for the collator part")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     try:
@@ -93,7 +96,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, threads={args.threads}"
     )
     bench_synthref(args.n, args.repeats)
-    bench_collator(args.n, args.repeats, args.batch_size)
+    bench_collator(args.n, args.repeats, args.batch_size, args.config)
 
 
 if __name__ == "__main__":
