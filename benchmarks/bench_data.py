@@ -65,7 +65,9 @@ def bench_collator(n: int, repeats: int, batch_size: int, config: str) -> None:
     m = cfg.model
     settings = ProcessorSettings(m.min_cells * CELL * CELL, m.max_cells * CELL * CELL, m.system_prompt)
     processor = StampProcessor(load_synth_tokenizer(), settings)
-    print(f"collator with {config}: images {cfg.data.image_size_range} px, {m.min_cells}..{m.max_cells} cells")
+    print(
+        f"collator with {config}: images {cfg.data.image_size_range} px, {m.min_cells}..{m.max_cells} cells"
+    )
     ds = SynthRef("train", image_size_range=tuple(cfg.data.image_size_range))
     samples = [ds.generate(i) for i in range(max(n, batch_size))]
     report(
@@ -83,7 +85,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch/numpy threads (set before timing)")
-    parser.add_argument("--config", default="configs/tiny-synth.yaml", help="training config for the collator part")
+    parser.add_argument(
+        "--config", default="configs/tiny-synth.yaml", help="training config for the collator part"
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     try:

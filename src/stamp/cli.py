@@ -46,6 +46,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two integers), got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 < MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stamp", description="STAMP: chat about an image and segment in one pass.")
     parser.add_argument("--version", action="version", version=f"stamp-seg {_version()}")
@@ -103,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--force", action="store_true", help="overwrite --out")
     ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument(
+        "--synth-size", type=_pair, default=None, metavar="MIN,MAX", help="SynthRef image size range in px"
+    )
+    ev.add_argument(
+        "--cells",
+        type=_pair,
+        default=None,
+        metavar="MIN,MAX",
+        help="deploy at another resolution: cells per image",
+    )
     _add_model_args(ev)
 
     data = sub.add_parser("data", help="data tools")

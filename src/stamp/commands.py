@@ -122,6 +122,8 @@ def cmd_eval(args) -> int:
         device=args.device,
         refine=args.refine,
         threshold=args.threshold,
+        synth_size=args.synth_size,
+        cells=args.cells,
     )
     results = run_eval(job, progress=not args.no_progress)
     print(

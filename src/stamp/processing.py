@@ -102,6 +102,13 @@ class StampProcessor:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.im_end_id
         self._reserved = reserved_tokens(tokenizer)
 
+    def set_pixel_range(self, min_pixels: int, max_pixels: int) -> None:
+        """Change the dynamic-resolution bounds (e.g. to deploy a model at another resolution)."""
+        self.settings = ProcessorSettings(
+            min_pixels, max_pixels, self.settings.system_prompt, self.settings.target_threshold
+        )
+        self.image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path) -> None:
         self.tokenizer.save_pretrained(str(path))

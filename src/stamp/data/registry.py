@@ -42,12 +42,14 @@ def open_dataset(
     image_root: str | Path | None = None,
     seed: int = 0,
     length: int | None = None,
+    image_size_range: tuple[int, int] | None = None,
 ):
     """A map-style data set of StampSamples (see the module docstring for PATH)."""
     if kind == "synthref":
         from stamp.data.synthref import SynthRef
 
-        return SynthRef(split, seed=seed, length=length)
+        extra = {"image_size_range": tuple(image_size_range)} if image_size_range else {}
+        return SynthRef(split, seed=seed, length=length, **extra)
     if path is None:
         raise DataError(f"data kind {kind} needs a path")
     if kind in REFER_KINDS:

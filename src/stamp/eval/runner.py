@@ -43,6 +43,10 @@ class EvalJob:
     device: str = "cpu"
     refine: str = "none"
     threshold: float = 0.5
+    synth_size: tuple[int, int] | None = None
+    """SynthRef image width/height range in pixels (None: the split's default, 224-448)."""
+    cells: tuple[int, int] | None = None
+    """Override the model's dynamic resolution: (min, max) merged 28x28 cells per image."""
 
 
 def run_eval(job: EvalJob, progress: bool = True) -> dict:
@@ -54,11 +58,17 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
     out = Path(job.out)
     ensure_writable([out], job.overwrite)
     kind, path = parse_data_spec(job.data)
-    dataset = open_dataset(kind, path, job.split, image_root=job.image_root, seed=job.seed)
+    dataset = open_dataset(
+        kind, path, job.split, image_root=job.image_root, seed=job.seed, image_size_range=job.synth_size
+    )
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     rank, world = _distributed()
     torch.manual_seed(job.seed)
     model = load_model(job.model, dtype=job.dtype, device=job.device)
+    if job.cells is not None:
+        from stamp.processing import CELL
+
+        model.processor.set_pixel_range(job.cells[0] * CELL * CELL, job.cells[1] * CELL * CELL)
     predictor = StampPredictor(model, threshold=job.threshold, refine=job.refine)
     indices = range(rank, n, world)
     report = evaluate_samples(
@@ -78,6 +88,8 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
         "model": job.model or "bundled",
         "force_seg": job.force_seg,
         "refine": job.refine,
+        "synth_size": list(job.synth_size) if job.synth_size else None,
+        "cells": list(job.cells) if job.cells else None,
         "metrics": report.metrics,
         "samples": report.samples,
     }
