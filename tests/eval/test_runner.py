@@ -191,3 +191,28 @@ def test_eval_sharded_over_two_ranks_equals_one_process(model_dir, tmp_path):
     assert a["metrics"].keys() == b["metrics"].keys()
     assert all(abs(a["metrics"][k] - b["metrics"][k]) < 1e-9 for k in a["metrics"])  # summation order differs
     assert sorted(r["id"] for r in a["samples"]) == sorted(r["id"] for r in b["samples"])
+
+
+def test_patch_metrics_count_cells_for_declined_samples():
+    """A declined expression adds its target CELLS (not pixels) to the patch-level union."""
+    import numpy as np
+
+    from stamp.data.sample import StampSample, Turn
+    from stamp.eval.evaluate import evaluate_samples
+    from stamp.inference.predictor import StampResult
+
+    class Declines:
+        grid_hw = (2, 2)
+
+        def set_image(self, image):
+            pass
+
+        def chat(self, prompt, **kw):
+            return StampResult("No.")
+
+    gt = np.zeros((56, 56), np.uint8)
+    gt[:28, :28] = 1  # exactly one cell
+    sample = StampSample("s", np.zeros((56, 56, 3), np.uint8), [Turn("user", "x"), Turn("assistant", "It is <|seg|>.")], [gt])
+    sample.load_image = lambda: None
+    report = evaluate_samples(Declines(), [sample], progress=False)
+    assert report.patch.sum_union == 1 and report.seg.sum_union == 28 * 28

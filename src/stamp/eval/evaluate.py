@@ -124,12 +124,11 @@ def evaluate_samples(
             seg.update(
                 inter, union, has_target=has_target, predicted_nonempty=bool(pred.any()), declined=declined
             )
-            if not declined:
-                frac, valid = patch_targets(gt, result.masks[k].patch_logits.shape)
-                gt_cells = np.where(valid.numpy() > 0, (frac.numpy() >= 0.5).astype(np.uint8), 255)
-                p_pred = result.masks[k].patch_mask
-            else:
-                gt_cells, p_pred = (gt != 0).astype(np.uint8), np.zeros(gt.shape, bool)
+            # the same expression on the model's own cell grid (counts of cells, never of pixels)
+            grid = predictor.grid_hw
+            frac, valid = patch_targets(gt, grid)
+            gt_cells = np.where(valid.numpy() > 0, (frac.numpy() >= 0.5).astype(np.uint8), 255)
+            p_pred = np.zeros(grid, bool) if declined else result.masks[k].patch_mask
             p_i, p_u = mask_iou_stats(p_pred, gt_cells)
             patch.update(
                 p_i,

@@ -173,6 +173,11 @@ class StampPredictor:
         self._image = self._features = None
 
     @property
+    def grid_hw(self) -> tuple[int, int] | None:
+        """(gh, gw) cells of the current image: the shape of its masks' `patch_logits`."""
+        return self._image.grid_hw if self._image is not None else None
+
+    @property
     def image_size(self) -> tuple[int, int] | None:
         """(width, height) of the current image."""
         return self._image.size if self._image is not None else None
