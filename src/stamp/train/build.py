@@ -18,6 +18,11 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     )
     if weights_from is not None and m.lora is None:
         model = StampModel.from_pretrained(weights_from, attn_implementation=m.attn_implementation)
+        # the config, not the checkpoint, decides the data side of training (e.g. a resumed run with
+        # soft targets): scratch runs take their image sizing from it too
+        if m.init == "scratch":
+            model.processor.set_pixel_range(m.min_cells * CELL * CELL, m.max_cells * CELL * CELL)
+        model.processor.settings.target_threshold = cfg.loss.target_threshold
     elif m.init == "scratch":
         from stamp.data.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
         from stamp.model.tiny import build_model_from_scratch
