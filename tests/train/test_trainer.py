@@ -162,3 +162,14 @@ def test_lora_and_frozen_vision_train_the_right_parameters(tiny_overrides, tmp_p
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
     merged = StampModel.from_pretrained(last / "model", base_model=base)  # adapter checkpoint + its base
     assert merged.stamp.seg_token_id == trainer.model.processor.seg_token_id
+
+
+def test_resume_takes_data_settings_from_the_config(tiny_overrides, tmp_path):
+    from stamp.train.build import build_model
+
+    cfg = _cfg(tiny_overrides, "run.steps=1")
+    last = train(cfg, progress=False)
+    soft = _cfg(tiny_overrides, "loss.target_threshold=null", "model.max_cells=16")
+    model = build_model(soft, weights_from=last / "model")
+    assert model.processor.settings.target_threshold is None
+    assert model.processor.settings.max_pixels == 16 * 28 * 28
