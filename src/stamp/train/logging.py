@@ -20,12 +20,20 @@ COLOURS = {
 class MetricsLog:
     """Appends `step, split, name, value` rows to `<out_dir>/metrics.csv` (safe across resumes)."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, resume_step: int | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.csv"
         if not self.path.exists():
             self.path.write_text("step,split,name,value\n")
+        elif resume_step is not None:  # drop what a killed run logged after its last checkpoint
+            kept = [r for r in self.read() if r[0] <= resume_step]
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["step", "split", "name", "value"])
+                w.writerows([[st, sp, n, f"{v:.6g}"] for st, sp, n, v in kept])
+            tmp.replace(self.path)
         try:
             from torch.utils.tensorboard import SummaryWriter
 

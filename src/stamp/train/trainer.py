@@ -92,7 +92,7 @@ class Trainer:
         if self.resume_from is not None:
             state = load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
             self.step = int(state["step"])
-        self.log = MetricsLog(self.out_dir) if self.accel.is_main_process else None
+        self.log = MetricsLog(self.out_dir, resume_step=self.step) if self.accel.is_main_process else None
 
     # ------------------------------------------------------------------ steps
     @property
