@@ -40,9 +40,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
     p.add_argument(
         "--refine",
-        default="none",
-        metavar="none|guided|sam[:PATH]",
-        help="sub-patch refinement: image-guided upsampling, or a local SAM directory (default: none)",
+        default="auto",
+        metavar="auto|none|guided|sam[:PATH]",
+        help="sub-patch refinement: image-guided upsampling, or a local SAM directory "
+        "(default auto: guided for the bundled model, none for others)",
     )
 
 

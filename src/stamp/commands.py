@@ -30,7 +30,9 @@ def _predictor(args):
     from stamp.models import load_model
 
     model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
-    return StampPredictor(model, threshold=args.threshold, refine=args.refine)
+    from stamp.models import resolve_refine
+
+    return StampPredictor(model, threshold=args.threshold, refine=resolve_refine(args.refine, args.model))
 
 
 def _print_result(title: str, result) -> None:

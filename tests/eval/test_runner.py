@@ -212,7 +212,9 @@ def test_patch_metrics_count_cells_for_declined_samples():
 
     gt = np.zeros((56, 56), np.uint8)
     gt[:28, :28] = 1  # exactly one cell
-    sample = StampSample("s", np.zeros((56, 56, 3), np.uint8), [Turn("user", "x"), Turn("assistant", "It is <|seg|>.")], [gt])
+    sample = StampSample(
+        "s", np.zeros((56, 56, 3), np.uint8), [Turn("user", "x"), Turn("assistant", "It is <|seg|>.")], [gt]
+    )
     sample.load_image = lambda: None
     report = evaluate_samples(Declines(), [sample], progress=False)
     assert report.patch.sum_union == 1 and report.seg.sum_union == 28 * 28

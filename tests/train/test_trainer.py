@@ -94,7 +94,9 @@ def test_killed_run_resumes_to_the_same_weights(tiny_overrides, tmp_path):
     partial = latest_checkpoint(kill_dir)
     assert partial is not None and int(partial.name.split("_")[1]) < 6, "the run must be killed mid-way"
     train(_cfg(tiny_overrides, *steps, f"run.out_dir={kill_dir}"), resume=True, progress=False)
-    steps_logged = [int(line.split(",")[0]) for line in (kill_dir / "metrics.csv").read_text().splitlines()[1:]]
+    steps_logged = [
+        int(line.split(",")[0]) for line in (kill_dir / "metrics.csv").read_text().splitlines()[1:]
+    ]
     assert steps_logged == sorted(steps_logged)  # the killed run's rows after its checkpoint were dropped
     a, b = _weights(latest_checkpoint(ref_dir)), _weights(latest_checkpoint(kill_dir))
     assert a.keys() == b.keys()

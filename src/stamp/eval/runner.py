@@ -41,7 +41,8 @@ class EvalJob:
     overwrite: bool = False
     dtype: str | None = None
     device: str = "cpu"
-    refine: str = "none"
+    refine: str = "auto"
+    """none | guided | sam[:PATH] | auto (guided for the bundled model, none for others)."""
     threshold: float = 0.5
     synth_size: tuple[int, int] | None = None
     """SynthRef image width/height range in pixels (None: the split's default, 224-448)."""
@@ -69,6 +70,9 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
         from stamp.processing import CELL
 
         model.processor.set_pixel_range(job.cells[0] * CELL * CELL, job.cells[1] * CELL * CELL)
+    from stamp.models import resolve_refine
+
+    job.refine = resolve_refine(job.refine, job.model)
     predictor = StampPredictor(model, threshold=job.threshold, refine=job.refine)
     indices = range(rank, n, world)
     report = evaluate_samples(

@@ -38,6 +38,9 @@ def add_serve_arguments(p: argparse.ArgumentParser, default_port: int = 8000) ->
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    p.add_argument(
+        "--refine", default="auto", help="auto (guided for the bundled model) | none | guided | sam:PATH"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=default_port, help=f"port (default {default_port})")
     p.add_argument(
@@ -103,17 +106,15 @@ def _run(args, *, web: bool) -> int:
     import torch
 
     from stamp.inference import StampPredictor
-    from stamp.models import load_model
+    from stamp.models import load_model, resolve_refine
     from stamp.serve.app import create_app
 
     settings = settings_from_args(args, web=web)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model:
-        model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
-    else:
-        model = load_model(None)
-    app = create_app(StampPredictor(model, threshold=args.threshold), settings)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
+    refine = resolve_refine(getattr(args, "refine", "auto"), args.model)
+    app = create_app(StampPredictor(model, threshold=args.threshold, refine=refine), settings)
     what = "web demo" if web else "API"
     print(f"stamp: {what} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
