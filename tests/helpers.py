@@ -24,3 +24,31 @@ def full_recompute_logits(model, image, prompt: str, answer: str) -> list[torch.
     return [
         lg[: int(g[0] * g[1])].view(int(g[0]), int(g[1])) for lg, g in zip(out.mask_logits, out.mask_grids)
     ]
+
+
+def run_two_cpu_ranks(stamp_args: list[str], port: int, timeout: int = 600):
+    """`accelerate launch` of `stamp <stamp_args>` as 2 gloo ranks on the CPU; the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "stamp.cli",
+    ]
+    return subprocess.run(launch + stamp_args, capture_output=True, text=True, env=env, timeout=timeout)

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+from helpers import run_two_cpu_ranks
 
 from stamp.cli import main
 from stamp.data.export import export_synthref
@@ -141,9 +142,6 @@ def test_eval_with_guided_refinement_records_it(model_dir, tmp_path):
 
 
 def test_eval_sharded_over_two_ranks_equals_one_process(model_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
 
     common = [
         "--data",
@@ -162,30 +160,7 @@ def test_eval_sharded_over_two_ranks_equals_one_process(model_dir, tmp_path):
     single = tmp_path / "one.json"
     assert main(["eval", *common, "--out", str(single)]) == 0
     sharded = tmp_path / "two.json"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29533",
-        "-m",
-        "stamp.cli",
-        "eval",
-        *common,
-        "--out",
-        str(sharded),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    out = run_two_cpu_ranks(["eval", *common, "--out", str(sharded)], port=29533, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     a, b = json.loads(single.read_text()), json.loads(sharded.read_text())
     assert a["metrics"].keys() == b["metrics"].keys()

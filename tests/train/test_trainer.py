@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from helpers import run_two_cpu_ranks
 from safetensors.torch import load_file
 
 from stamp.configuration import load_config
@@ -105,32 +106,11 @@ def test_killed_run_resumes_to_the_same_weights(tiny_overrides, tmp_path):
 
 
 def test_two_process_gloo_ranks_hold_identical_weights(tiny_overrides, tmp_path):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
-        "-m",
-        "stamp.cli",
-        "train",
-        str(CONFIG),
-        "--no-progress",
-        *tiny_overrides,
-        "run.steps=3",
-        "run.save_every=3",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    out = run_two_cpu_ranks(
+        ["train", str(CONFIG), "--no-progress", *tiny_overrides, "run.steps=3", "run.save_every=3"],
+        port=29517,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     import re
 
