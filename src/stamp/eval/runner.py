@@ -100,6 +100,9 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, (json.dumps(results, indent=1) + "\n").encode())
+    if world > 1:  # tear gloo down before exit: its threads abort the process if left to destructors
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return results
 
 

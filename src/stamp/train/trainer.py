@@ -201,6 +201,8 @@ class Trainer:
         bar.close()
         if self.accel.num_processes > 1:
             self.check_replicas_in_sync()
+            self.accel.wait_for_everyone()
+            torch.distributed.destroy_process_group()  # before exit, not in destructors (gloo aborts)
         if self.log is not None:
             self.log.plot()
         return last_saved
