@@ -3,14 +3,15 @@ refinement and resolution transfer. Every run uses the same backbone size, data 
 
     python experiments/ablations.py                          # all runs, then the table
     python experiments/ablations.py --only full,no_hybrid    # some runs
+    python experiments/ablations.py --only full,no_hybrid --seeds 1,2   # more seeds of some runs
     python experiments/ablations.py --report                 # only print the markdown table
     python experiments/ablations.py --steps 50 --eval-limit 8 --out /tmp/abl   # a smoke test
 
 Each run trains `configs/experiments/ablation-base.yaml` plus its overrides into <out>/<name>/
 (`--resume` semantics: an interrupted run continues from its last checkpoint) and then evaluates the
 final model; a run whose results JSON exists is skipped. Results: <out>/<name>.json.
-Not yet here: the Text4Seg-style next-token baseline (the same backbone trained to emit N label
-tokens), which needs its own training target.
+The `next_token` run is the Text4Seg-style baseline: the same backbone and data, trained to spell each
+mask as N label tokens after `<|seg|>` (`model.mask_decoder=next_token`) and decoded autoregressively.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "experiments" / "ablation-base.yaml"
-SEG_TASKS = "{refer: 0.30, grefer: 0.12, no_target: 0.12, reason: 0.12, multi: 0.10}"
+SEG_TASKS = "{refer: 0.5, grefer: 0.1, no_target: 0.1}"  # the base mix without its VQA share
 
 # name -> (training overrides, what it ablates)
 RUNS: dict[str, tuple[list[str], str]] = {
@@ -32,43 +33,76 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "text_positions": (["model.position_mode=text"], "1-D placeholder positions (the authors' checkpoints)"),
     "seg_only": ([f"data.task_weights={SEG_TASKS}"], "segmentation data only (no VQA, no dialogue)"),
     "vqa_only": (["data.task_weights={vqa: 1.0}"], "VQA data only (dialogue baseline)"),
+    "next_token": (
+        ["model.mask_decoder=next_token"],
+        "Text4Seg-style baseline: the mask as N label tokens, decoded one by one",
+    ),
 }
-# evaluations of every run: (label, eval overrides)
+# Evaluations of every run (label, eval overrides), at the training image size and on the training task
+# mix (`base_task_mix()`), with refinement off so that the rows compare the models themselves.
+TRAIN_SIZE = (224, 256)
 EVALS: list[tuple[str, dict]] = [
-    ("val", {"split": "val"}),
-    ("compositional", {"split": "compositional"}),
+    ("val", {"split": "val", "synth_size": TRAIN_SIZE, "refine": "none"}),
+    ("compositional", {"split": "compositional", "synth_size": TRAIN_SIZE, "refine": "none"}),
 ]
-# extra evaluations of the full model: refinement and resolution transfer (trained at 224-256 px)
+# Extra evaluations of the full model: refinement and resolution transfer (it trained at 224-256 px,
+# 64-100 cells; the paper trains at 896 px and deploys at 504/726).
 FULL_EXTRA: list[tuple[str, dict]] = [
-    ("val_guided", {"split": "val", "refine": "guided"}),
-    ("val_160px", {"split": "val", "synth_size": (160, 192), "cells": (25, 49)}),
-    ("val_320px", {"split": "val", "synth_size": (320, 352), "cells": (121, 169)}),
-    ("val_448px", {"split": "val", "synth_size": (448, 448), "cells": (256, 256)}),
+    ("val_guided", {"split": "val", "synth_size": TRAIN_SIZE, "refine": "guided"}),
+    ("val_160px", {"split": "val", "synth_size": (160, 192), "cells": (25, 49), "refine": "none"}),
+    ("val_320px", {"split": "val", "synth_size": (320, 352), "cells": (121, 169), "refine": "none"}),
+    ("val_448px", {"split": "val", "synth_size": (448, 448), "cells": (256, 256), "refine": "none"}),
 ]
 
 
-def run_one(name: str, out: Path, steps: int | None, eval_limit: int) -> dict:
-    """Train (or resume) run `name`, then evaluate it; returns its results dict."""
+def base_task_mix() -> dict[str, float] | None:
+    """The task mix of the base config (evaluations use it, so no run is tested on unseen task types)."""
+    from stamp.configuration import load_config
+    from stamp.train.config import TrainConfig
+
+    return load_config(TrainConfig, BASE).data.task_weights
+
+
+def run_name(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}_s{seed}"
+
+
+def run_one(name: str, out: Path, steps: int | None, eval_limit: int, seed: int = 0) -> dict:
+    """Train (or resume) run `name` with `seed`, then evaluate it; returns its results dict."""
+    import time
+
     from stamp.configuration import load_config
     from stamp.eval.runner import EvalJob, run_eval
     from stamp.train.checkpoint import latest_checkpoint
     from stamp.train.config import TrainConfig
     from stamp.train.trainer import train
 
-    result_file = out / f"{name}.json"
+    label_name = run_name(name, seed)
+    result_file = out / f"{label_name}.json"
     if result_file.exists():
-        print(f"{name}: results exist, skipped ({result_file})")
+        print(f"{label_name}: results exist, skipped ({result_file})")
         return json.loads(result_file.read_text())
     overrides, _ = RUNS[name]
-    run_dir = out / name
-    overrides = overrides + [f"run.out_dir={run_dir}"] + ([f"run.steps={steps}"] if steps else [])
+    run_dir = out / label_name
+    overrides = overrides + [f"run.out_dir={run_dir}", f"run.seed={seed}"]
+    overrides += [f"run.steps={steps}"] if steps else []
     cfg = load_config(TrainConfig, BASE, overrides)
     last = latest_checkpoint(run_dir)
+    t0 = time.time()
     if last is None or int(last.name.split("_")[1]) < cfg.run.steps:
         train(cfg, resume=last is not None)
         last = latest_checkpoint(run_dir)
-    evals = EVALS + (FULL_EXTRA if name == "full" else [])
-    results = {"name": name, "overrides": overrides, "steps": cfg.run.steps, "evals": {}}
+    train_minutes = (time.time() - t0) / 60
+    evals = EVALS + (FULL_EXTRA if name == "full" and seed == 0 else [])
+    results = {
+        "name": name,
+        "seed": seed,
+        "overrides": overrides,
+        "steps": cfg.run.steps,
+        "train_minutes_this_session": round(train_minutes, 1),
+        "evals": {},
+    }
+    mix = base_task_mix()
     for label, kw in evals:
         job = EvalJob(
             data="synthref",
@@ -76,6 +110,7 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int) -> dict:
             out=str(run_dir / f"eval_{label}.json"),
             limit=eval_limit,
             overwrite=True,
+            synth_tasks=mix,
             **kw,
         )
         metrics = run_eval(job, progress=False)["metrics"]
@@ -83,7 +118,7 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int) -> dict:
         metrics["seconds_per_sample"] = sum(r["seconds"] for r in seconds) / max(len(seconds), 1)
         results["evals"][label] = metrics
         print(
-            f"{name} {label}: "
+            f"{label_name} {label}: "
             + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items() if isinstance(v, float))
         )
     tmp = result_file.with_suffix(".tmp")
@@ -92,30 +127,46 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int) -> dict:
     return results
 
 
+def _seed_results(out: Path, name: str) -> list[dict]:
+    """Finished results of run `name` for every seed (name.json, name_s1.json, ...)."""
+    files = [out / f"{name}.json"] + sorted(out.glob(f"{name}_s[0-9]*.json"))
+    return [json.loads(f.read_text()) for f in files if f.exists()]
+
+
+def _cell(values: list[float]) -> str:
+    """Mean over seeds, with +- half the spread when there are several."""
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} +- {(max(values) - min(values)) / 2:.1f}"
+
+
 def report(out: Path) -> str:
-    """A markdown table of every finished run (pixel cIoU / gIoU / patch cIoU / N-acc / VQA acc)."""
+    """Markdown tables of every finished run (means over seeds; cIoU etc. in percent)."""
     lines = [
-        "| run | ablates | val cIoU | val gIoU | val patch cIoU | N-acc | VQA acc | compositional cIoU | s/sample |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | ablates | seeds | val cIoU | val gIoU | val patch cIoU | N-acc | VQA acc | compositional cIoU | s/sample |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, (_, what) in RUNS.items():
-        f = out / f"{name}.json"
-        if not f.exists():
+        runs = _seed_results(out, name)
+        if not runs:
             continue
-        ev = json.loads(f.read_text())["evals"]
-        v, c = ev.get("val", {}), ev.get("compositional", {})
 
-        def g(d, k):
-            return f"{d[k]:.1f}" if k in d else "-"
+        def col(split: str, key: str) -> str:
+            return _cell([r["evals"][split][key] for r in runs if key in r["evals"].get(split, {})])
 
+        secs = [r["evals"]["val"].get("seconds_per_sample", 0.0) for r in runs if "val" in r["evals"]]
         lines.append(
-            f"| {name} | {what} | {g(v, 'ciou')} | {g(v, 'giou')} | {g(v, 'patch_ciou')} | {g(v, 'n_acc')} "
-            f"| {g(v, 'vqa_acc')} | {g(c, 'ciou')} | {v.get('seconds_per_sample', 0):.3f} |"
+            f"| {name} | {what} | {len(runs)} | {col('val', 'ciou')} | {col('val', 'giou')} "
+            f"| {col('val', 'patch_ciou')} | {col('val', 'n_acc')} | {col('val', 'vqa_acc')} "
+            f"| {col('compositional', 'ciou')} | {sum(secs) / max(len(secs), 1):.3f} |"
         )
     full = out / "full.json"
     if full.exists():
         ev = json.loads(full.read_text())["evals"]
-        lines += ["", "| full model, eval | cIoU | gIoU | patch cIoU | s/sample |", "|---|---|---|---|---|"]
+        lines += ["", "| full model (seed 0), eval | cIoU | gIoU | patch cIoU | s/sample |", "|---|---|---|---|---|"]
         for label, m in ev.items():
             lines.append(
                 f"| {label} | {m.get('ciou', 0):.1f} | {m.get('giou', 0):.1f} | {m.get('patch_ciou', 0):.1f} "
@@ -130,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated run names (default: all)")
     ap.add_argument("--steps", type=int, default=None, help="override the step budget (smoke tests)")
     ap.add_argument("--eval-limit", type=int, default=300, help="SynthRef samples per evaluation")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (seed 0 is the run's plain name)")
     ap.add_argument("--report", action="store_true", help="only print the table of finished runs")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -140,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown run(s) {unknown}; choose from {list(RUNS)}", file=sys.stderr)
         return 2
     if not args.report:
-        for name in names:
-            run_one(name, out, args.steps, args.eval_limit)
+        seeds = [int(v) for v in args.seeds.split(",")]
+        for seed in seeds:
+            for name in names:
+                run_one(name, out, args.steps, args.eval_limit, seed)
     print(report(out))
     return 0
 

@@ -57,6 +57,21 @@ def _pair(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _weights(text: str) -> dict[str, float]:
+    """'refer=0.5,vqa=0.3' -> {'refer': 0.5, 'vqa': 0.3} (task names are checked by SynthRef)."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value) if sep else 1.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT,..., got {part!r}") from None
+        if not name.strip() or weight < 0:
+            raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT with WEIGHT >= 0, got {part!r}")
+        out[name.strip()] = weight
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stamp", description="STAMP: chat about an image and segment in one pass.")
     parser.add_argument("--version", action="version", version=f"stamp-seg {_version()}")
@@ -116,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument(
         "--synth-size", type=_pair, default=None, metavar="MIN,MAX", help="SynthRef image size range in px"
+    )
+    ev.add_argument(
+        "--synth-tasks",
+        type=_weights,
+        default=None,
+        metavar="TASK=W,...",
+        help="SynthRef task mix, e.g. refer=0.5,vqa=0.3 (default: the split's mix)",
     )
     ev.add_argument(
         "--cells",

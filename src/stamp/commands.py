@@ -126,6 +126,7 @@ def cmd_eval(args) -> int:
         threshold=args.threshold,
         synth_size=args.synth_size,
         cells=args.cells,
+        synth_tasks=args.synth_tasks,
     )
     results = run_eval(job, progress=not args.no_progress)
     print(

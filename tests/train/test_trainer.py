@@ -157,3 +157,35 @@ def test_resume_takes_data_settings_from_the_config(tiny_overrides, tmp_path):
     model = build_model(soft, weights_from=last / "model")
     assert model.processor.settings.target_threshold is None
     assert model.processor.settings.max_pixels == 16 * 28 * 28
+
+
+def test_next_token_baseline_trains_on_label_text(tiny_overrides, tmp_path):
+    """The Text4Seg-style baseline: masks become label tokens after `<|seg|>`, learned by the text loss."""
+    cfg = _cfg(
+        tiny_overrides,
+        "run.steps=6",
+        "optim.lr=3e-3",
+        "model.mask_decoder=next_token",
+        "data.task_weights={refer: 1.0}",
+    )
+    trainer = Trainer(cfg, progress=False)
+    batch = trainer.stream.batch(range(2))
+    settings = trainer.model.stamp
+    assert "mask_targets" not in batch
+    ids = batch["input_ids"][0].tolist()
+    seg = ids.index(settings.seg_token_id)
+    n_cells = int(batch["image_grid_thw"][0][1] * batch["image_grid_thw"][0][2]) // 4
+    assert set(ids[seg + 1 : seg + 1 + n_cells]) <= set(settings.label_token_ids)
+    with torch.no_grad():
+        out = trainer.model.stamp_forward(**batch)
+    assert out.mask_logits is None and out.text_loss is not None
+    last = trainer.fit()
+    from stamp.inference import StampPredictor
+    from stamp.model.modeling import StampModel
+
+    model = StampModel.from_pretrained(last / "model")
+    assert model.stamp.mask_decoder == "next_token"
+    pred = StampPredictor(model)
+    pred.set_image(np.zeros((100, 120, 3), dtype=np.uint8))
+    res = pred.chat("Segment it.", answer_prefix="<|seg|>", max_new_tokens=2)
+    assert len(res.masks) == 1 and res.masks[0].mask.shape == (100, 120)

@@ -43,12 +43,15 @@ def open_dataset(
     seed: int = 0,
     length: int | None = None,
     image_size_range: tuple[int, int] | None = None,
+    task_weights: dict[str, float] | None = None,
 ):
     """A map-style data set of StampSamples (see the module docstring for PATH)."""
     if kind == "synthref":
         from stamp.data.synthref import SynthRef
 
         extra = {"image_size_range": tuple(image_size_range)} if image_size_range else {}
+        if task_weights:
+            extra["task_weights"] = dict(task_weights)
         return SynthRef(split, seed=seed, length=length, **extra)
     if path is None:
         raise DataError(f"data kind {kind} needs a path")

@@ -48,6 +48,8 @@ class EvalJob:
     """SynthRef image width/height range in pixels (None: the split's default, 224-448)."""
     cells: tuple[int, int] | None = None
     """Override the model's dynamic resolution: (min, max) merged 28x28 cells per image."""
+    synth_tasks: dict[str, float] | None = None
+    """SynthRef task mix, e.g. {"refer": 1.0} (None: the split's default mix)."""
 
 
 def run_eval(job: EvalJob, progress: bool = True) -> dict:
@@ -60,7 +62,8 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
     ensure_writable([out], job.overwrite)
     kind, path = parse_data_spec(job.data)
     dataset = open_dataset(
-        kind, path, job.split, image_root=job.image_root, seed=job.seed, image_size_range=job.synth_size
+        kind, path, job.split, image_root=job.image_root, seed=job.seed, image_size_range=job.synth_size,
+        task_weights=job.synth_tasks,
     )
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     rank, world = _distributed()

@@ -182,21 +182,32 @@ def generate(
             break
         stage = "mask" if seg_rows else "decode"
         with timer(stage):
-            hidden, cache = _step(
-                model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos
-            )
-            n_max = hidden.shape[1] - 1
-            for b in seg_rows:
-                gh, gw = grids[b]
-                masks[b].append(model.classifier(hidden[b, 1 : 1 + gh * gw]).float().view(gh, gw).cpu())
-                if on_event is not None:
-                    on_event("mask", b, len(masks[b]) - 1, masks[b][-1])
-            if n_max:
-                cache.crop(-n_max)
             live = torch.tensor([[-1 if done else 0] for done in finished], device=device)
-            key_block = torch.cat([key_block, live], dim=1)
+            if model.stamp.mask_decoder == "next_token":  # the baseline: labels decoded one by one
+                hidden, cache = _step(model, cache, key_block, step_tokens, finished, [], requests, grids, next_pos)
+                key_block, next_pos = torch.cat([key_block, live], dim=1), next_pos + 1
+                if seg_rows:
+                    hidden, cache, key_block, next_pos, scores = _label_decode(
+                        model, cache, key_block, hidden, seg_rows, grids, next_pos
+                    )
+                    for b in seg_rows:
+                        masks[b].append(scores[b].view(grids[b]).cpu())
+                        if on_event is not None:
+                            on_event("mask", b, len(masks[b]) - 1, masks[b][-1])
+            else:
+                hidden, cache = _step(
+                    model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos
+                )
+                n_max = hidden.shape[1] - 1
+                for b in seg_rows:
+                    gh, gw = grids[b]
+                    masks[b].append(model.classifier(hidden[b, 1 : 1 + gh * gw]).float().view(gh, gw).cpu())
+                    if on_event is not None:
+                        on_event("mask", b, len(masks[b]) - 1, masks[b][-1])
+                if n_max:
+                    cache.crop(-n_max)
+                key_block, next_pos = torch.cat([key_block, live], dim=1), next_pos + 1
             logits = model.lm_head(hidden[:, 0])
-            next_pos = next_pos + 1
     return [GenerationOutput(tokens[b], masks[b], dict(timer.totals)) for b in range(bsz)]
 
 
@@ -260,3 +271,45 @@ def _placeholder_pass(model, cache, keys, seg_rows, requests, grids, next_pos):
             torch.cat([keys, ph_block], dim=1), ph_block, q_index, q_limit, mode
         )
     return model.run_language_model(ph, ph_pos, allowed, cache)
+
+
+def _label_decode(model, cache, key_block, hidden, seg_rows, grids, next_pos):
+    """The next-token baseline's mask (`mask_decoder: next_token`): for each row at `<|seg|>`, its N cell
+    labels decoded greedily one token at a time with the KV cache, each restricted to the two label
+    tokens; the labels stay in the cache (they are part of the answer, as in Text4Seg). Rows not at a
+    `<|seg|>` (or past their own N) feed masked-out padding meanwhile.
+
+    `hidden` (B, 1, H) is each row's last hidden state (the `<|seg|>`'s for the seg rows). Returns
+    (hidden (B, 1, H) after the labels, cache, key_block, next_pos, {row: (N,) logit(fg) - logit(bg)}).
+    """
+    device = key_block.device
+    bg, fg = model.stamp.label_token_ids
+    bsz = key_block.shape[0]
+    sizes = {b: grids[b][0] * grids[b][1] for b in seg_rows}
+    scores: dict[int, list[torch.Tensor]] = {b: [] for b in seg_rows}
+    embed = model.get_input_embeddings()
+    h = hidden[:, :1]
+    for t in range(max(sizes.values())):
+        active = torch.zeros(bsz, dtype=torch.bool)
+        for b in seg_rows:
+            active[b] = t < sizes[b]
+        pair = model.lm_head(h[:, 0])[:, [bg, fg]].float()
+        diff = (pair[:, 1] - pair[:, 0]).cpu()
+        for b in seg_rows:
+            if active[b]:
+                scores[b].append(diff[b])
+        toks = torch.where(active & (diff > 0), fg, bg).view(bsz, 1).to(device)
+        block = torch.where(active, 0, -1).view(bsz, 1).to(device)
+        keys = torch.cat([key_block, block], dim=1)
+        if bool((keys == 0).all()):
+            allowed = None
+        else:
+            here = torch.full((bsz, 1), key_block.shape[1], device=device)
+            allowed = build_hybrid_attention_mask(keys, block, here, here, model.stamp.attention_mode)
+        pos = next_pos.view(1, bsz, 1).expand(3, bsz, 1)
+        out, cache = model.run_language_model(embed(toks), pos, allowed, cache)
+        act = active.to(device)
+        h = torch.where(act.view(bsz, 1, 1), out, h)
+        next_pos = next_pos + act.long()
+        key_block = keys
+    return h, cache, key_block, next_pos, {b: torch.stack(v) for b, v in scores.items()}

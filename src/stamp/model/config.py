@@ -9,6 +9,7 @@ from stamp.model.attention import ATTENTION_MODES
 from stamp.model.positions import POSITION_MODES
 
 MASK_EMBEDDING_MODES = ("visual", "plain")
+MASK_DECODERS = ("placeholders", "next_token")
 
 
 @dataclass
@@ -27,11 +28,23 @@ class StampSettings:
     mask_embedding: str = "visual"
     """"visual": E_mask = embed(<|mask|>) + merged visual feature of the cell (the paper); "plain":
     embed(<|mask|>) only (ablation)."""
+    mask_decoder: str = "placeholders"
+    """"placeholders": STAMP's one-pass mask prediction. "next_token": the Text4Seg-style baseline of the
+    experiments (the answer spells the mask as one label token per cell after `<|seg|>`, row-major,
+    decoded autoregressively; no placeholders, no classifier use)."""
+    label_token_ids: list[int] | None = None
+    """For mask_decoder "next_token": the [background, foreground] label token ids."""
 
     def __post_init__(self) -> None:
         _check_choice("position_mode", self.position_mode, POSITION_MODES)
         _check_choice("attention_mode", self.attention_mode, ATTENTION_MODES)
         _check_choice("mask_embedding", self.mask_embedding, MASK_EMBEDDING_MODES)
+        _check_choice("mask_decoder", self.mask_decoder, MASK_DECODERS)
+        if self.mask_decoder == "next_token":
+            ids = self.label_token_ids
+            if not (isinstance(ids, (list, tuple)) and len(ids) == 2 and len(set(ids)) == 2):
+                raise ValueError(f"mask_decoder 'next_token' needs two distinct label_token_ids, got {ids!r}")
+            self.label_token_ids = [int(i) for i in ids]
         for name in ("seg_token_id", "mask_token_id"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")

@@ -162,7 +162,10 @@ class StampModel:
         image_features: list[torch.Tensor],
         image_grid_thw: torch.Tensor | None,
     ) -> list[list[PlaceholderBlock]]:
-        """One `PlaceholderBlock` per `<|seg|>` of each sample; each segments the last image before it."""
+        """One `PlaceholderBlock` per `<|seg|>` of each sample; each segments the last image before it.
+        None for the next-token baseline, whose masks are label tokens in the text."""
+        if self.stamp.mask_decoder == "next_token":
+            return [[] for _ in range(input_ids.shape[0])]
         blocks: list[list[PlaceholderBlock]] = []
         image_counter = 0
         for b in range(input_ids.shape[0]):

@@ -14,6 +14,7 @@ from stamp.model.tokens import (
     VISION_START,
     add_stamp_tokens,
     build_byte_tokenizer,
+    label_token_ids,
     token_id,
 )
 from stamp.processing import CELL, ProcessorSettings, StampProcessor
@@ -38,6 +39,7 @@ def build_model_from_scratch(
     position_mode: str = "grid",
     attention_mode: str = "hybrid",
     mask_embedding: str = "visual",
+    mask_decoder: str = "placeholders",
     processor_settings: ProcessorSettings | None = None,
 ):
     """A randomly initialised STAMP model of the given sizes around `tokenizer`; `.processor` attached."""
@@ -89,7 +91,10 @@ def build_model_from_scratch(
         config = Qwen2_5_VLConfig(vision_config=vision, **common)
     else:
         raise ValueError(f"family must be one of {sorted(MODEL_CLASSES)}, got {family!r}")
-    config.stamp = StampSettings(seg_id, mask_id, position_mode, attention_mode, mask_embedding).to_dict()
+    labels = label_token_ids(tokenizer) if mask_decoder == "next_token" else None
+    config.stamp = StampSettings(
+        seg_id, mask_id, position_mode, attention_mode, mask_embedding, mask_decoder, labels
+    ).to_dict()
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = MODEL_CLASSES[family](config).eval()

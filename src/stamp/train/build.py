@@ -49,6 +49,7 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
             vision_mlp_ratio=m.vision_mlp_ratio,
             attn_implementation=m.attn_implementation,
             processor_settings=settings,
+            mask_decoder=m.mask_decoder,
             **modes,
         )
     else:

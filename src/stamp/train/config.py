@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stamp.model.attention import ATTENTION_MODES, SUPPORTED_ATTN_IMPLEMENTATIONS
-from stamp.model.config import MASK_EMBEDDING_MODES
+from stamp.model.config import MASK_DECODERS, MASK_EMBEDDING_MODES
 from stamp.model.positions import POSITION_MODES
 
 
@@ -54,6 +54,8 @@ class ModelConfig:
     position_mode: str = "grid"
     attention_mode: str = "hybrid"
     mask_embedding: str = "visual"
+    mask_decoder: str = "placeholders"
+    """"placeholders" (STAMP) or "next_token" (the Text4Seg-style baseline of the experiments; scratch only)."""
     attn_implementation: str = "sdpa"
     min_cells: int = 64
     """Smallest image after resizing, in merged 28x28 cells (64 = 224x224)."""
@@ -70,6 +72,9 @@ class ModelConfig:
         _choice("model.position_mode", self.position_mode, POSITION_MODES)
         _choice("model.attention_mode", self.attention_mode, ATTENTION_MODES)
         _choice("model.mask_embedding", self.mask_embedding, MASK_EMBEDDING_MODES)
+        _choice("model.mask_decoder", self.mask_decoder, MASK_DECODERS)
+        if self.mask_decoder != "placeholders" and self.init != "scratch":
+            raise ValueError("model.mask_decoder 'next_token' is only for models trained from scratch")
         _choice("model.attn_implementation", self.attn_implementation, SUPPORTED_ATTN_IMPLEMENTATIONS)
         if self.init == "pretrained" and not self.path:
             raise ValueError("model.path is required when model.init is 'pretrained'")

@@ -78,7 +78,11 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg, weights_from=self.resume_from / "model" if self.resume_from else None)
         self.processor = self.model.processor
-        self.stream = TrainStream(cfg.data, self.processor, seed=cfg.run.seed)
+        settings = self.model.stamp if cfg.model.lora is None else None
+        next_token = None
+        if settings is not None and settings.mask_decoder == "next_token":
+            next_token = (settings.seg_token_id, settings.label_token_ids)
+        self.stream = TrainStream(cfg.data, self.processor, seed=cfg.run.seed, next_token=next_token)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
