@@ -22,6 +22,7 @@ USER_ERRORS = (
     FileExistsError,
     FileNotFoundError,
     ValueError,
+    ImportError,  # a missing optional dependency (e.g. deepspeed for a ZeRO accelerate config)
 )
 
 

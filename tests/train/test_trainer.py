@@ -189,3 +189,37 @@ def test_next_token_baseline_trains_on_label_text(tiny_overrides, tmp_path):
     pred.set_image(np.zeros((100, 120, 3), dtype=np.uint8))
     res = pred.chat("Segment it.", answer_prefix="<|seg|>", max_new_tokens=2)
     assert len(res.masks) == 1 and res.masks[0].mask.shape == (100, 120)
+
+
+def test_sharding_configs_are_not_silently_downgraded(monkeypatch):
+    """accelerate turns an FSDP/DeepSpeed config into plain CPU data parallelism without a word; stop."""
+    import pytest
+
+    from stamp.configuration import ConfigError
+    from stamp.train.trainer import _check_sharding_honoured
+
+    _check_sharding_honoured("MULTI_CPU")  # nothing asked for: fine
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    _check_sharding_honoured("FSDP")
+    with pytest.raises(ConfigError, match="asks for FSDP but accelerate set up MULTI_CPU"):
+        _check_sharding_honoured("MULTI_CPU")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="DEEPSPEED"):
+        _check_sharding_honoured("NO")
+
+
+def test_checkpoint_without_optimizer_state_resumes_the_rest(tmp_path):
+    from stamp.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    sched.step()
+    path = save_checkpoint(tmp_path, 1, lambda p: p.mkdir(), None, sched, {"samples_seen": 4}, keep=2)
+    assert not (path / "optimizer.safetensors").exists()
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1.0)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5 ** s)
+    state = load_checkpoint(path, opt2, sched2)
+    assert state["optimizer"] is None and state["samples_seen"] == 4
+    assert sched2.get_last_lr() == sched.get_last_lr()

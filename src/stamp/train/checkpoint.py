@@ -86,15 +86,18 @@ def _tuplify(x):
 def save_checkpoint(
     out_dir: Path, step: int, save_model, optimizer, scheduler, trainer_state: dict, keep: int
 ) -> Path:
-    """Write checkpoint `step` atomically; `save_model(path)` writes the model folder. Prunes old ones."""
+    """Write checkpoint `step` atomically; `save_model(path)` writes the model folder. Prunes old ones.
+    `optimizer=None` writes no optimizer state (DeepSpeed keeps it partitioned across ranks)."""
     root = checkpoint_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=root))
     try:
         save_model(tmp / "model")
-        tensors, meta = _optimizer_to_flat(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        meta = None
+        if optimizer is not None:
+            tensors, meta = _optimizer_to_flat(optimizer.state_dict())
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
         rng_tensors, rng_meta = rng_state()
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         state = {
@@ -121,9 +124,10 @@ def load_checkpoint(path: Path, optimizer, scheduler) -> dict:
     """Restore optimizer, scheduler and RNG from checkpoint `path`; returns the trainer state dict.
     (The model weights are loaded by the caller from `path / "model"`.)"""
     state = json.loads((path / STATE_FILE).read_text())
-    optimizer.load_state_dict(
-        _optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-    )
+    if state["optimizer"] is not None:
+        optimizer.load_state_dict(
+            _optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+        )
     scheduler.load_state_dict(state["scheduler"])
     restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])
     return state

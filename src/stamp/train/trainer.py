@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from stamp.configuration import ConfigError
 from stamp.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from stamp.train.config import TrainConfig
 from stamp.train.logging import MetricsLog
@@ -64,12 +65,15 @@ class Trainer:
 
         self.cfg = cfg
         self.out_dir = Path(cfg.run.out_dir)
+        if cfg.run.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("run.device is 'cuda' but no CUDA device is available (use run.device=auto)")
         cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
         self.accel = Accelerator(
             cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
         )
+        _check_sharding_honoured(self.accel.distributed_type.name)
         self.resume_from = latest_checkpoint(self.out_dir) if resume else None
         if resume and self.resume_from is None and self.accel.is_main_process:
             print(f"stamp train: no checkpoint under {self.out_dir}; starting from scratch")
@@ -89,6 +93,13 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         weights = {"text_weight": cfg.loss.text, "bce_weight": cfg.loss.bce, "dice_weight": cfg.loss.dice}
+        self.deepspeed = self.accel.state.deepspeed_plugin is not None
+        if self.deepspeed:  # batches come from our own stream, not a DataLoader accelerate could inspect
+            ds = self.accel.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
+            ds["gradient_accumulation_steps"] = cfg.optim.grad_accum
+            ds["gradient_clipping"] = cfg.optim.grad_clip
+            ds.pop("train_batch_size", None)
         self.module, self.optimizer = self.accel.prepare(
             StampTrainingModule(self.model, weights), self.optimizer
         )
@@ -96,6 +107,11 @@ class Trainer:
         if self.resume_from is not None:
             state = load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
             self.step = int(state["step"])
+            if state["optimizer"] is None and self.accel.is_main_process:
+                print(
+                    f"stamp train: {self.resume_from.name} holds no optimizer state (a DeepSpeed run); "
+                    "the optimizer moments restart, so this resume is not bit-exact"
+                )
         self.log = MetricsLog(self.out_dir, resume_step=self.step) if self.accel.is_main_process else None
 
     # ------------------------------------------------------------------ steps
@@ -120,16 +136,20 @@ class Trainer:
                 k: v.to(self.accel.device)
                 for k, v in self.stream.batch(range(start, start + o.batch_size)).items()
             }
-            sync = self.accel.no_sync(self.module) if micro < o.grad_accum - 1 else contextlib.nullcontext()
+            last = micro == o.grad_accum - 1
+            # DeepSpeed scales by its own accumulation count and syncs at its boundary
+            sync = contextlib.nullcontext() if last or self.deepspeed else self.accel.no_sync(self.module)
             with sync, self._autocast():
                 loss, out = self.module(**batch)
-                self.accel.backward(loss / o.grad_accum)
+                self.accel.backward(loss if self.deepspeed else loss / o.grad_accum)
             for name in ("loss", "text_loss", "bce_loss", "dice_loss"):
                 value = getattr(out, name)
                 if value is not None:
                     sums[name] = sums.get(name, 0.0) + float(value.detach()) / o.grad_accum
-        if o.grad_clip > 0:
-            sums["grad_norm"] = float(self.accel.clip_grad_norm_(self.module.parameters(), o.grad_clip))
+        if o.grad_clip > 0:  # (DeepSpeed clips inside its step, per its config, and reports no norm here)
+            norm = self.accel.clip_grad_norm_(self.module.parameters(), o.grad_clip)
+            if norm is not None:
+                sums["grad_norm"] = float(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -151,7 +171,7 @@ class Trainer:
                 self.out_dir,
                 self.step,
                 lambda p: _save_model(unwrapped, p),
-                self.optimizer,
+                None if self.deepspeed else self.optimizer,
                 self.scheduler,
                 state,
                 self.cfg.run.keep_checkpoints,
@@ -235,6 +255,17 @@ def _save_model(model, path: Path) -> None:
         model.processor.save_pretrained(path)
     else:
         model.save_stamp(path)
+
+
+def _check_sharding_honoured(got: str) -> None:
+    """accelerate silently runs plain data parallelism when an FSDP or DeepSpeed config meets a CPU-only
+    setup (it needs CUDA devices for both); a run that would not shard as asked is stopped instead."""
+    for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(env, "").lower() in ("1", "true") and got != name:
+            raise ConfigError(
+                f"the accelerate config asks for {name} but accelerate set up {got} "
+                "(FSDP and DeepSpeed need CUDA devices; on CPU use configs/accelerate/ddp.yaml)"
+            )
 
 
 def _check_fresh_out_dir(out_dir: Path) -> None:
