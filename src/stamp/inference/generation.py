@@ -7,6 +7,9 @@ history, the `<|seg|>` and each other (hybrid mask), and their last hidden state
 classifier. Afterwards the N placeholder entries are cropped from the cache, so the answer continues
 from the unforked history and the placeholders never enter the text stream. Rows of a batch that are
 not at a `<|seg|>` carry masked-out placeholder slots in that step.
+
+Models with `mask_decoder: next_token` (the Text4Seg-style baseline of the experiments) instead decode
+the mask after `<|seg|>` as N label tokens, one step each (`_label_decode`).
 """
 
 from __future__ import annotations
