@@ -148,3 +148,25 @@ def test_phrase_spans():
         assert text[start:end] == phrase
     assert phrase_spans("Sure, all objects left of it are <|seg|>.")[0][0] == "all objects left of it"
     assert phrase_spans("no masks") == []
+
+
+def test_streamed_masks_are_refined_once_each(make_client, tiny_model):
+    """The stream refines each mask as it goes out; the worker must not refine them again."""
+    from stamp.refine.base import GuidedRefiner
+
+    class Counting(GuidedRefiner):
+        calls = 0
+
+        def refine(self, *args, **kwargs):
+            Counting.calls += 1
+            return super().refine(*args, **kwargs)
+
+    client = make_client(StampPredictor(tiny_model, refine=Counting()), batch_wait_ms=0)
+    fields = {"prompt": "Segment both.", "answer_prefix": PREFIX, "max_new_tokens": "2"}
+    events = parse_sse(client.post("/v1/segment/stream", files=upload(image_bytes(140, 100)), data=fields).text)
+    assert [k for k, _ in events].count("mask") == 2
+    assert Counting.calls == 2
+    assert "refine" in events[-1][1]["timings"]
+    Counting.calls = 0
+    plain = client.post("/v1/segment", files=upload(image_bytes(140, 100)), data=fields).json()
+    assert len(plain["masks"]) == 2 and Counting.calls == 2  # the plain endpoint refines in the worker

@@ -83,6 +83,8 @@ class ChatRequest:
     history: Sequence[Turn | tuple[str, str]] | None = None
     answer_prefix: str | None = None
     max_new_tokens: int = 128
+    refine: bool = True
+    """False: the result's masks skip the refiner (for callers that refine streamed masks themselves)."""
 
 
 def logits_to_mask(
@@ -191,13 +193,13 @@ class StampPredictor:
         forced = self.processor._text_ids(answer_prefix) if answer_prefix else []
         return GenerationRequest(ids, feats, enc.grid_thw, forced)
 
-    def _finish(self, out, enc: EncodedImage, vision_seconds: float) -> StampResult:
+    def _finish(self, out, enc: EncodedImage, vision_seconds: float, refine: bool = True) -> StampResult:
         t0 = time.perf_counter()
         w, h = enc.size
         masks = [logits_to_mask(lg, (h, w), self.threshold, self.upsample) for lg in out.mask_logits]
         timings = {"vision": vision_seconds, "prefill": 0.0, "decode": 0.0, "mask": 0.0, **out.timings}
         timings["postprocess"] = time.perf_counter() - t0
-        if self.refiner is not None:
+        if self.refiner is not None and refine:
             t1 = time.perf_counter()
             for m in masks:
                 self._refine(m, enc.image)
@@ -286,7 +288,9 @@ class StampPredictor:
             reqs.append(req)
         cfg = GenerationConfig(max(r.max_new_tokens for r in requests), predict_masks=predict_masks)
         outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
-        return [self._finish(o, enc, secs) for o, (enc, _, secs) in zip(outs, encoded)]
+        return [
+            self._finish(o, enc, secs, r.refine) for o, (enc, _, secs), r in zip(outs, encoded, requests)
+        ]
 
     def postprocess_logits(self, logits: torch.Tensor, image) -> StampMask:
         """The mask `chat()` gives for (gh, gw) patch `logits` on `image` (an RGB PIL image as the model

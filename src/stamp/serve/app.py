@@ -81,7 +81,10 @@ class SegmentService:
             self.stream_processor = predictor.processor
 
     def submit(self, inp: SegmentInput, on_event=None) -> Job:
-        request = ChatRequest(inp.image, inp.prompt, inp.history, inp.answer_prefix, inp.max_new_tokens)
+        # a streamed request's masks are refined as they are sent (`events`), not again in its result
+        request = ChatRequest(
+            inp.image, inp.prompt, inp.history, inp.answer_prefix, inp.max_new_tokens, refine=on_event is None
+        )
         try:
             return self.batcher.submit(request, on_event)
         except Overloaded as exc:
@@ -155,6 +158,7 @@ class SegmentService:
         """The SSE frames of one streamed request (see `_SSE_DOC`)."""
         streamer = TextStreamer(self.stream_processor.decode, self.seg_id)
         w, h = inp.image.size
+        refine_s = 0.0
         try:
             yield sse("start", {"id": rid, "image": {"width": w, "height": h}})
             while True:
@@ -171,7 +175,9 @@ class SegmentService:
                         yield sse("text", {"delta": delta})
                 elif event[0] == "mask":
                     k, logits = event[1], event[2]
+                    t_mask = time.perf_counter()
                     mask = await run_in_threadpool(self.predictor.postprocess_logits, logits, inp.image)
+                    refine_s += time.perf_counter() - t_mask
                     payload = await run_in_threadpool(mask_payload, mask, k, streamer.emitted, inp.return_png)
                     yield sse("mask", payload)
                 elif event[0] == "finished":
@@ -191,6 +197,8 @@ class SegmentService:
                         "batch_size": job.batch_size,
                         "timings": self.timings(result, job, t0),
                     }
+                    if self.predictor.refiner is not None:  # done here, per mask, as it streamed out
+                        done["timings"]["refine"] = round(refine_s, 6)
                     yield sse("done", done)
                     return
         finally:
