@@ -27,3 +27,18 @@ def test_ablation_runner_smoke(tmp_path, monkeypatch):
     assert (tmp_path / "full.json").stat().st_mtime == before  # finished runs are skipped
     table = mod.report(tmp_path)
     assert "| full |" in table and "| no_hybrid |" in table and "val_guided" in table
+
+
+def test_every_run_is_a_valid_config_of_the_same_budget():
+    from stamp.configuration import load_config
+    from stamp.train.config import TrainConfig
+
+    mod = _load()
+    base = load_config(TrainConfig, mod.BASE)
+    assert "next_token" in mod.RUNS and "no_hybrid" in mod.RUNS and "plain_mask" in mod.RUNS
+    for name, (overrides, _) in mod.RUNS.items():
+        cfg = load_config(TrainConfig, mod.BASE, overrides)
+        assert cfg.run.steps == base.run.steps and cfg.optim == base.optim, name  # same budget
+        assert cfg.model.hidden_size == base.model.hidden_size and cfg.model.vision_depth == base.model.vision_depth
+    assert load_config(TrainConfig, mod.BASE, mod.RUNS["next_token"][0]).model.mask_decoder == "next_token"
+    assert mod.base_task_mix() == base.data.task_weights
