@@ -154,7 +154,7 @@ def report(out: Path) -> str:
         if not runs:
             continue
 
-        def col(split: str, key: str) -> str:
+        def col(split: str, key: str, runs=runs) -> str:
             return _cell([r["evals"][split][key] for r in runs if key in r["evals"].get(split, {})])
 
         secs = [r["evals"]["val"].get("seconds_per_sample", 0.0) for r in runs if "val" in r["evals"]]
@@ -166,7 +166,11 @@ def report(out: Path) -> str:
     full = out / "full.json"
     if full.exists():
         ev = json.loads(full.read_text())["evals"]
-        lines += ["", "| full model (seed 0), eval | cIoU | gIoU | patch cIoU | s/sample |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| full model (seed 0), eval | cIoU | gIoU | patch cIoU | s/sample |",
+            "|---|---|---|---|---|",
+        ]
         for label, m in ev.items():
             lines.append(
                 f"| {label} | {m.get('ciou', 0):.1f} | {m.get('giou', 0):.1f} | {m.get('patch_ciou', 0):.1f} "

@@ -39,6 +39,9 @@ def test_every_run_is_a_valid_config_of_the_same_budget():
     for name, (overrides, _) in mod.RUNS.items():
         cfg = load_config(TrainConfig, mod.BASE, overrides)
         assert cfg.run.steps == base.run.steps and cfg.optim == base.optim, name  # same budget
-        assert cfg.model.hidden_size == base.model.hidden_size and cfg.model.vision_depth == base.model.vision_depth
+        assert (
+            cfg.model.hidden_size == base.model.hidden_size
+            and cfg.model.vision_depth == base.model.vision_depth
+        )
     assert load_config(TrainConfig, mod.BASE, mod.RUNS["next_token"][0]).model.mask_decoder == "next_token"
     assert mod.base_task_mix() == base.data.task_weights

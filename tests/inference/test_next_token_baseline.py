@@ -58,7 +58,10 @@ def test_labels_decoded_with_cache_equal_one_causal_forward(baseline):
 
 
 def test_batched_rows_of_different_sizes_equal_single(baseline):
-    items = [(random_image(120, 140, 1), "Segment the thing."), (random_image(300, 200, 2), "Longer prompt: it.")]
+    items = [
+        (random_image(120, 140, 1), "Segment the thing."),
+        (random_image(300, 200, 2), "Longer prompt: it."),
+    ]
     pred = StampPredictor(baseline)
     batch = pred.predict_batch(items, answer_prefix="<|seg|>", max_new_tokens=3)
     sizes = {r.masks[0].patch_logits.size for r in batch}

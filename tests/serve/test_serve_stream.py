@@ -163,7 +163,9 @@ def test_streamed_masks_are_refined_once_each(make_client, tiny_model):
 
     client = make_client(StampPredictor(tiny_model, refine=Counting()), batch_wait_ms=0)
     fields = {"prompt": "Segment both.", "answer_prefix": PREFIX, "max_new_tokens": "2"}
-    events = parse_sse(client.post("/v1/segment/stream", files=upload(image_bytes(140, 100)), data=fields).text)
+    events = parse_sse(
+        client.post("/v1/segment/stream", files=upload(image_bytes(140, 100)), data=fields).text
+    )
     assert [k for k, _ in events].count("mask") == 2
     assert Counting.calls == 2
     assert "refine" in events[-1][1]["timings"]

@@ -214,12 +214,12 @@ def test_checkpoint_without_optimizer_state_resumes_the_rest(tmp_path):
 
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
     sched.step()
     path = save_checkpoint(tmp_path, 1, lambda p: p.mkdir(), None, sched, {"samples_seen": 4}, keep=2)
     assert not (path / "optimizer.safetensors").exists()
     opt2 = torch.optim.AdamW(model.parameters(), lr=1.0)
-    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5 ** s)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 0.5**s)
     state = load_checkpoint(path, opt2, sched2)
     assert state["optimizer"] is None and state["samples_seen"] == 4
     assert sched2.get_last_lr() == sched.get_last_lr()

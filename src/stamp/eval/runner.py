@@ -62,7 +62,12 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
     ensure_writable([out], job.overwrite)
     kind, path = parse_data_spec(job.data)
     dataset = open_dataset(
-        kind, path, job.split, image_root=job.image_root, seed=job.seed, image_size_range=job.synth_size,
+        kind,
+        path,
+        job.split,
+        image_root=job.image_root,
+        seed=job.seed,
+        image_size_range=job.synth_size,
         task_weights=job.synth_tasks,
     )
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))

@@ -187,7 +187,9 @@ def generate(
         with timer(stage):
             live = torch.tensor([[-1 if done else 0] for done in finished], device=device)
             if model.stamp.mask_decoder == "next_token":  # the baseline: labels decoded one by one
-                hidden, cache = _step(model, cache, key_block, step_tokens, finished, [], requests, grids, next_pos)
+                hidden, cache = _step(
+                    model, cache, key_block, step_tokens, finished, [], requests, grids, next_pos
+                )
                 key_block, next_pos = torch.cat([key_block, live], dim=1), next_pos + 1
                 if seg_rows:
                     hidden, cache, key_block, next_pos, scores = _label_decode(

@@ -288,9 +288,7 @@ class StampPredictor:
             reqs.append(req)
         cfg = GenerationConfig(max(r.max_new_tokens for r in requests), predict_masks=predict_masks)
         outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
-        return [
-            self._finish(o, enc, secs, r.refine) for o, (enc, _, secs), r in zip(outs, encoded, requests)
-        ]
+        return [self._finish(o, enc, secs, r.refine) for o, (enc, _, secs), r in zip(outs, encoded, requests)]
 
     def postprocess_logits(self, logits: torch.Tensor, image) -> StampMask:
         """The mask `chat()` gives for (gh, gw) patch `logits` on `image` (an RGB PIL image as the model

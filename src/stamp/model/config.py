@@ -36,10 +36,10 @@ class StampSettings:
     """For mask_decoder "next_token": the [background, foreground] label token ids."""
 
     def __post_init__(self) -> None:
-        _check_choice("position_mode", self.position_mode, POSITION_MODES)
-        _check_choice("attention_mode", self.attention_mode, ATTENTION_MODES)
-        _check_choice("mask_embedding", self.mask_embedding, MASK_EMBEDDING_MODES)
-        _check_choice("mask_decoder", self.mask_decoder, MASK_DECODERS)
+        check_choice("position_mode", self.position_mode, POSITION_MODES)
+        check_choice("attention_mode", self.attention_mode, ATTENTION_MODES)
+        check_choice("mask_embedding", self.mask_embedding, MASK_EMBEDDING_MODES)
+        check_choice("mask_decoder", self.mask_decoder, MASK_DECODERS)
         if self.mask_decoder == "next_token":
             ids = self.label_token_ids
             if not (isinstance(ids, (list, tuple)) and len(ids) == 2 and len(set(ids)) == 2):
@@ -63,6 +63,7 @@ class StampSettings:
         return cls(**data)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value, choices) -> None:
+    """Raise ValueError naming the valid values when `value` is not one of `choices`."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")

@@ -6,12 +6,8 @@ from dataclasses import dataclass, field
 
 from stamp.model.attention import ATTENTION_MODES, SUPPORTED_ATTN_IMPLEMENTATIONS
 from stamp.model.config import MASK_DECODERS, MASK_EMBEDDING_MODES
+from stamp.model.config import check_choice as _choice
 from stamp.model.positions import POSITION_MODES
-
-
-def _choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass

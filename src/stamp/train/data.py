@@ -53,7 +53,9 @@ class TrainStream:
     `next_token=(seg_id, [bg_id, fg_id])` gives the next-token baseline's examples (`as_label_sequence`).
     """
 
-    def __init__(self, cfg: DataConfig, processor, seed: int = 0, next_token: tuple[int, list[int]] | None = None):
+    def __init__(
+        self, cfg: DataConfig, processor, seed: int = 0, next_token: tuple[int, list[int]] | None = None
+    ):
         sources = {f"{i}:{s.kind}": open_source(s, cfg) for i, s in enumerate(cfg.sources)}
         weights = {f"{i}:{s.kind}": s.weight for i, s in enumerate(cfg.sources)}
         self.mixture = MixtureDataset(sources, weights, seed=seed)
