@@ -114,8 +114,7 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int, seed: int 
             **kw,
         )
         metrics = run_eval(job, progress=False)["metrics"]
-        seconds = json.loads((run_dir / f"eval_{label}.json").read_text())["samples"]
-        metrics["seconds_per_sample"] = sum(r["seconds"] for r in seconds) / max(len(seconds), 1)
+        metrics.update(_seconds(run_dir / f"eval_{label}.json"))
         results["evals"][label] = metrics
         print(
             f"{label_name} {label}: "
@@ -125,6 +124,16 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int, seed: int 
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(result_file)
     return results
+
+
+def _seconds(eval_file: Path) -> dict[str, float]:
+    """Mean wall seconds per sample (answer and masks) over all samples and over referring samples."""
+    samples = json.loads(eval_file.read_text())["samples"]
+    refer = [r["seconds"] for r in samples if r.get("task") == "refer"]
+    return {
+        "seconds_per_sample": sum(r["seconds"] for r in samples) / max(len(samples), 1),
+        "seconds_per_refer_sample": sum(refer) / max(len(refer), 1),
+    }
 
 
 def _seed_results(out: Path, name: str) -> list[dict]:
@@ -143,38 +152,86 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.1f} +- {(max(values) - min(values)) / 2:.1f}"
 
 
+def _metric(runs: list[dict], out: Path, split: str, key: str) -> list[float]:
+    """One metric of every seed of a run; wall times are read from the evaluation files."""
+    values = []
+    for r in runs:
+        metrics = r["evals"].get(split, {})
+        if key.startswith("seconds"):
+            f = out / run_name(r["name"], r.get("seed", 0)) / f"eval_{split}.json"
+            metrics = _seconds(f) if f.exists() else metrics
+        if key in metrics:
+            values.append(metrics[key])
+    return values
+
+
 def report(out: Path) -> str:
-    """Markdown tables of every finished run (means over seeds; cIoU etc. in percent)."""
+    """The markdown tables of docs/RESULTS.md from every finished run (means over seeds, percent)."""
+    results = {name: _seed_results(out, name) for name in RUNS}
+
+    def cell(name: str, split: str, key: str, digits: int = 1) -> str:
+        values = _metric(results[name], out, split, key)
+        return _cell(values) if digits == 1 else (f"{sum(values) / len(values):.3f}" if values else "-")
+
+    def seeds(name: str) -> int:
+        return len(results[name])
+
     lines = [
-        "| run | ablates | seeds | val cIoU | val gIoU | val patch cIoU | N-acc | VQA acc | compositional cIoU | s/sample |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Ablations (SynthRef val and compositional at the training size, no refinement):",
+        "",
+        "| run | ablates | seeds | val cIoU | val gIoU | val patch cIoU | compositional cIoU "
+        "| compositional patch cIoU | s / referring sample |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, (_, what) in RUNS.items():
-        runs = _seed_results(out, name)
-        if not runs:
-            continue
-
-        def col(split: str, key: str, runs=runs) -> str:
-            return _cell([r["evals"][split][key] for r in runs if key in r["evals"].get(split, {})])
-
-        secs = [r["evals"]["val"].get("seconds_per_sample", 0.0) for r in runs if "val" in r["evals"]]
-        lines.append(
-            f"| {name} | {what} | {len(runs)} | {col('val', 'ciou')} | {col('val', 'giou')} "
-            f"| {col('val', 'patch_ciou')} | {col('val', 'n_acc')} | {col('val', 'vqa_acc')} "
-            f"| {col('compositional', 'ciou')} | {sum(secs) / max(len(secs), 1):.3f} |"
-        )
-    full = out / "full.json"
-    if full.exists():
-        ev = json.loads(full.read_text())["evals"]
+    for name in ("full", "no_hybrid", "plain_mask", "text_positions"):
+        if results[name]:
+            lines.append(
+                f"| {name} | {RUNS[name][1]} | {seeds(name)} | {cell(name, 'val', 'ciou')} "
+                f"| {cell(name, 'val', 'giou')} | {cell(name, 'val', 'patch_ciou')} "
+                f"| {cell(name, 'compositional', 'ciou')} | {cell(name, 'compositional', 'patch_ciou')} "
+                f"| {cell(name, 'val', 'seconds_per_refer_sample', 3)} |"
+            )
+    lines += [
+        "",
+        "Next-token baseline against STAMP (same backbone, data and steps; greedy decoding, batch 1):",
+        "",
+        "| run | seeds | val cIoU | val patch cIoU | compositional cIoU | s / referring sample | s / sample |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("full", "next_token"):
+        if results[name]:
+            lines.append(
+                f"| {name} | {seeds(name)} | {cell(name, 'val', 'ciou')} | {cell(name, 'val', 'patch_ciou')} "
+                f"| {cell(name, 'compositional', 'ciou')} | {cell(name, 'val', 'seconds_per_refer_sample', 3)} "
+                f"| {cell(name, 'val', 'seconds_per_sample', 3)} |"
+            )
+    lines += [
+        "",
+        "Dialogue preservation (VQA exact match and segmentation on SynthRef val):",
+        "",
+        "| run | training data | seeds | VQA acc | val cIoU | val patch cIoU | N-acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("full", "seg_only", "vqa_only"):
+        if results[name]:
+            lines.append(
+                f"| {name} | {RUNS[name][1]} | {seeds(name)} | {cell(name, 'val', 'vqa_acc')} "
+                f"| {cell(name, 'val', 'ciou')} | {cell(name, 'val', 'patch_ciou')} | {cell(name, 'val', 'n_acc')} |"
+            )
+    if results["full"]:
         lines += [
             "",
-            "| full model (seed 0), eval | cIoU | gIoU | patch cIoU | s/sample |",
+            "Refinement and resolution transfer (the full model, seed 0, trained at 224-256 px):",
+            "",
+            "| evaluation | cIoU | gIoU | patch cIoU | s / referring sample |",
             "|---|---|---|---|---|",
         ]
-        for label, m in ev.items():
+        first = results["full"][0]
+        for label, m in first["evals"].items():
+            secs = _metric([first], out, label, "seconds_per_refer_sample")
             lines.append(
                 f"| {label} | {m.get('ciou', 0):.1f} | {m.get('giou', 0):.1f} | {m.get('patch_ciou', 0):.1f} "
-                f"| {m.get('seconds_per_sample', 0):.3f} |"
+                f"| {secs[0] if secs else 0:.3f} |"
             )
     return "\n".join(lines)
 
