@@ -45,3 +45,22 @@ def test_every_run_is_a_valid_config_of_the_same_budget():
         )
     assert load_config(TrainConfig, mod.BASE, mod.RUNS["next_token"][0]).model.mask_decoder == "next_token"
     assert mod.base_task_mix() == base.data.task_weights
+
+
+def test_failure_modes_counts_every_sample(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from stamp.model.modeling import StampModel
+
+    spec = importlib.util.spec_from_file_location("failure_modes", SCRIPT.parent / "failure_modes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    gt = np.zeros((4, 4), dtype=bool)
+    gt[:2, :2] = True
+    assert mod.cell_fraction(gt, (2, 2), (0, 0)) == 1.0 and mod.cell_fraction(gt, (2, 2), (1, 1)) == 0.0
+    StampModel.tiny(seed=0).save_stamp(tmp_path / "m")
+    assert mod.main(["--model", str(tmp_path / "m"), "--n", "3", "--size", "96,112"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["no_seg"] + report["empty"] + report["hit"] + report["miss"] == 3

@@ -1,0 +1,74 @@
+"""Why a model misses referring targets on SynthRef: empty masks, masks on the wrong object, or hits.
+
+    python experiments/failure_modes.py                       # the bundled model
+    python experiments/failure_modes.py --model runs/x/checkpoints/step_0000600/model --n 200
+
+For single-target referring samples of SynthRef val at a given image size (free generation, no
+refinement), each prediction is counted as: no `<|seg|>` in the answer; an empty mask; a mask that
+overlaps the target; a mask that misses it. For empty masks it also reports how often the model's
+highest-scoring cell lies on the target (cell foreground fraction >= 0.2): high means the model knows
+where the object is but is under-confident, low means it has not found the object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def cell_fraction(gt: np.ndarray, grid: tuple[int, int], cell: tuple[int, int]) -> float:
+    """Foreground fraction of one grid cell of the full-resolution mask `gt`."""
+    (gh, gw), (r, c) = grid, cell
+    h, w = gt.shape
+    block = gt[r * h // gh : (r + 1) * h // gh, c * w // gw : (c + 1) * w // gw]
+    return float(block.mean()) if block.size else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    ap.add_argument("--n", type=int, default=120, help="referring samples")
+    ap.add_argument("--size", default="224,256", help="SynthRef image size range MIN,MAX in px")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    import torch
+
+    from stamp.data.synthref import SynthRef
+    from stamp.inference import StampPredictor
+    from stamp.models import load_model
+
+    torch.set_num_threads(args.threads)
+    lo, hi = (int(v) for v in args.size.split(","))
+    ds = SynthRef("val", seed=0, task_weights={"refer": 1.0}, image_size_range=(lo, hi))
+    pred = StampPredictor(load_model(args.model), refine="none")
+    counts = {"no_seg": 0, "empty": 0, "hit": 0, "miss": 0, "empty_argmax_on_target": 0}
+    inter = union = 0
+    for i in range(args.n):
+        sample = ds[i]
+        pred.set_image(sample.load_image())
+        res = pred.chat(sample.turns[0].text, max_new_tokens=32)
+        gt = np.asarray(sample.masks[0]) > 0
+        if not res.masks:
+            counts["no_seg"] += 1
+            union += gt.sum()
+            continue
+        m = res.masks[0]
+        inter += (m.mask & gt).sum()
+        union += (m.mask | gt).sum()
+        if not m.mask.any():
+            counts["empty"] += 1
+            cell = np.unravel_index(int(m.patch_logits.argmax()), m.patch_logits.shape)
+            counts["empty_argmax_on_target"] += cell_fraction(gt, m.patch_logits.shape, cell) >= 0.2
+        else:
+            counts["hit" if (m.mask & gt).any() else "miss"] += 1
+    report = {"n": args.n, "size": [lo, hi], **{k: int(v) for k, v in counts.items()}}
+    report["ciou"] = round(100.0 * inter / max(union, 1), 1)
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
