@@ -29,7 +29,10 @@ SEG_TASKS = "{refer: 0.5, grefer: 0.1, no_target: 0.1}"  # the base mix without 
 RUNS: dict[str, tuple[list[str], str]] = {
     "full": ([], "STAMP: hybrid attention, visual mask embedding, grid positions, mixed data"),
     "no_hybrid": (["model.attention_mode=causal"], "causal attention among placeholders (w/o A_hyb)"),
-    "plain_mask": (["model.mask_embedding=plain"], "plain <|mask|> embeddings (w/o E_mask)"),
+    "plain_mask": (
+        ["model.mask_embedding=plain"],
+        "plain mask-token embeddings, no visual feature (w/o E_mask)",
+    ),
     "text_positions": (["model.position_mode=text"], "1-D placeholder positions (the authors' checkpoints)"),
     "seg_only": ([f"data.task_weights={SEG_TASKS}"], "segmentation data only (no VQA, no dialogue)"),
     "vqa_only": (["data.task_weights={vqa: 1.0}"], "VQA data only (dialogue baseline)"),
@@ -136,6 +139,52 @@ def _seconds(eval_file: Path) -> dict[str, float]:
     }
 
 
+def bootstrap_ciou(eval_file: Path, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of cIoU under resampling the evaluated masks (evaluation noise only, not training
+    noise): percentile bootstrap over the per-mask (intersection, union) records of a results file."""
+    import numpy as np
+
+    recs = [r for r in json.loads(eval_file.read_text())["samples"] if "union" in r]
+    if not recs:
+        return (0.0, 0.0)
+    inter = np.array([r["intersection"] for r in recs], dtype=np.float64)
+    union = np.array([r["union"] for r in recs], dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(recs), size=(rounds, len(recs)))
+    ciou = 100.0 * inter[idx].sum(1) / np.maximum(union[idx].sum(1), 1.0)
+    lo, hi = np.percentile(ciou, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def paired_difference(
+    eval_a: Path, eval_b: Path, rounds: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """cIoU(b) - cIoU(a) and its 95% paired-bootstrap interval over the masks both files scored (the
+    same SynthRef samples, resampled together): evaluation noise of a difference, not training noise."""
+    import numpy as np
+
+    def records(f: Path) -> dict:
+        return {
+            (r["id"], r.get("mask_index")): r for r in json.loads(f.read_text())["samples"] if "union" in r
+        }
+
+    ra, rb = records(eval_a), records(eval_b)
+    keys = sorted(set(ra) & set(rb))
+    if not keys:
+        return (0.0, 0.0, 0.0)
+    arr = np.array(
+        [[ra[k]["intersection"], ra[k]["union"], rb[k]["intersection"], rb[k]["union"]] for k in keys],
+        dtype=np.float64,
+    )
+
+    def diff(rows: np.ndarray) -> np.ndarray:
+        ia, ua, ib, ub = (rows[..., j].sum(-1) for j in range(4))
+        return 100.0 * (ib / np.maximum(ub, 1.0) - ia / np.maximum(ua, 1.0))
+
+    idx = np.random.default_rng(seed).integers(0, len(keys), size=(rounds, len(keys)))
+    lo, hi = np.percentile(diff(arr[idx]), [2.5, 97.5])
+    return float(diff(arr)), float(lo), float(hi)
+
+
 def _seed_results(out: Path, name: str) -> list[dict]:
     """Finished results of run `name` for every seed (name.json, name_s1.json, ...)."""
     files = [out / f"{name}.json"] + sorted(out.glob(f"{name}_s[0-9]*.json"))
@@ -181,14 +230,29 @@ def report(out: Path) -> str:
     lines = [
         "Ablations (SynthRef val and compositional at the training size, no refinement):",
         "",
-        "| run | ablates | seeds | val cIoU | val gIoU | val patch cIoU | compositional cIoU "
-        "| compositional patch cIoU | s / referring sample |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | ablates | seeds | val cIoU | seed 0: 95% interval | seed 0: change vs full (95% paired) "
+        "| val gIoU | val patch cIoU | compositional cIoU | compositional patch cIoU | s / referring sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def interval(name: str) -> str:
+        f = out / name / "eval_val.json"
+        if not f.exists():
+            return "-"
+        lo, hi = bootstrap_ciou(f)
+        return f"{lo:.1f} to {hi:.1f}"
+
+    def change(name: str) -> str:
+        a, b = out / "full" / "eval_val.json", out / name / "eval_val.json"
+        if name == "full" or not (a.exists() and b.exists()):
+            return "-"
+        d, lo, hi = paired_difference(a, b)
+        return f"{d:+.1f} ({lo:+.1f} to {hi:+.1f})"
+
     for name in ("full", "no_hybrid", "plain_mask", "text_positions"):
         if results[name]:
             lines.append(
-                f"| {name} | {RUNS[name][1]} | {seeds(name)} | {cell(name, 'val', 'ciou')} "
+                f"| {name} | {RUNS[name][1]} | {seeds(name)} | {cell(name, 'val', 'ciou')} | {interval(name)} | {change(name)} "
                 f"| {cell(name, 'val', 'giou')} | {cell(name, 'val', 'patch_ciou')} "
                 f"| {cell(name, 'compositional', 'ciou')} | {cell(name, 'compositional', 'patch_ciou')} "
                 f"| {cell(name, 'val', 'seconds_per_refer_sample', 3)} |"

@@ -64,3 +64,27 @@ def test_failure_modes_counts_every_sample(tmp_path, capsys):
     assert mod.main(["--model", str(tmp_path / "m"), "--n", "3", "--size", "96,112"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["no_seg"] + report["empty"] + report["hit"] + report["miss"] == 3
+
+
+def test_bootstrap_intervals_on_hand_made_results(tmp_path):
+    import json
+
+    mod = _load()
+
+    def write(name, pairs):
+        samples = [
+            {"id": f"s{i}", "mask_index": 0, "intersection": a, "union": u} for i, (a, u) in enumerate(pairs)
+        ]
+        samples.append({"id": "vqa", "task": "vqa"})  # records without masks are ignored
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"samples": samples}))
+        return f
+
+    a = write("a", [(5, 10)] * 20)  # cIoU 50 on every resampling
+    b = write("b", [(8, 10)] * 20)  # cIoU 80
+    assert mod.bootstrap_ciou(a) == (50.0, 50.0)
+    d, lo, hi = mod.paired_difference(a, b)
+    assert (round(d, 6), round(lo, 6), round(hi, 6)) == (30.0, 30.0, 30.0)
+    mixed = write("c", [(0, 10), (10, 10)] * 10)  # cIoU 50 overall, but noisy under resampling
+    lo, hi = mod.bootstrap_ciou(mixed)
+    assert lo < 50.0 < hi
