@@ -185,6 +185,26 @@ def paired_difference(
     return float(diff(arr)), float(lo), float(hi)
 
 
+def paired_vqa_difference(
+    eval_a: Path, eval_b: Path, rounds: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """VQA accuracy(b) - accuracy(a) in points and its 95% paired-bootstrap interval over the VQA
+    questions both files answered (evaluation noise only)."""
+    import numpy as np
+
+    def answers(f: Path) -> dict:
+        return {r["id"]: bool(r["correct"]) for r in json.loads(f.read_text())["samples"] if "correct" in r}
+
+    ra, rb = answers(eval_a), answers(eval_b)
+    keys = sorted(set(ra) & set(rb))
+    if not keys:
+        return (0.0, 0.0, 0.0)
+    delta = np.array([float(rb[k]) - float(ra[k]) for k in keys])
+    idx = np.random.default_rng(seed).integers(0, len(keys), size=(rounds, len(keys)))
+    lo, hi = np.percentile(100.0 * delta[idx].mean(1), [2.5, 97.5])
+    return float(100.0 * delta.mean()), float(lo), float(hi)
+
+
 def _seed_results(out: Path, name: str) -> list[dict]:
     """Finished results of run `name` for every seed (name.json, name_s1.json, ...)."""
     files = [out / f"{name}.json"] + sorted(out.glob(f"{name}_s[0-9]*.json"))
@@ -275,14 +295,24 @@ def report(out: Path) -> str:
         "",
         "Dialogue preservation (VQA exact match and segmentation on SynthRef val):",
         "",
-        "| run | training data | seeds | VQA acc | val cIoU | val patch cIoU | N-acc |",
-        "|---|---|---|---|---|---|---|",
+        "| run | training data | seeds | VQA acc | seed 0: VQA change vs full (95% paired) | val cIoU "
+        "| seed 0: cIoU change vs full (95% paired) | val patch cIoU | compositional VQA acc |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def vqa_change(name: str) -> str:
+        a, b = out / "full" / "eval_val.json", out / name / "eval_val.json"
+        if name == "full" or not (a.exists() and b.exists()):
+            return "-"
+        d, lo, hi = paired_vqa_difference(a, b)
+        return f"{d:+.1f} ({lo:+.1f} to {hi:+.1f})"
+
     for name in ("full", "seg_only", "vqa_only"):
         if results[name]:
             lines.append(
-                f"| {name} | {RUNS[name][1]} | {seeds(name)} | {cell(name, 'val', 'vqa_acc')} "
-                f"| {cell(name, 'val', 'ciou')} | {cell(name, 'val', 'patch_ciou')} | {cell(name, 'val', 'n_acc')} |"
+                f"| {name} | {RUNS[name][1]} | {seeds(name)} | {cell(name, 'val', 'vqa_acc')} | {vqa_change(name)} "
+                f"| {cell(name, 'val', 'ciou')} | {change(name)} | {cell(name, 'val', 'patch_ciou')} "
+                f"| {cell(name, 'compositional', 'vqa_acc')} |"
             )
     if results["full"]:
         lines += [

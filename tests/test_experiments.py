@@ -88,3 +88,14 @@ def test_bootstrap_intervals_on_hand_made_results(tmp_path):
     mixed = write("c", [(0, 10), (10, 10)] * 10)  # cIoU 50 overall, but noisy under resampling
     lo, hi = mod.bootstrap_ciou(mixed)
     assert lo < 50.0 < hi
+
+
+def test_paired_vqa_difference(tmp_path):
+    import json
+
+    mod = _load()
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"samples": [{"id": f"q{i}", "correct": i < 2} for i in range(10)]}))
+    b.write_text(json.dumps({"samples": [{"id": f"q{i}", "correct": i < 7} for i in range(10)]}))
+    d, lo, hi = mod.paired_vqa_difference(a, b)
+    assert round(d, 6) == 50.0 and lo <= 50.0 <= hi
