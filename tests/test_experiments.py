@@ -99,3 +99,19 @@ def test_paired_vqa_difference(tmp_path):
     b.write_text(json.dumps({"samples": [{"id": f"q{i}", "correct": i < 7} for i in range(10)]}))
     d, lo, hi = mod.paired_vqa_difference(a, b)
     assert round(d, 6) == 50.0 and lo <= 50.0 <= hi
+
+
+def test_next_token_probe_runs_on_a_baseline_model(tmp_path, capsys):
+    import json
+
+    from stamp.model.modeling import StampModel
+
+    spec = importlib.util.spec_from_file_location("probe", SCRIPT.parent / "next_token_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    StampModel.tiny(seed=0).save_stamp(tmp_path / "stamp")
+    assert mod.main(["--model", str(tmp_path / "stamp"), "--n", "1"]) == 2  # not a next-token model
+    StampModel.tiny(seed=0, mask_decoder="next_token").save_stamp(tmp_path / "nt")
+    assert mod.main(["--model", str(tmp_path / "nt"), "--n", "2"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["fg_cells"] + report["bg_cells"] > 0
