@@ -262,11 +262,12 @@ def report(out: Path) -> str:
         lo, hi = bootstrap_ciou(f)
         return f"{lo:.1f} to {hi:.1f}"
 
-    def change(name: str) -> str:
+    def change(name: str, difference=paired_difference) -> str:
+        """`difference` (cIoU or VQA) of run `name` against the full model, seed 0, with its interval."""
         a, b = out / "full" / "eval_val.json", out / name / "eval_val.json"
         if name == "full" or not (a.exists() and b.exists()):
             return "-"
-        d, lo, hi = paired_difference(a, b)
+        d, lo, hi = difference(a, b)
         return f"{d:+.1f} ({lo:+.1f} to {hi:+.1f})"
 
     for name in ("full", "no_hybrid", "plain_mask", "text_positions"):
@@ -300,17 +301,10 @@ def report(out: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def vqa_change(name: str) -> str:
-        a, b = out / "full" / "eval_val.json", out / name / "eval_val.json"
-        if name == "full" or not (a.exists() and b.exists()):
-            return "-"
-        d, lo, hi = paired_vqa_difference(a, b)
-        return f"{d:+.1f} ({lo:+.1f} to {hi:+.1f})"
-
     for name in ("full", "seg_only", "vqa_only"):
         if results[name]:
             lines.append(
-                f"| {name} | {RUNS[name][1]} | {seeds(name)} | {cell(name, 'val', 'vqa_acc')} | {vqa_change(name)} "
+                f"| {name} | {RUNS[name][1]} | {seeds(name)} | {cell(name, 'val', 'vqa_acc')} | {change(name, paired_vqa_difference)} "
                 f"| {cell(name, 'val', 'ciou')} | {change(name)} | {cell(name, 'val', 'patch_ciou')} "
                 f"| {cell(name, 'compositional', 'vqa_acc')} |"
             )

@@ -8,8 +8,9 @@ from tests_train_overrides import TINY_MODEL
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ablations.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("ablations", SCRIPT)
+def _load(script: str = "ablations"):
+    """An experiments/ script as a module (they are scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(script, SCRIPT.parent / f"{script}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -54,9 +55,7 @@ def test_failure_modes_counts_every_sample(tmp_path, capsys):
 
     from stamp.model.modeling import StampModel
 
-    spec = importlib.util.spec_from_file_location("failure_modes", SCRIPT.parent / "failure_modes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("failure_modes")
     gt = np.zeros((4, 4), dtype=bool)
     gt[:2, :2] = True
     assert mod.cell_fraction(gt, (2, 2), (0, 0)) == 1.0 and mod.cell_fraction(gt, (2, 2), (1, 1)) == 0.0
@@ -106,9 +105,7 @@ def test_next_token_probe_runs_on_a_baseline_model(tmp_path, capsys):
 
     from stamp.model.modeling import StampModel
 
-    spec = importlib.util.spec_from_file_location("probe", SCRIPT.parent / "next_token_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("next_token_probe")
     StampModel.tiny(seed=0).save_stamp(tmp_path / "stamp")
     assert mod.main(["--model", str(tmp_path / "stamp"), "--n", "1"]) == 2  # not a next-token model
     StampModel.tiny(seed=0, mask_decoder="next_token").save_stamp(tmp_path / "nt")
