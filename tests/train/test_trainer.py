@@ -223,3 +223,22 @@ def test_checkpoint_without_optimizer_state_resumes_the_rest(tmp_path):
     state = load_checkpoint(path, opt2, sched2)
     assert state["optimizer"] is None and state["samples_seen"] == 4
     assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+def test_data_workers_build_the_same_batches_in_order(tiny_overrides):
+    """Worker processes (data.num_workers) only move batch building off the training process: the
+    micro-batches come out in the training order and equal the ones the stream builds itself."""
+    cfg = _cfg(
+        tiny_overrides, "run.steps=3", "optim.batch_size=2", "optim.grad_accum=2", "data.num_workers=2"
+    )
+    trainer = Trainer(cfg, progress=False)
+    trainer.step = 1  # as after a resume: the loader starts at the current step
+    got = list(trainer.micro_batches())
+    assert len(got) == 4
+    for j, batch in enumerate(got):
+        step, micro = divmod(j + 2, 2)
+        start = step * 4 + micro * 2
+        want = trainer.stream.batch(range(start, start + 2))
+        assert batch.keys() == want.keys()
+        for k in want:
+            assert torch.equal(batch[k], want[k]), (j, k)

@@ -217,7 +217,9 @@ def _rename_adapter_key(key: str) -> str:
     return prefix + inner
 
 
-def save_stamp_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+def save_stamp_model(
+    model, path: str | os.PathLike, *, overwrite: bool = False, state_dict: dict | None = None
+) -> None:
     """Write weights, config, tokenizer and processor settings atomically (temp dir, then rename).
 
     Refuses to replace an existing non-empty directory unless `overwrite=True`.
@@ -234,7 +236,7 @@ def save_stamp_model(model, path: str | os.PathLike, *, overwrite: bool = False)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the saved model should look like any folder
     try:
         model.config.stamp = model.stamp.to_dict()
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         model.processor.save_pretrained(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -88,11 +88,12 @@ class StampModel:
 
         return build_tiny_model(seed=seed, **kwargs)
 
-    def save_stamp(self, path, *, overwrite: bool = False) -> None:
-        """Save weights (safetensors), config with the STAMP settings, tokenizer and processor settings."""
+    def save_stamp(self, path, *, overwrite: bool = False, state_dict: dict | None = None) -> None:
+        """Save weights (safetensors), config with the STAMP settings, tokenizer and processor settings.
+        `state_dict` replaces the model's own weights (e.g. the gathered full weights of an FSDP run)."""
         from stamp.model.loading import save_stamp_model
 
-        save_stamp_model(self, path, overwrite=overwrite)
+        save_stamp_model(self, path, overwrite=overwrite, state_dict=state_dict)
 
     # ----------------------------------------------------------------- building blocks
     @property

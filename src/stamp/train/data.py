@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from stamp.data.mixture import MixtureDataset
 from stamp.train.config import DataConfig, DataSource
 
@@ -67,3 +69,38 @@ class TrainStream:
         if self.next_token is not None:
             examples = [as_label_sequence(e, *self.next_token) for e in examples]
         return self.processor.collate(examples)
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """Micro-batch `j` of one rank: optimizer step j // grad_accum, micro-step j % grad_accum.
+
+    The sample indices follow the trainer's layout (step x global batch, then micro-step x world + rank),
+    so a DataLoader over any range of `j`, with any number of workers, yields exactly the batches the
+    training loop would build itself.
+    """
+
+    def __init__(self, stream: TrainStream, *, batch_size: int, grad_accum: int, rank: int, world: int):
+        self.stream, self.batch_size, self.grad_accum = stream, batch_size, grad_accum
+        self.rank, self.world = rank, world
+
+    def indices(self, j: int) -> range:
+        step, micro = divmod(j, self.grad_accum)
+        start = step * self.batch_size * self.grad_accum * self.world
+        start += (micro * self.world + self.rank) * self.batch_size
+        return range(start, start + self.batch_size)
+
+    def __getitem__(self, j: int) -> dict:
+        return self.stream.batch(self.indices(j))
+
+
+def micro_batch_loader(batches: MicroBatches, first: int, end: int, *, num_workers: int, pin_memory: bool):
+    """Micro-batches first..end-1 in order, built by `num_workers` processes ahead of use."""
+    return torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,
+        sampler=range(first, end),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
+    )

@@ -109,7 +109,8 @@ class Trainer:
             self.step = int(state["step"])
             if state["optimizer"] is None and self.accel.is_main_process:
                 print(
-                    f"stamp train: {self.resume_from.name} holds no optimizer state (a DeepSpeed run); "
+                    f"stamp train: {self.resume_from.name} holds no optimizer state (an FSDP or DeepSpeed "
+                    "run); "
                     "the optimizer moments restart, so this resume is not bit-exact"
                 )
         self.log = MetricsLog(self.out_dir, resume_step=self.step) if self.accel.is_main_process else None
@@ -125,17 +126,37 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.accel.device.type, dtype=torch.bfloat16)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step over `grad_accum` micro-batches of this rank's share of the data."""
-        o, rank, world = self.cfg.optim, self.accel.process_index, self.accel.num_processes
+    def micro_batches(self, end_step: int | None = None):
+        """This rank's micro-batches from the current step to `end_step` (default: run.steps), in order."""
+        from stamp.train.data import MicroBatches, micro_batch_loader
+
+        o = self.cfg.optim
+        batches = MicroBatches(
+            self.stream,
+            batch_size=o.batch_size,
+            grad_accum=o.grad_accum,
+            rank=self.accel.process_index,
+            world=self.accel.num_processes,
+        )
+        end = self.cfg.run.steps if end_step is None else end_step
+        return micro_batch_loader(
+            batches,
+            self.step * o.grad_accum,
+            end * o.grad_accum,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.accel.device.type == "cuda",
+        )
+
+    def train_step(self, batches=None) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches of this rank's share of the data
+        (taken from the iterator `batches`, else built here)."""
+        o = self.cfg.optim
+        if batches is None:
+            batches = iter(self.micro_batches(self.step + 1))
         self.module.train()
         sums: dict[str, float] = {}
         for micro in range(o.grad_accum):
-            start = self.step * self.global_batch + (micro * world + rank) * o.batch_size
-            batch = {
-                k: v.to(self.accel.device)
-                for k, v in self.stream.batch(range(start, start + o.batch_size)).items()
-            }
+            batch = {k: v.to(self.accel.device, non_blocking=True) for k, v in next(batches).items()}
             last = micro == o.grad_accum - 1
             # DeepSpeed scales by its own accumulation count and syncs at its boundary
             sync = contextlib.nullcontext() if last or self.deepspeed else self.accel.no_sync(self.module)
@@ -157,9 +178,17 @@ class Trainer:
         sums["lr"] = self.scheduler.get_last_lr()[0]
         return sums
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP or DeepSpeed: the optimizer state is partitioned across ranks (and with FSDP the weights)."""
+        return self.accel.distributed_type.name in ("FSDP", "DEEPSPEED")
+
     def save(self) -> Path | None:
         self.accel.wait_for_everyone()
-        path = None
+        path, weights = None, None
+        if self.accel.distributed_type.name == "FSDP":  # gather the full weights (every rank takes part)
+            full = self.accel.get_state_dict(self.module)
+            weights = {k.removeprefix("model."): v for k, v in full.items()}
         if self.accel.is_main_process:
             unwrapped = self.accel.unwrap_model(self.module).model
             state = {
@@ -170,8 +199,8 @@ class Trainer:
             path = save_checkpoint(
                 self.out_dir,
                 self.step,
-                lambda p: _save_model(unwrapped, p),
-                None if self.deepspeed else self.optimizer,
+                lambda p: _save_model(unwrapped, p, weights),
+                None if self.sharded else self.optimizer,
                 self.scheduler,
                 state,
                 self.cfg.run.keep_checkpoints,
@@ -200,8 +229,9 @@ class Trainer:
         run, start_time = self.cfg.run, time.time()
         bar = tqdm(total=run.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         last_saved, t_window, n_window = None, time.time(), 0
+        batches = iter(self.micro_batches())
         while self.step < run.steps:
-            stats = self.train_step()
+            stats = self.train_step(batches)
             n_window += 1
             if self.log is not None and (self.step % run.log_every == 0 or self.step == run.steps):
                 elapsed = time.time() - t_window
@@ -223,7 +253,7 @@ class Trainer:
                 )
                 break
         bar.close()
-        if self.accel.num_processes > 1:
+        if self.accel.num_processes > 1 and self.accel.distributed_type.name != "FSDP":  # (FSDP: shards)
             self.check_replicas_in_sync()
             self.accel.wait_for_everyone()
             torch.distributed.destroy_process_group()  # before exit, not in destructors (gloo aborts)
@@ -249,12 +279,13 @@ class Trainer:
         return mine
 
 
-def _save_model(model, path: Path) -> None:
+def _save_model(model, path: Path, state_dict: dict | None = None) -> None:
+    """`state_dict`: the full weights where the model's own parameters are shards (FSDP)."""
     if hasattr(model, "peft_config"):  # LoRA: the adapter, loadable with its base model
-        model.save_pretrained(str(path))
+        model.save_pretrained(str(path), state_dict=state_dict)
         model.processor.save_pretrained(path)
     else:
-        model.save_stamp(path)
+        model.save_stamp(path, state_dict=state_dict)
 
 
 def _check_sharding_honoured(got: str) -> None:
