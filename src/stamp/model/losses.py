@@ -85,8 +85,10 @@ def text_loss_at(
         hidden: (R, T, H) last hidden states; rows / cols: (n,) where each predicting token sits.
         next_labels: (n,) the token each of them must predict, -100 where no loss is taken.
     """
+    dev = hidden.device
+    rows, cols, next_labels = rows.to(dev), cols.to(dev), next_labels.to(dev)
     keep = next_labels != -100
     if not bool(keep.any()):
         return hidden.sum() * 0.0
-    logits = lm_head(hidden[rows[keep].to(hidden.device), cols[keep].to(hidden.device)])  # (n_labels, V)
-    return F.cross_entropy(logits.float(), next_labels[keep].to(hidden.device))
+    logits = lm_head(hidden[rows[keep], cols[keep]])  # (n_labels, V)
+    return F.cross_entropy(logits.float(), next_labels[keep])

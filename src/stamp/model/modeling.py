@@ -14,6 +14,8 @@ Training step (one forward, several `<|seg|>` per sample, the vision tower once)
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -228,11 +230,11 @@ class StampModel:
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
             attention_mask=mask,
-            cache=cache,
+            **{_cache_kwarg(self.model.language_model): cache},
             use_cache=cache is not None,
             **extra,
         )
-        return out.last_hidden_state, out.cache
+        return out.last_hidden_state, (out.cache if hasattr(out, "cache") else out.past_key_values)
 
     # ----------------------------------------------------------------- training forward
     def stamp_forward(
@@ -353,6 +355,17 @@ class StampModel:
             cols.append(torch.arange(o, o + seq.n_conv - 1))
             targets.append(lab[1:])
         return text_loss_at(hidden, torch.cat(rows), torch.cat(cols), torch.cat(targets), self.lm_head)
+
+
+@functools.cache
+def _cache_kwarg_of(cls) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def _cache_kwarg(language_model) -> str:
+    """The KV-cache argument's name: transformers renamed `past_key_values` to `cache` within 5.x, and an
+    unknown name would be swallowed by `**kwargs` (a silently ignored cache), so ask the signature."""
+    return _cache_kwarg_of(type(language_model))
 
 
 class StampQwen2VLModel(StampModel, Qwen2VLForConditionalGeneration):
