@@ -1,0 +1,95 @@
+"""Opt-in CUDA checks, for machines with a GPU: `pytest -m gpu` (CI has none and deselects them).
+
+They cover what the CPU suite cannot: tensors created on the wrong device, the KV-cache path on CUDA,
+training with data workers feeding a GPU, and the benchmark's CUDA timers. Without CUDA they fail
+(they are only selected on purpose)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_image
+from tests_train_overrides import TINY_MODEL
+
+from stamp.data.sample import Turn
+from stamp.inference import StampPredictor
+from stamp.model.modeling import StampModel
+
+pytestmark = pytest.mark.gpu
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _needs_cuda():
+    if not torch.cuda.is_available():
+        pytest.fail("this test needs a CUDA device (run `pytest -m gpu` on a GPU machine)")
+
+
+def _seg_logits(model, device):
+    pred = StampPredictor(model.to(device))
+    pred.set_image(random_image(200, 300))
+    res = pred.chat("Segment the box please.", answer_prefix="It is <|seg|> and <|seg|>", max_new_tokens=0)
+    return res
+
+
+def test_cuda_generation_matches_cpu_and_the_uncached_forward():
+    cpu = _seg_logits(StampModel.tiny(seed=1), "cpu")
+    gpu_model = StampModel.tiny(seed=1)
+    gpu = _seg_logits(gpu_model, "cuda")
+    assert gpu.text == cpu.text and len(gpu.masks) == 2
+    for a, b in zip(gpu.masks, cpu.masks):
+        assert np.abs(a.patch_logits - b.patch_logits).max() <= 1e-3
+    # the cached two-phase pass on CUDA against one uncached training forward on CUDA
+    proc = gpu_model.processor
+    enc = proc.encode_image(random_image(200, 300))
+    ids, labels = proc.encode_turns(
+        [Turn("user", "Segment the box please."), Turn("assistant", gpu.text)], enc
+    )
+    batch = {
+        k: v.cuda() for k, v in proc.collate([{"input_ids": ids, "labels": labels, "image": enc}]).items()
+    }
+    with torch.no_grad():
+        out = gpu_model.stamp_forward(**batch)
+    assert torch.isfinite(out.loss)
+    for m, lg, g in zip(gpu.masks, out.mask_logits, out.mask_grids):
+        ref = lg[: int(g[0] * g[1])].view(int(g[0]), int(g[1])).float().cpu().numpy()
+        assert np.abs(m.patch_logits - ref).max() <= 1e-3
+
+
+def test_cuda_training_with_data_workers(tmp_path):
+    from stamp.configuration import load_config
+    from stamp.train.config import TrainConfig
+    from stamp.train.trainer import train
+
+    cfg = load_config(
+        TrainConfig,
+        ROOT / "configs" / "tiny-synth.yaml",
+        TINY_MODEL
+        + [
+            f"run.out_dir={tmp_path / 'run'}",
+            "run.device=cuda",
+            "run.steps=4",
+            "run.eval_every=0",
+            "run.log_every=1",
+            "data.num_workers=2",
+            "optim.batch_size=4",
+        ],
+    )
+    last = train(cfg, progress=False)
+    loaded = StampModel.from_pretrained(last / "model")
+    assert all(torch.isfinite(p).all() for p in loaded.parameters())
+
+
+def test_bench_quick_on_cuda(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "stamp.cli", "bench", "--quick", "--device", "cuda", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert '"cuda"' in out.read_text()
