@@ -146,3 +146,52 @@ def test_add_parser_registers_bench():
     assert args.command == "bench" and args.n == [64, 256] and args.dtypes == ["bf16"] and args.quick
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--dtypes", "fp8"])
+
+
+def test_interrupted_run_keeps_what_it_measured(tmp_path):
+    """A run stopped mid-way (Ctrl-C, or SIGTERM from `timeout`) still returns and writes the finished
+    measurements, marked incomplete, and exits non-zero."""
+    import os
+    import signal
+
+    from stamp.bench.runner import BenchSettings, run_bench
+    from stamp.bench.setup import load_bench_model
+
+    model, source = load_bench_model(None, "tiny", "cpu", None)
+    settings = BenchSettings.quick_settings(dtypes=["fp32"], device="cpu")
+    seen = []
+
+    def log(line):
+        if line.startswith("[mask pass] fp32 N="):
+            seen.append(line)
+            if len(seen) == 1:
+                raise KeyboardInterrupt
+
+    doc = run_bench(model, source, settings, log=log)
+    assert doc["interrupted"] == "KeyboardInterrupt"
+    assert len(doc["mask_pass"]) == 1 and doc["mask_pass"][0]["device"] == "cpu"
+    assert doc["request"] == [] and "INCOMPLETE" in render(doc)
+    assert model.get_input_embeddings().weight.dtype == torch.float32  # cast back
+
+    # through the CLI: SIGTERM during the mask pass -> JSON written, exit code 130
+    import stamp.bench.mask_pass as mp
+
+    real = mp.mask_pass_record
+
+    calls = []
+
+    def record_then_term(*a, **k):  # the second measurement is cut short; the first must be kept
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    out = tmp_path / "partial.json"
+    mp.mask_pass_record = record_then_term
+    try:
+        code = main(["--quick", "--device", "cpu", "--dtypes", "fp32", "--json", str(out)])
+    finally:
+        mp.mask_pass_record = real
+    saved = json.loads(out.read_text())
+    assert code == 130 and saved["interrupted"] == "SIGTERM" and len(saved["mask_pass"]) == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is only there during the run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 
 
@@ -151,13 +152,26 @@ def cmd_bench(args, argv: list[str] | None = None) -> int:
     model, source = load_bench_model(args.model, preset, "cpu", args.attn)
     words = sys.argv[1:] if argv is None else ["bench", *argv]
     command = "stamp " + shlex.join(words) if words else "stamp bench"
-    doc = run_bench(model, source, settings, command=command)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # e.g. `timeout`: keep what was measured
+    try:
+        doc = run_bench(model, source, settings, command=command)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     written = write_json(doc, args.json, force=args.force) if args.json else None  # before printing
     print()
     print(render(doc, markdown=args.markdown))
     if written:
         print(f"wrote {written}")
+    if "interrupted" in doc:
+        print(f"stamp bench: incomplete run (interrupted: {doc['interrupted']})", file=sys.stderr)
+        return 130
     return 0
+
+
+def _stop_on_sigterm(signum, frame):
+    from stamp.bench.runner import BenchInterrupted
+
+    raise BenchInterrupted("SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -290,11 +290,14 @@ def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak
     }
 
 
-def run_mask_pass(model, settings: MaskPassSettings, log=print) -> tuple[list[dict], list[dict]]:
+def run_mask_pass(
+    model, settings: MaskPassSettings, log=print, into: tuple[list, list] | None = None
+) -> tuple[list[dict], list[dict]]:
     """All (n, dtype) records and the per-dtype matmul references. The model is cast to each dtype in
-    turn (in place) and back to its original dtype at the end."""
+    turn (in place) and back to its original dtype at the end. `into=(records, references)`: lists to
+    append to as each measurement finishes (the caller keeps them if the run is interrupted)."""
     original = model.get_input_embeddings().weight.dtype
-    records, references = [], []
+    records, references = into if into is not None else ([], [])
     try:
         for name in settings.dtypes:
             if name not in DTYPES:

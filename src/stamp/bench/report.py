@@ -139,6 +139,10 @@ def render(doc: dict, markdown: bool = False) -> str:
         f"model: {model['name']} ({model['family']}, hidden {model['text']['hidden']}, "
         f"{model['text']['layers']} layers, random weights: {model['random_weights']})",
     ]
+    if "interrupted" in doc:
+        head.append(
+            f"INCOMPLETE: interrupted ({doc['interrupted']}); the tables hold what was measured before"
+        )
     sections = []
     if doc.get("mask_pass"):
         sections += [

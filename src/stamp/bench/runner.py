@@ -104,6 +104,10 @@ def evaluate_targets(doc: dict) -> list[dict]:
     return out
 
 
+class BenchInterrupted(Exception):
+    """Raised (e.g. by a SIGTERM handler) to end a run early; `run_bench` returns what it measured."""
+
+
 def run_bench(model, source: dict, settings: BenchSettings, command: str = "", log=print) -> dict:
     """Run the selected parts on `model` (already on `settings.device`) and return the JSON document."""
     unknown = sorted(set(settings.parts) - set(PARTS))
@@ -131,13 +135,19 @@ def run_bench(model, source: dict, settings: BenchSettings, command: str = "", l
             model.to(device)
             tag = {"device": device}
             if "mask_pass" in settings.parts:
-                records, refs = run_mask_pass(model, settings.mask_pass, log=log)
-                doc["mask_pass"] += [{**tag, **r} for r in records]
-                doc["matmul"] += [{**tag, **r} for r in refs]
+                records, refs = [], []
+                try:
+                    run_mask_pass(model, settings.mask_pass, log=log, into=(records, refs))
+                finally:  # the measurements finished so far are kept if the run is interrupted
+                    doc["mask_pass"] += [{**tag, **r} for r in records]
+                    doc["matmul"] += [{**tag, **r} for r in refs]
             if "request" in settings.parts:
                 requests, batches = run_requests(model, settings.request, log=log)
                 doc["request"] += [{**tag, **r} for r in requests]
                 doc["batch"] += [{**tag, **r} for r in batches]
+    except (KeyboardInterrupt, BenchInterrupted) as stop:
+        doc["interrupted"] = str(stop) or type(stop).__name__
+        log(f"stamp bench: interrupted ({doc['interrupted']}); keeping the measurements made so far")
     finally:
         model.to("cpu")
     m["load_average_end"] = load_average()
