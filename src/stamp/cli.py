@@ -204,8 +204,20 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _exit(code: int) -> None:
+    """End the process. A rank of a multi-process run (accelerate / torchrun set WORLD_SIZE) ends with
+    os._exit once its output is flushed: by then its work is written (checkpoints and results files are
+    renamed into place, logs closed), and gloo's destructors at interpreter shutdown have aborted a rank
+    and hung another here after all work was done."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    _exit(main())
 
 
 __all__ = ["main", "build_parser", "CLIError"]

@@ -49,6 +49,12 @@ class MetricsLog:
                 if self.tb is not None:
                     self.tb.add_scalar(f"{split}/{name}", float(value), step)
 
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any (the CSV is written line by line)."""
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
     def read(self) -> list[tuple[int, str, str, float]]:
         with self.path.open() as fh:
             return [(int(r["step"]), r["split"], r["name"], float(r["value"])) for r in csv.DictReader(fh)]

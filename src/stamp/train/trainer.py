@@ -259,6 +259,7 @@ class Trainer:
             torch.distributed.destroy_process_group()  # before exit, not in destructors (gloo aborts)
         if self.log is not None:
             self.log.plot()
+            self.log.close()
         return last_saved
 
     def check_replicas_in_sync(self) -> str:
