@@ -230,7 +230,7 @@ class StampModel:
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
             attention_mask=mask,
-            **{_cache_kwarg(self.model.language_model): cache},
+            **{_cache_kwarg(type(self.model.language_model)): cache},
             use_cache=cache is not None,
             **extra,
         )
@@ -358,14 +358,11 @@ class StampModel:
 
 
 @functools.cache
-def _cache_kwarg_of(cls) -> str:
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
-
-
-def _cache_kwarg(language_model) -> str:
+def _cache_kwarg(language_model_class) -> str:
     """The KV-cache argument's name: transformers renamed `past_key_values` to `cache` within 5.x, and an
     unknown name would be swallowed by `**kwargs` (a silently ignored cache), so ask the signature."""
-    return _cache_kwarg_of(type(language_model))
+    params = inspect.signature(language_model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class StampQwen2VLModel(StampModel, Qwen2VLForConditionalGeneration):

@@ -110,8 +110,7 @@ class Trainer:
             if state["optimizer"] is None and self.accel.is_main_process:
                 print(
                     f"stamp train: {self.resume_from.name} holds no optimizer state (an FSDP or DeepSpeed "
-                    "run); "
-                    "the optimizer moments restart, so this resume is not bit-exact"
+                    "run); the optimizer moments restart, so this resume is not bit-exact"
                 )
         self.log = MetricsLog(self.out_dir, resume_step=self.step) if self.accel.is_main_process else None
 
@@ -147,12 +146,10 @@ class Trainer:
             pin_memory=self.accel.device.type == "cuda",
         )
 
-    def train_step(self, batches=None) -> dict[str, float]:
-        """One optimizer step over `grad_accum` micro-batches of this rank's share of the data
-        (taken from the iterator `batches`, else built here)."""
+    def train_step(self, batches) -> dict[str, float]:
+        """One optimizer step over the next `grad_accum` micro-batches of the iterator `batches`
+        (this rank's share of the data, from `micro_batches`)."""
         o = self.cfg.optim
-        if batches is None:
-            batches = iter(self.micro_batches(self.step + 1))
         self.module.train()
         sums: dict[str, float] = {}
         for micro in range(o.grad_accum):
