@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.stamp()
         _sync(device)
         per_pass = (time.perf_counter() - t0) / 5
-        lines.append(f"== {name}: {per_step * 1e3:.2f} ms per decode step, {per_pass * 1e3:.2f} ms per mask pass (N=64)")
+        lines.append(
+            f"== {name}: {per_step * 1e3:.2f} ms per decode step, {per_pass * 1e3:.2f} ms per mask pass (N=64)"
+        )
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
             bench.autoregressive(steps=args.steps)

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if device.type == "cuda":
             kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-            busy = sum(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time for e in kernels)
+            busy = sum(e.time_range.elapsed_us() for e in kernels)
             lines.append(
                 f"per step: {len(kernels) / n:.0f} kernels, {busy / n / 1e3:.1f} ms of kernel time "
                 f"({100 * busy / n / 1e3 / (wall * 1e3):.0f}% of the wall time)"
