@@ -25,14 +25,12 @@ def test_seg_uses_the_last_image_before_it(tiny_model):
     }
     with torch.no_grad():
         out = tiny_model.stamp_forward(**batch)
-        feats = tiny_model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
-        conv_pos = tiny_model.conversation_positions(
+        plan = tiny_model.plan_batch(
             batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"], batch["image_grid_thw"]
         )
-        blocks = tiny_model.placeholder_blocks(
-            batch["input_ids"], batch["mm_token_type_ids"], conv_pos, feats, batch["image_grid_thw"]
-        )
-    assert blocks[0][0].image_index == 1 and blocks[0][0].grid_hw == b.grid_hw
+    assert len(plan.blocks) == 1 and plan.blocks[0].image_index == 1 and plan.blocks[0].grid_hw == b.grid_hw
+    # its placeholders take the second image's cells (the first image's cells come first)
+    assert plan.cell_index.tolist() == list(range(a.num_cells, a.num_cells + b.num_cells))
     assert tuple(out.mask_grids[0].tolist()) == b.grid_hw and out.mask_grids[0].tolist() != list(a.grid_hw)
 
 

@@ -83,12 +83,12 @@ def text_loss_at(
 
     Args:
         hidden: (R, T, H) last hidden states; rows / cols: (n,) where each predicting token sits.
-        next_labels: (n,) the token each of them must predict, -100 where no loss is taken.
+        next_labels: (n,) the token each of them must predict (positions without a label are left out,
+            so nothing here needs to look at the values: no device synchronisation).
     """
     dev = hidden.device
-    rows, cols, next_labels = rows.to(dev), cols.to(dev), next_labels.to(dev)
-    keep = next_labels != -100
-    if not bool(keep.any()):
+    if next_labels.numel() == 0:
         return hidden.sum() * 0.0
-    logits = lm_head(hidden[rows[keep], cols[keep]])  # (n_labels, V)
-    return F.cross_entropy(logits.float(), next_labels[keep])
+    rows, cols, next_labels = rows.to(dev), cols.to(dev), next_labels.to(dev)
+    logits = lm_head(hidden[rows, cols])  # (n, V)
+    return F.cross_entropy(logits.float(), next_labels)

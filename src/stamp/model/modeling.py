@@ -20,15 +20,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 from transformers.utils import ModelOutput
 
 from stamp.model.attention import SUPPORTED_ATTN_IMPLEMENTATIONS, build_hybrid_attention_mask, to_backend_mask
+from stamp.model.batch_plan import BatchPlan, plan_batch
 from stamp.model.config import StampSettings
 from stamp.model.losses import mask_losses, text_loss_at
-from stamp.model.packing import Layout, SampleSequence, layout_rows, plan_rows
-from stamp.model.positions import placeholder_position_ids
 
 
 @dataclass
@@ -46,17 +44,6 @@ class StampOutput(ModelOutput):
     dice_loss: torch.Tensor | None = None
     mask_logits: torch.Tensor | None = None
     mask_grids: torch.Tensor | None = None
-
-
-@dataclass
-class PlaceholderBlock:
-    """The placeholders of one `<|seg|>`: where it is, which image it segments, and its inputs."""
-
-    seg_index: int  # index of `<|seg|>` in the conversation
-    image_index: int  # global index of the image (into the list of image features)
-    grid_hw: tuple[int, int]
-    embeds: torch.Tensor  # (N, H)
-    position_ids: torch.Tensor  # (3, N)
 
 
 class StampModel:
@@ -125,16 +112,18 @@ class StampModel:
             return emb.expand(features.shape[0], -1)
         return emb + features.to(emb.dtype)
 
-    def embed_conversation(self, input_ids: torch.Tensor, image_features: list[torch.Tensor]) -> torch.Tensor:
-        """Token embeddings with the image features scattered into the `<|image_pad|>` positions."""
+    def embed_conversation(
+        self, input_ids: torch.Tensor, image_features: list[torch.Tensor], n_image_tokens: int | None = None
+    ) -> torch.Tensor:
+        """Token embeddings with the image features scattered into the `<|image_pad|>` positions.
+        `n_image_tokens`: their number if already known (counting them on an accelerator syncs)."""
         embeds = self.get_input_embeddings()(input_ids)
         if image_features:
             feats = torch.cat(image_features).to(embeds.dtype)
             slots = (input_ids == self.config.image_token_id).unsqueeze(-1)
-            if int(slots.sum()) != feats.numel() // feats.shape[-1]:
-                raise ValueError(
-                    f"{int(slots.sum())} image tokens in the text but {feats.shape[0]} image features"
-                )
+            count = int(slots.sum()) if n_image_tokens is None else n_image_tokens
+            if count != feats.shape[0]:
+                raise ValueError(f"{count} image tokens in the text but {feats.shape[0]} image features")
             embeds = embeds.masked_scatter(slots, feats)
         return embeds
 
@@ -157,46 +146,32 @@ class StampModel:
         pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0) * attention_mask.long()
         return pos.unsqueeze(0).expand(3, -1, -1).clone()
 
-    def placeholder_blocks(
+    def plan_batch(
         self,
         input_ids: torch.Tensor,
-        mm_token_type_ids: torch.Tensor,
-        positions: torch.Tensor,
-        image_features: list[torch.Tensor],
+        attention_mask: torch.Tensor,
+        mm_token_type_ids: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None,
-    ) -> list[list[PlaceholderBlock]]:
-        """One `PlaceholderBlock` per `<|seg|>` of each sample; each segments the last image before it.
-        None for the next-token baseline, whose masks are label tokens in the text."""
-        if self.stamp.mask_decoder == "next_token":
-            return [[] for _ in range(input_ids.shape[0])]
-        blocks: list[list[PlaceholderBlock]] = []
-        image_counter = 0
-        for b in range(input_ids.shape[0]):
-            is_img = mm_token_type_ids[b] == 1
-            starts = (is_img & ~torch.cat([is_img.new_zeros(1), is_img[:-1]])).nonzero().flatten().tolist()
-            seg_at = (input_ids[b] == self.stamp.seg_token_id).nonzero().flatten().tolist()
-            row = []
-            for i in seg_at:
-                before = [k for k, s in enumerate(starts) if s < i]
-                if not before:
-                    raise ValueError(f"sample {b}: <|seg|> at position {i} has no image before it")
-                img = image_counter + before[-1]
-                _, h, w = (int(v) for v in image_grid_thw[img])
-                grid = (h // self.merge_size, w // self.merge_size)
-                row.append(
-                    PlaceholderBlock(
-                        seg_index=i,
-                        image_index=img,
-                        grid_hw=grid,
-                        embeds=self.mask_embeddings(image_features[img]),
-                        position_ids=placeholder_position_ids(
-                            positions[:, b, i].max() + 1, grid, self.stamp.position_mode
-                        ),
-                    )
-                )
-            blocks.append(row)
-            image_counter += len(starts)
-        return blocks
+        labels: torch.Tensor | None = None,
+        pack: bool = True,
+    ) -> BatchPlan:
+        """The training step's index bookkeeping for this batch, computed on the CPU (see
+        `stamp.model.batch_plan`). Inputs may live anywhere; they are copied to the CPU first."""
+        cpu = [t.cpu() if t is not None else None for t in (input_ids, attention_mask, mm_token_type_ids)]
+        grid = image_grid_thw.cpu() if image_grid_thw is not None else None
+        conv_pos = self.conversation_positions(*cpu, grid)
+        return plan_batch(
+            *cpu,
+            grid,
+            conv_pos,
+            labels.cpu() if labels is not None else None,
+            seg_token_id=self.stamp.seg_token_id,
+            image_token_id=self.config.image_token_id,
+            merge_size=self.merge_size,
+            position_mode=self.stamp.position_mode,
+            with_blocks=self.stamp.mask_decoder != "next_token",
+            pack=pack,
+        )
 
     def run_language_model(
         self,
@@ -263,45 +238,48 @@ class StampModel:
                 padding and ignore), one row per `<|seg|>` in sample-major order.
             pack: several samples per row (exact; see `stamp.model.packing`) instead of one per row.
         """
+        plan = self.plan_batch(input_ids, attention_mask, mm_token_type_ids, image_grid_thw, labels, pack)
+        device = input_ids.device
+        plan = plan.to(device)
         feats = self.encode_images(pixel_values, image_grid_thw) if pixel_values is not None else []
-        conv = self.embed_conversation(input_ids, feats)  # (B, L, H)
-        conv_pos = self.conversation_positions(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
-        blocks = self.placeholder_blocks(input_ids, mm_token_type_ids, conv_pos, feats, image_grid_thw)
-
-        seqs = self._sample_sequences(conv, conv_pos, attention_mask, blocks)
-        lay = layout_rows(seqs, plan_rows([len(s) for s in seqs], pack))
-        index = torch.arange(lay.key_block.shape[1], device=input_ids.device).expand_as(lay.key_block)
+        conv = self.embed_conversation(input_ids, feats, n_image_tokens=plan.n_image_tokens)  # (B, L, H)
+        hidden_size = conv.shape[-1]
+        source = [conv.reshape(-1, hidden_size)]
+        if plan.num_masks:
+            cells = torch.cat(feats)[plan.cell_index]
+            source.append(self.mask_embeddings(cells).to(conv.dtype))
+        source.append(conv.new_zeros((1, hidden_size)))
+        embeds = torch.cat(source)[plan.src_index]  # (R, T, H): the packed rows
+        index = torch.arange(plan.key_block.shape[1], device=device).expand_as(plan.key_block)
         allowed = build_hybrid_attention_mask(
-            lay.key_block,
-            lay.key_block,
+            plan.key_block,
+            plan.key_block,
             index,
-            lay.limit,
+            plan.limit,
             self.stamp.attention_mode,
-            lay.segment,
-            lay.segment,
+            plan.segment,
+            plan.segment,
         )
-        hidden, _ = self.run_language_model(lay.embeds, lay.position_ids, allowed)
+        hidden, _ = self.run_language_model(embeds, plan.position_ids, allowed)
 
         out = StampOutput()
         total = hidden.new_zeros((), dtype=torch.float32)
         if labels is not None:
-            out.text_loss = self._text_loss(hidden, lay, seqs, labels, attention_mask)
+            out.text_loss = text_loss_at(
+                hidden, plan.text_rows, plan.text_cols, plan.text_targets, self.lm_head
+            )
             total = total + text_weight * out.text_loss
-        logits, grids = [], []
-        for b, seq in enumerate(seqs):
-            r, o = lay.placement[b]
-            for (start, end), blk in zip(seq.block_spans, blocks[b]):
-                logits.append(self.classifier(hidden[r, o + start : o + end]).squeeze(-1))
-                grids.append(blk.grid_hw)
-        if logits:
-            out.mask_logits = pad_sequence(logits, batch_first=True)
-            out.mask_grids = torch.tensor(grids, device=input_ids.device)
-        if mask_targets is not None and logits:
-            if mask_targets.shape[0] != len(logits):
+        if plan.num_masks:
+            flat = self.classifier(hidden[plan.ph_rows, plan.ph_cols]).squeeze(-1)  # (C,)
+            padded = flat.new_zeros(plan.num_masks * plan.n_max).index_copy(0, plan.ph_out, flat)
+            out.mask_logits = padded.view(plan.num_masks, plan.n_max)
+            out.mask_grids = plan.grids
+        if mask_targets is not None and plan.num_masks:
+            if mask_targets.shape[0] != plan.num_masks:
                 raise ValueError(
-                    f"{len(logits)} <|seg|> tokens in the batch but {mask_targets.shape[0]} mask targets"
+                    f"{plan.num_masks} <|seg|> tokens in the batch but {mask_targets.shape[0]} mask targets"
                 )
-            n_max = out.mask_logits.shape[1]
+            n_max = plan.n_max
             weights = mask_weights if mask_weights is not None else torch.ones_like(mask_targets)
             out.bce_loss, out.dice_loss = mask_losses(
                 out.mask_logits,
@@ -311,50 +289,6 @@ class StampModel:
             total = total + bce_weight * out.bce_loss + dice_weight * out.dice_loss
         out.loss = total
         return out
-
-    def _sample_sequences(self, conv, conv_pos, attention_mask, blocks) -> list[SampleSequence]:
-        """Each sample's [conversation (padding dropped) ; its placeholder blocks], own coordinates."""
-        seqs = []
-        for b in range(conv.shape[0]):
-            idx = attention_mask[b].nonzero().flatten()
-            local = attention_mask[b].long().cumsum(0) - 1  # padded index -> index among real tokens
-            n_conv = idx.numel()
-            embeds, pos = [conv[b, idx]], [conv_pos[:, b, idx]]
-            block = [torch.zeros(n_conv, dtype=torch.long, device=conv.device)]
-            limit = [torch.arange(n_conv, device=conv.device)]
-            spans, start = [], n_conv
-            for j, blk in enumerate(blocks[b]):
-                n = blk.embeds.shape[0]
-                embeds.append(blk.embeds.to(conv.dtype))
-                pos.append(blk.position_ids)
-                block.append(torch.full((n,), j + 1, dtype=torch.long, device=conv.device))
-                limit.append(
-                    torch.full((n,), int(local[blk.seg_index]), dtype=torch.long, device=conv.device)
-                )
-                spans.append((start, start + n))
-                start += n
-            seqs.append(
-                SampleSequence(
-                    torch.cat(embeds),
-                    torch.cat(pos, dim=1),
-                    torch.cat(block),
-                    torch.cat(limit),
-                    n_conv,
-                    spans,
-                )
-            )
-        return seqs
-
-    def _text_loss(self, hidden, lay: Layout, seqs, labels, attention_mask) -> torch.Tensor:
-        """Next-token cross-entropy over the conversation tokens of every sample, wherever it sits."""
-        rows, cols, targets = [], [], []
-        for b, seq in enumerate(seqs):
-            r, o = lay.placement[b]
-            lab = labels[b, attention_mask[b].bool()]  # (n_conv,)
-            rows.append(torch.full((seq.n_conv - 1,), r, dtype=torch.long))
-            cols.append(torch.arange(o, o + seq.n_conv - 1))
-            targets.append(lab[1:])
-        return text_loss_at(hidden, torch.cat(rows), torch.cat(cols), torch.cat(targets), self.lm_head)
 
 
 @functools.cache
