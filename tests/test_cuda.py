@@ -93,3 +93,19 @@ def test_bench_quick_on_cuda(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert '"cuda"' in out.read_text()
+
+
+def test_cuda_bf16_decoding_never_builds_cudnn_attention_plans():
+    """Every decode step has a new key length; cuDNN attention would build a plan for each (tens of ms)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from stamp.bench.mask_pass import MaskPassBench
+
+    model = StampModel.tiny(seed=1).to("cuda", torch.bfloat16).eval()
+    bench = MaskPassBench(model, 64, (4, 4))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        bench.autoregressive(steps=8)
+        bench.stamp()
+    names = {e.key for e in prof.key_averages()}
+    assert not any("cudnn_attention" in n for n in names), sorted(n for n in names if "attention" in n)
+    assert any("attention" in n for n in names)  # the attention ran, through another backend

@@ -23,7 +23,12 @@ from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 from transformers.utils import ModelOutput
 
-from stamp.model.attention import SUPPORTED_ATTN_IMPLEMENTATIONS, build_hybrid_attention_mask, to_backend_mask
+from stamp.model.attention import (
+    SUPPORTED_ATTN_IMPLEMENTATIONS,
+    build_hybrid_attention_mask,
+    sdpa_backends,
+    to_backend_mask,
+)
 from stamp.model.batch_plan import BatchPlan, plan_batch
 from stamp.model.config import StampSettings
 from stamp.model.losses import mask_losses, text_loss_at
@@ -102,7 +107,8 @@ class StampModel:
 
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """Vision tower + patch merger: one (gh*gw, H) tensor of merged cell features per image, row-major."""
-        out = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        with sdpa_backends(pixel_values.device):
+            out = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         return list(out.pooler_output)
 
     def mask_embeddings(self, features: torch.Tensor) -> torch.Tensor:
@@ -201,14 +207,15 @@ class StampModel:
                 mask = to_backend_mask(allowed, self.attn_implementation)
         else:
             mask = to_backend_mask(allowed, self.attn_implementation)
-        out = self.model.language_model(
-            inputs_embeds=inputs_embeds,
-            position_ids=position_ids,
-            attention_mask=mask,
-            **{_cache_kwarg(type(self.model.language_model)): cache},
-            use_cache=cache is not None,
-            **extra,
-        )
+        with sdpa_backends(inputs_embeds.device):
+            out = self.model.language_model(
+                inputs_embeds=inputs_embeds,
+                position_ids=position_ids,
+                attention_mask=mask,
+                **{_cache_kwarg(type(self.model.language_model)): cache},
+                use_cache=cache is not None,
+                **extra,
+            )
         return out.last_hidden_state, (out.cache if hasattr(out, "cache") else out.past_key_values)
 
     # ----------------------------------------------------------------- training forward
