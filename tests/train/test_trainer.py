@@ -242,3 +242,18 @@ def test_data_workers_build_the_same_batches_in_order(tiny_overrides):
         assert batch.keys() == want.keys()
         for k in want:
             assert torch.equal(batch[k], want[k]), (j, k)
+
+
+def test_bf16_runs_move_pixels_in_bf16_and_the_forward_is_unchanged(tiny_overrides):
+    """Under bf16 autocast the pixel values travel in bf16 (half the bytes); the vision tower's input
+    is rounded to bf16 by autocast anyway, so the loss is bit-identical to feeding fp32 pixels."""
+    bf16 = Trainer(_cfg(tiny_overrides, "run.steps=1", "run.precision=bf16"), progress=False)
+    fp32 = Trainer(_cfg(tiny_overrides, "run.steps=1", "run.precision=fp32"), progress=False)
+    got, want = bf16.stream.batch(range(3)), fp32.stream.batch(range(3))
+    assert got["pixel_values"].dtype == torch.bfloat16 and want["pixel_values"].dtype == torch.float32
+    assert torch.equal(got["pixel_values"], want["pixel_values"].to(torch.bfloat16))
+    model = bf16.model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a = model.stamp_forward(**got)
+        b = model.stamp_forward(**want)
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.mask_logits, b.mask_logits)

@@ -86,7 +86,13 @@ class Trainer:
         next_token = None
         if settings is not None and settings.mask_decoder == "next_token":
             next_token = (settings.seg_token_id, settings.label_token_ids)
-        self.stream = TrainStream(cfg.data, self.processor, seed=cfg.run.seed, next_token=next_token)
+        self.stream = TrainStream(
+            cfg.data,
+            self.processor,
+            seed=cfg.run.seed,
+            next_token=next_token,
+            pixel_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None,  # (exact: see TrainStream)
+        )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
