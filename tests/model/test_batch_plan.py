@@ -2,7 +2,10 @@
 
 import pytest
 import torch
+from helpers import random_image
 from test_packing import _batch
+
+from stamp.model.batch_plan import image_mrope_positions
 
 
 def test_plan_places_every_token_once_and_blocks_after_their_conversation(tiny_model):
@@ -62,3 +65,43 @@ def test_seg_without_an_image_is_a_clear_error(tiny_model):
             torch.zeros(1, len(ids), dtype=torch.long),
             None,
         )
+
+
+def _two_image_batch(tiny_model):
+    proc = tiny_model.processor
+    a, b = proc.encode_image(random_image(224, 224, 1)), proc.encode_image(random_image(280, 168, 2))
+
+    def block(enc):
+        return [proc.vision_start_id] + [proc.image_token_id] * enc.num_cells + [proc.vision_end_id]
+
+    ids = proc._text_ids("compare ") + block(a) + proc._text_ids("with ") + block(b) + proc._text_ids("ok")
+    ids = torch.tensor([ids])
+    return (
+        ids,
+        torch.ones_like(ids),
+        (ids == proc.image_token_id).long(),
+        torch.stack([a.grid_thw, b.grid_thw]),
+    )
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_positions_match_transformers_rope_index(tiny_model, padding):
+    """The plan's own M-RoPE ids equal transformers' `get_rope_index` on every real token: padded
+    batches on either side, several images in one sample, samples without images."""
+    batch = _batch(tiny_model)
+    ids, attn, mm = batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]
+    if padding == "left":  # move each row's padding to its front
+        order = torch.argsort(attn, dim=1, stable=True)
+        ids, attn, mm = ids.gather(1, order), attn.gather(1, order), mm.gather(1, order)
+        assert not bool(attn[:, -1].eq(0).any())
+    cases = [(ids, attn, mm, batch["image_grid_thw"]), _two_image_batch(tiny_model)]
+    text_only = ids.clone()
+    cases.append((text_only, attn, torch.zeros_like(mm), None))
+    merge = tiny_model.merge_size
+    for ids_, attn_, mm_, grid in cases:
+        cells = [] if grid is None else [(int(g[1]) // merge, int(g[2]) // merge) for g in grid]
+        got = image_mrope_positions(attn_.tolist(), mm_.tolist(), cells)
+        want = tiny_model.conversation_positions(ids_, attn_, mm_ if grid is not None else None, grid)
+        real = attn_.bool()
+        assert torch.equal(got[:, real], want[:, real])
+        assert got.shape == want.shape

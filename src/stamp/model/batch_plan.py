@@ -98,12 +98,75 @@ class BatchPlan:
         )
 
 
+def image_mrope_positions(
+    attention_mask: list[list[int]], mm_token_type_ids: list[list[int]], cells: list[tuple[int, int]]
+) -> torch.Tensor:
+    """(3, B, L) M-RoPE ids of a batch whose vision inputs are images, by Qwen2-VL's rule, in plain
+    Python (no per-sample tensor ops; tests check it against transformers' `get_rope_index`).
+
+    Over each sample's real tokens (padding gets 0): a run of text tokens counts on from the current
+    position on all three axes; a run of image tokens (type 1) with (gh, gw) merged cells takes
+    (t, h, w) = (p, p + row, p + col) for its cells in row-major order, and the text after it continues
+    at p + max(gh, gw). `cells`: (gh, gw) of every image of the batch, in order.
+    """
+    batch = len(attention_mask)
+    length = len(attention_mask[0]) if batch else 0
+    out = [[[0] * length for _ in range(batch)] for _ in range(3)]
+    image = 0
+    for b in range(batch):
+        mask, types = attention_mask[b], mm_token_type_ids[b]
+        pos, i = 0, 0
+        real = [k for k in range(length) if mask[k]]
+        while i < len(real):
+            k = real[i]
+            if types[k] != 1:
+                out[0][b][k] = out[1][b][k] = out[2][b][k] = pos
+                pos += 1
+                i += 1
+                continue
+            gh, gw = cells[image]
+            image += 1
+            for cell in range(gh * gw):  # the run of this image's gh * gw image tokens
+                k = real[i + cell]
+                out[0][b][k], out[1][b][k], out[2][b][k] = pos, pos + cell // gw, pos + cell % gw
+            pos += max(gh, gw)
+            i += gh * gw
+    return torch.tensor(out, dtype=torch.long).view(3, batch, length)
+
+
+@dataclass(frozen=True)
+class BatchPlanner:
+    """`plan_batch` with a model's settings bound: small and picklable, so data-loader workers can plan
+    each batch as they build it (`planner(batch)` for a collated batch dict)."""
+
+    seg_token_id: int
+    image_token_id: int
+    merge_size: int
+    position_mode: str
+    with_blocks: bool = True
+    pack: bool = True
+
+    def __call__(self, batch: dict) -> BatchPlan:
+        return plan_batch(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("mm_token_type_ids"),
+            batch.get("image_grid_thw"),
+            batch.get("labels"),
+            seg_token_id=self.seg_token_id,
+            image_token_id=self.image_token_id,
+            merge_size=self.merge_size,
+            position_mode=self.position_mode,
+            with_blocks=self.with_blocks,
+            pack=self.pack,
+        )
+
+
 def plan_batch(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    mm_token_type_ids: torch.Tensor,
+    mm_token_type_ids: torch.Tensor | None,
     image_grid_thw: torch.Tensor | None,
-    conv_pos: torch.Tensor,
     labels: torch.Tensor | None,
     *,
     seg_token_id: int,
@@ -113,7 +176,7 @@ def plan_batch(
     with_blocks: bool = True,
     pack: bool = True,
 ) -> BatchPlan:
-    """Plan one batch (all inputs on the CPU; `conv_pos` is the (3, B, L) M-RoPE ids of the conversation).
+    """Plan one batch (all inputs on the CPU).
 
     `with_blocks=False` (the next-token baseline, whose masks are text) plans no placeholders.
     Raises ValueError for a `<|seg|>` with no image before it.
@@ -127,6 +190,7 @@ def plan_batch(
     cell_offset = [0]
     for gh, gw in cells:
         cell_offset.append(cell_offset[-1] + gh * gw)
+    conv_pos = image_mrope_positions(attn, mm, cells)
 
     # -- each sample: real tokens, its blocks, its length
     real: list[list[int]] = []

@@ -29,7 +29,7 @@ from stamp.model.attention import (
     sdpa_backends,
     to_backend_mask,
 )
-from stamp.model.batch_plan import BatchPlan, plan_batch
+from stamp.model.batch_plan import BatchPlan, BatchPlanner
 from stamp.model.config import StampSettings
 from stamp.model.losses import mask_losses, text_loss_at
 
@@ -152,6 +152,17 @@ class StampModel:
         pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0) * attention_mask.long()
         return pos.unsqueeze(0).expand(3, -1, -1).clone()
 
+    def batch_planner(self, pack: bool = True) -> BatchPlanner:
+        """This model's training-step planner (`stamp.model.batch_plan`), e.g. for data-loader workers."""
+        return BatchPlanner(
+            seg_token_id=self.stamp.seg_token_id,
+            image_token_id=self.config.image_token_id,
+            merge_size=self.merge_size,
+            position_mode=self.stamp.position_mode,
+            with_blocks=self.stamp.mask_decoder != "next_token",
+            pack=pack,
+        )
+
     def plan_batch(
         self,
         input_ids: torch.Tensor,
@@ -163,21 +174,10 @@ class StampModel:
     ) -> BatchPlan:
         """The training step's index bookkeeping for this batch, computed on the CPU (see
         `stamp.model.batch_plan`). Inputs may live anywhere; they are copied to the CPU first."""
-        cpu = [t.cpu() if t is not None else None for t in (input_ids, attention_mask, mm_token_type_ids)]
-        grid = image_grid_thw.cpu() if image_grid_thw is not None else None
-        conv_pos = self.conversation_positions(*cpu, grid)
-        return plan_batch(
-            *cpu,
-            grid,
-            conv_pos,
-            labels.cpu() if labels is not None else None,
-            seg_token_id=self.stamp.seg_token_id,
-            image_token_id=self.config.image_token_id,
-            merge_size=self.merge_size,
-            position_mode=self.stamp.position_mode,
-            with_blocks=self.stamp.mask_decoder != "next_token",
-            pack=pack,
-        )
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        extra = {"mm_token_type_ids": mm_token_type_ids, "image_grid_thw": image_grid_thw, "labels": labels}
+        batch.update({k: v for k, v in extra.items() if v is not None})
+        return self.batch_planner(pack)({k: v.cpu() for k, v in batch.items()})
 
     def run_language_model(
         self,
@@ -233,6 +233,7 @@ class StampModel:
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
         pack: bool = True,
+        plan: BatchPlan | None = None,
         **_: object,
     ) -> StampOutput:
         """One forward over [conversation ; all placeholder blocks] giving the text and mask losses.
@@ -244,8 +245,11 @@ class StampModel:
             mask_targets / mask_weights: (M, N_max) per-cell targets in [0, 1] and loss weights (0 on
                 padding and ignore), one row per `<|seg|>` in sample-major order.
             pack: several samples per row (exact; see `stamp.model.packing`) instead of one per row.
+            plan: this batch's `plan_batch(...)`, if the caller made it while the batch was on the CPU
+                (otherwise it is made here, which copies the token ids back from the device: a sync).
         """
-        plan = self.plan_batch(input_ids, attention_mask, mm_token_type_ids, image_grid_thw, labels, pack)
+        if plan is None:
+            plan = self.plan_batch(input_ids, attention_mask, mm_token_type_ids, image_grid_thw, labels, pack)
         device = input_ids.device
         plan = plan.to(device)
         feats = self.encode_images(pixel_values, image_grid_thw) if pixel_values is not None else []

@@ -57,6 +57,8 @@ class TrainStream:
     moved per batch (worker -> main process -> device, ~88 MB of fp32 per 64 SynthRef samples) and
     changes nothing: the vision tower casts its input to its fp32 weights and autocast rounds that to
     bf16 again, and bf16 -> fp32 -> bf16 is exact.
+    `planner` (a `stamp.model.batch_plan.BatchPlanner`): adds the training step's plan as
+    `batch["plan"]`, so data-loader workers do that bookkeeping too.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class TrainStream:
         seed: int = 0,
         next_token: tuple[int, list[int]] | None = None,
         pixel_dtype: torch.dtype | None = None,
+        planner=None,
     ):
         sources = {f"{i}:{s.kind}": open_source(s, cfg) for i, s in enumerate(cfg.sources)}
         weights = {f"{i}:{s.kind}": s.weight for i, s in enumerate(cfg.sources)}
@@ -73,6 +76,7 @@ class TrainStream:
         self.processor = processor
         self.next_token = next_token
         self.pixel_dtype = pixel_dtype
+        self.planner = planner
 
     def batch(self, indices) -> dict:
         examples = [self.processor.encode_sample(self.mixture[i]) for i in indices]
@@ -81,6 +85,8 @@ class TrainStream:
         batch = self.processor.collate(examples)
         if self.pixel_dtype is not None and "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.pixel_dtype)
+        if self.planner is not None:
+            batch["plan"] = self.planner(batch)
         return batch
 
 

@@ -92,6 +92,7 @@ class Trainer:
             seed=cfg.run.seed,
             next_token=next_token,
             pixel_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None,  # (exact: see TrainStream)
+            planner=self.model.batch_planner(),
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -152,14 +153,22 @@ class Trainer:
             pin_memory=self.accel.device.type == "cuda",
         )
 
-    def train_step(self, batches) -> dict[str, float]:
+    def train_step(self, batches) -> dict[str, float | torch.Tensor]:
         """One optimizer step over the next `grad_accum` micro-batches of the iterator `batches`
-        (this rank's share of the data, from `micro_batches`)."""
+        (this rank's share of the data, from `micro_batches`).
+
+        Returns the step's statistics; losses and the gradient norm stay 0-d device tensors (reading
+        them would make the host wait for the device every step), so take `float()` when logging.
+        """
         o = self.cfg.optim
         self.module.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, float | torch.Tensor] = {}
         for micro in range(o.grad_accum):
-            batch = {k: v.to(self.accel.device, non_blocking=True) for k, v in next(batches).items()}
+            cpu_batch = dict(next(batches))
+            # the step's index bookkeeping, planned on the CPU (by the data workers, or here)
+            plan = cpu_batch.pop("plan", None) or self.model.batch_planner()(cpu_batch)
+            batch = {k: v.to(self.accel.device, non_blocking=True) for k, v in cpu_batch.items()}
+            batch["plan"] = plan.to(self.accel.device)
             last = micro == o.grad_accum - 1
             # DeepSpeed scales by its own accumulation count and syncs at its boundary
             sync = contextlib.nullcontext() if last or self.deepspeed else self.accel.no_sync(self.module)
@@ -169,11 +178,11 @@ class Trainer:
             for name in ("loss", "text_loss", "bce_loss", "dice_loss"):
                 value = getattr(out, name)
                 if value is not None:
-                    sums[name] = sums.get(name, 0.0) + float(value.detach()) / o.grad_accum
+                    sums[name] = sums.get(name, 0.0) + value.detach().float() / o.grad_accum
         if o.grad_clip > 0:  # (DeepSpeed clips inside its step, per its config, and reports no norm here)
             norm = self.accel.clip_grad_norm_(self.module.parameters(), o.grad_clip)
             if norm is not None:
-                sums["grad_norm"] = float(norm)
+                sums["grad_norm"] = norm.detach() if isinstance(norm, torch.Tensor) else norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -238,6 +247,7 @@ class Trainer:
             n_window += 1
             if self.log is not None and (self.step % run.log_every == 0 or self.step == run.steps):
                 elapsed = time.time() - t_window
+                stats = {k: float(v) for k, v in stats.items()}  # (the only wait for the device)
                 stats["samples_per_s"] = n_window * self.global_batch / max(elapsed, 1e-9)
                 t_window, n_window = time.time(), 0
                 self.log.write(self.step, "train", stats)
