@@ -3,7 +3,7 @@ processes, pinned memory on CUDA), timed without any model work.
 
     python benchmarks/bench_loader.py configs/tiny-synth-gpu.yaml [key=value ...] [--batches 40]
 
-Prints samples/s delivered, the mean bytes per batch and the share of it that is pixel values, next to
+Prints samples/s delivered, the mean tensor bytes per batch (the plan aside) and the share of it that is pixel values, next to
 the rate of building the same batches in this process (no workers), so the cost of moving batches
 between processes shows. Compare its samples/s with the model's step time (profile_train_step.py) to
 see which bounds training.
@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from stamp.configuration import load_config
 from stamp.train.config import TrainConfig
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         t0, nbytes, pixel_bytes = time.perf_counter(), 0, 0
         for _ in range(args.batches):
             batch = next(it)
-            nbytes += sum(v.numel() * v.element_size() for v in batch.values())
+            nbytes += sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
             pixel_bytes += batch["pixel_values"].numel() * batch["pixel_values"].element_size()
         dt = time.perf_counter() - t0
         bs = cfg.optim.batch_size
