@@ -48,6 +48,14 @@ def test_training_reduces_loss_and_writes_artifacts(tiny_overrides, tmp_path):
     out = Path(cfg.run.out_dir)
     assert last == latest_checkpoint(out) and last.name == "step_0000012"
     assert (out / "metrics.csv").read_text().count("train,loss") == 12
+    waits = [
+        float(line.split(",")[-1])
+        for line in (out / "metrics.csv").read_text().splitlines()
+        if "data_wait_frac" in line
+    ]
+    assert len(waits) == 12 and all(
+        0.0 <= w <= 1.0 for w in waits
+    )  # the share of time spent waiting for data
     assert (out / "loss_curves.png").stat().st_size > 0
     assert (last / "optimizer.safetensors").is_file() and (last / "rng.safetensors").is_file()
     assert len(list((out / "checkpoints").glob("step_*"))) <= cfg.run.keep_checkpoints

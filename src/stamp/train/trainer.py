@@ -94,6 +94,7 @@ class Trainer:
             pixel_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None,  # (exact: see TrainStream)
             planner=self.model.batch_planner(),
         )
+        self._data_wait = 0.0  # seconds spent waiting for batches since the last log line
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
@@ -164,7 +165,9 @@ class Trainer:
         self.module.train()
         sums: dict[str, float | torch.Tensor] = {}
         for micro in range(o.grad_accum):
+            t_wait = time.perf_counter()
             cpu_batch = dict(next(batches))
+            self._data_wait += time.perf_counter() - t_wait
             # the step's index bookkeeping, planned on the CPU (by the data workers, or here)
             plan = cpu_batch.pop("plan", None) or self.model.batch_planner()(cpu_batch)
             batch = {k: v.to(self.accel.device, non_blocking=True) for k, v in cpu_batch.items()}
@@ -241,6 +244,7 @@ class Trainer:
         run, start_time = self.cfg.run, time.time()
         bar = tqdm(total=run.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         last_saved, t_window, n_window = None, time.time(), 0
+        self._data_wait = 0.0
         batches = iter(self.micro_batches())
         while self.step < run.steps:
             stats = self.train_step(batches)
@@ -249,9 +253,16 @@ class Trainer:
                 elapsed = time.time() - t_window
                 stats = {k: float(v) for k, v in stats.items()}  # (the only wait for the device)
                 stats["samples_per_s"] = n_window * self.global_batch / max(elapsed, 1e-9)
+                # the share of the wall time spent waiting for batches: near 1 means data-bound
+                stats["data_wait_frac"] = min(1.0, self._data_wait / max(elapsed, 1e-9))
+                self._data_wait = 0.0
                 t_window, n_window = time.time(), 0
                 self.log.write(self.step, "train", stats)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", sps=f"{stats['samples_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{stats['loss']:.3f}",
+                    sps=f"{stats['samples_per_s']:.1f}",
+                    data_wait=f"{stats['data_wait_frac']:.0%}",
+                )
             bar.update(1)
             if run.eval_every and self.step % run.eval_every == 0 and self.accel.is_main_process:
                 metrics = self.evaluate()
