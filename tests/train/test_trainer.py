@@ -58,6 +58,7 @@ def test_training_reduces_loss_and_writes_artifacts(tiny_overrides, tmp_path):
     )  # the share of time spent waiting for data
     assert (out / "loss_curves.png").stat().st_size > 0
     assert (last / "optimizer.safetensors").is_file() and (last / "rng.safetensors").is_file()
+    assert last.stat().st_mode & 0o777 == (out / "checkpoints").stat().st_mode & 0o777  # not mkdtemp's 0700
     assert len(list((out / "checkpoints").glob("step_*"))) <= cfg.run.keep_checkpoints
     from stamp.model.modeling import StampModel
 

@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from stamp.io.outputs import new_file_mode
+
 
 def check_writable(path: str | Path, force: bool) -> Path:
     """Fail before a long run if `path` exists (without `force`) or its folder cannot be made."""
@@ -27,6 +29,7 @@ def write_json(doc: dict, path: str | Path, force: bool = False) -> Path:
     path = check_writable(path, force)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh, indent=2, allow_nan=False)
             fh.write("\n")

@@ -30,6 +30,7 @@ from stamp.data.errors import DataError
 from stamp.data.sample import StampSample
 from stamp.data.scenes import KINDS
 from stamp.data.synthref import SPLITS, SynthRef
+from stamp.io.modes import new_dir_mode
 
 FORMATS = ("refer", "grefer", "reasonseg", "llava")
 # Which SynthRef tasks each format can represent.
@@ -77,6 +78,7 @@ def export_synthref(
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, new_dir_mode())  # (mkdtemp makes 0700)
     try:
         samples = tqdm(range(n), desc=f"synthref {split} -> {fmt}", disable=not progress, unit="sample")
         _WRITERS[fmt](tmp, split, (ds.generate(i) for i in samples))

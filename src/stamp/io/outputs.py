@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from stamp.io.modes import new_dir_mode, new_file_mode  # noqa: F401  (re-exported)
+
 # Distinct, colour-blind friendly colours (Okabe-Ito), one per mask in order.
 PALETTE = [
     (230, 159, 0),
@@ -29,6 +31,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)

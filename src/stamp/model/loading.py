@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from stamp.io.modes import new_dir_mode
 from stamp.model.config import StampSettings
 from stamp.model.tokens import add_stamp_tokens
 
@@ -231,9 +232,7 @@ def save_stamp_model(
         raise StampModelError("the model has no processor attached; nothing to save the tokenizer from")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the saved model should look like any folder
+    os.chmod(tmp, new_dir_mode())  # mkdtemp makes 0700; the saved model should look like any folder
     try:
         model.config.stamp = model.stamp.to_dict()
         model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)

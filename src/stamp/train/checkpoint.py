@@ -7,6 +7,7 @@ Layout: <out_dir>/checkpoints/step_0000250/{model/, optimizer.safetensors, train
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from stamp.io.modes import new_dir_mode
 
 STATE_FILE = "trainer_state.json"
 
@@ -92,6 +95,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=root))
+    os.chmod(tmp, new_dir_mode())  # (mkdtemp makes 0700; a checkpoint should look like any folder)
     try:
         save_model(tmp / "model")
         meta = None
