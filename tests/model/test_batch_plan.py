@@ -105,3 +105,10 @@ def test_positions_match_transformers_rope_index(tiny_model, padding):
         real = attn_.bool()
         assert torch.equal(got[:, real], want[:, real])
         assert got.shape == want.shape
+
+
+def test_image_token_count_must_match_the_images():
+    with pytest.raises(ValueError, match="image tokens in the batch but its images have 6 cells"):
+        image_mrope_positions([[1, 1, 1, 1]], [[0, 1, 1, 0]], [(2, 3)])
+    with pytest.raises(ValueError, match="not video"):
+        image_mrope_positions([[1, 1]], [[0, 2]], [])

@@ -111,6 +111,17 @@ def image_mrope_positions(
     """
     batch = len(attention_mask)
     length = len(attention_mask[0]) if batch else 0
+    n_image_tokens = sum(
+        t == 1 for row, mask in zip(mm_token_type_ids, attention_mask) for t, m in zip(row, mask) if m
+    )
+    if n_image_tokens != sum(gh * gw for gh, gw in cells):
+        raise ValueError(
+            f"{n_image_tokens} image tokens in the batch but its images have {sum(gh * gw for gh, gw in cells)} cells"
+        )
+    if any(t not in (0, 1) for row in mm_token_type_ids for t in row):
+        raise ValueError(
+            "only text (0) and image (1) tokens are supported by STAMP's training step, not video"
+        )
     out = [[[0] * length for _ in range(batch)] for _ in range(3)]
     image = 0
     for b in range(batch):
