@@ -44,6 +44,7 @@ def test_eval_synthref_schema_and_no_overwrite(model_dir, tmp_path, capsys):
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert res["schema"] == 1 and res["split"] == "val" and res["force_seg"] is True
+    assert res["dtype"] == "float32"  # the tiny test model is saved and computed in fp32
     m = res["metrics"]
     assert {"ciou", "giou", "precision@0.5", "precision@0.9", "n_samples", "patch_ciou"} <= set(m)
     assert all(0.0 <= m[k] <= 100.0 for k in ("ciou", "giou", "precision@0.5"))

@@ -98,6 +98,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
         "data": job.data,
         "split": job.split,
         "model": job.model or "bundled",
+        "dtype": str(model.dtype).removeprefix("torch."),  # what the model computed in
         "force_seg": job.force_seg,
         "refine": job.refine,
         "synth_size": list(job.synth_size) if job.synth_size else None,
