@@ -8,9 +8,7 @@
 set -u
 END_S=${END_S:-270}
 PY=${PY:-python3}
-T0=$(date +%s)
-left() { echo $(( END_S - ($(date +%s) - T0) )); }
-if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 3; fi
+source "$(dirname "$0")/gpu_preamble.sh"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 NEW=/tmp/site:$PWD/src
 exec > >(tee $OUT/log.txt) 2>&1

@@ -10,9 +10,7 @@
 set -u
 END_S=${END_S:-540}
 PY=${PY:-python3}
-T0=$(date +%s)
-left() { echo $(( END_S - ($(date +%s) - T0) )); }
-if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 3; fi
+source "$(dirname "$0")/gpu_preamble.sh"
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 exec > >(tee $OUT/log.txt) 2>&1
 date; nvidia-smi --query-gpu=name --format=csv,noheader; nproc

@@ -114,10 +114,9 @@ def image_mrope_positions(
     n_image_tokens = sum(
         t == 1 for row, mask in zip(mm_token_type_ids, attention_mask) for t, m in zip(row, mask) if m
     )
-    if n_image_tokens != sum(gh * gw for gh, gw in cells):
-        raise ValueError(
-            f"{n_image_tokens} image tokens in the batch but its images have {sum(gh * gw for gh, gw in cells)} cells"
-        )
+    n_cells = sum(gh * gw for gh, gw in cells)
+    if n_image_tokens != n_cells:
+        raise ValueError(f"{n_image_tokens} image tokens in the batch but its images have {n_cells} cells")
     if any(t not in (0, 1) for row in mm_token_type_ids for t in row):
         raise ValueError(
             "only text (0) and image (1) tokens are supported by STAMP's training step, not video"

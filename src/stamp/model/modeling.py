@@ -174,10 +174,14 @@ class StampModel:
     ) -> BatchPlan:
         """The training step's index bookkeeping for this batch, computed on the CPU (see
         `stamp.model.batch_plan`). Inputs may live anywhere; they are copied to the CPU first."""
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        extra = {"mm_token_type_ids": mm_token_type_ids, "image_grid_thw": image_grid_thw, "labels": labels}
-        batch.update({k: v for k, v in extra.items() if v is not None})
-        return self.batch_planner(pack)({k: v.cpu() for k, v in batch.items()})
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "mm_token_type_ids": mm_token_type_ids,
+            "image_grid_thw": image_grid_thw,
+            "labels": labels,
+        }
+        return self.batch_planner(pack)({k: v.cpu() for k, v in batch.items() if v is not None})
 
     def run_language_model(
         self,
@@ -253,12 +257,12 @@ class StampModel:
         device = input_ids.device
         plan = plan.to(device)
         feats = self.encode_images(pixel_values, image_grid_thw) if pixel_values is not None else []
+        feats = [torch.cat(feats)] if feats else []  # every image's cells, in order: concatenated once
         conv = self.embed_conversation(input_ids, feats, n_image_tokens=plan.n_image_tokens)  # (B, L, H)
         hidden_size = conv.shape[-1]
         source = [conv.reshape(-1, hidden_size)]
         if plan.num_masks:
-            cells = torch.cat(feats)[plan.cell_index]
-            source.append(self.mask_embeddings(cells).to(conv.dtype))
+            source.append(self.mask_embeddings(feats[0][plan.cell_index]).to(conv.dtype))
         source.append(conv.new_zeros((1, hidden_size)))
         embeds = torch.cat(source)[plan.src_index]  # (R, T, H): the packed rows
         index = torch.arange(plan.key_block.shape[1], device=device).expand_as(plan.key_block)

@@ -169,7 +169,7 @@ class Trainer:
             cpu_batch = dict(next(batches))
             self._data_wait += time.perf_counter() - t_wait
             # the step's index bookkeeping, planned on the CPU (by the data workers, or here)
-            plan = cpu_batch.pop("plan", None) or self.model.batch_planner()(cpu_batch)
+            plan = cpu_batch.pop("plan", None) or self.stream.planner(cpu_batch)
             batch = {k: v.to(self.accel.device, non_blocking=True) for k, v in cpu_batch.items()}
             batch["plan"] = plan.to(self.accel.device)
             last = micro == o.grad_accum - 1
