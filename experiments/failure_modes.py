@@ -7,7 +7,8 @@ For single-target referring samples of SynthRef val at a given image size (free 
 refinement), each prediction is counted as: no `<|seg|>` in the answer; an empty mask; a mask that
 overlaps the target; a mask that misses it. For empty masks it also reports how often the model's
 highest-scoring cell lies on the target (cell foreground fraction >= 0.2): high means the model knows
-where the object is but is under-confident, low means it has not found the object.
+where the object is but is under-confident, low means it has not found the object. `by_subtask` splits
+the counts (and cIoU) by SynthRef's referring subtask (attribute, spatial, superlative, ordinal ...).
 """
 
 from __future__ import annotations
@@ -27,6 +28,26 @@ def cell_fraction(gt: np.ndarray, grid: tuple[int, int], cell: tuple[int, int]) 
     return float(block.mean()) if block.size else 0.0
 
 
+def _classify(res, gt: np.ndarray) -> dict[str, int]:
+    """The counts one prediction adds (a single key of no_seg/empty/hit/miss, plus pixel sums)."""
+    if not res.masks:
+        return {"no_seg": 1, "union": int(gt.sum())}
+    m = res.masks[0]
+    out = {"inter": int((m.mask & gt).sum()), "union": int((m.mask | gt).sum())}
+    if not m.mask.any():
+        cell = np.unravel_index(int(m.patch_logits.argmax()), m.patch_logits.shape)
+        out.update(empty=1, empty_argmax_on_target=int(cell_fraction(gt, m.patch_logits.shape, cell) >= 0.2))
+    else:
+        out["hit" if (m.mask & gt).any() else "miss"] = 1
+    return out
+
+
+def _summary(counts: dict[str, int]) -> dict:
+    out = {k: int(v) for k, v in counts.items() if k not in ("inter", "union")}
+    out["ciou"] = round(100.0 * counts["inter"] / max(counts["union"], 1), 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
@@ -44,28 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = (int(v) for v in args.size.split(","))
     ds = SynthRef("val", seed=0, task_weights={"refer": 1.0}, image_size_range=(lo, hi))
     pred = StampPredictor(load_model(args.model), refine="none")
-    counts = {"no_seg": 0, "empty": 0, "hit": 0, "miss": 0, "empty_argmax_on_target": 0}
-    inter = union = 0
+    keys = ("no_seg", "empty", "hit", "miss", "empty_argmax_on_target", "inter", "union")
+    counts = dict.fromkeys(keys, 0)
+    by_subtask: dict[str, dict[str, int]] = {}
     for i in range(args.n):
         sample = ds[i]
         pred.set_image(sample.load_image())
         res = pred.chat(sample.turns[0].text, max_new_tokens=32)
         gt = np.asarray(sample.masks[0]) > 0
-        if not res.masks:
-            counts["no_seg"] += 1
-            union += gt.sum()
-            continue
-        m = res.masks[0]
-        inter += (m.mask & gt).sum()
-        union += (m.mask | gt).sum()
-        if not m.mask.any():
-            counts["empty"] += 1
-            cell = np.unravel_index(int(m.patch_logits.argmax()), m.patch_logits.shape)
-            counts["empty_argmax_on_target"] += cell_fraction(gt, m.patch_logits.shape, cell) >= 0.2
-        else:
-            counts["hit" if (m.mask & gt).any() else "miss"] += 1
-    report = {"n": args.n, "size": [lo, hi], **{k: int(v) for k, v in counts.items()}}
-    report["ciou"] = round(100.0 * inter / max(union, 1), 1)
+        sub = by_subtask.setdefault(str(sample.meta.get("subtask")), dict.fromkeys(keys, 0))
+        for key, value in _classify(res, gt).items():
+            counts[key] += value
+            sub[key] += value
+    report = {"n": args.n, "size": [lo, hi], **_summary(counts)}
+    report["by_subtask"] = {k: {"n": sum(v[c] for c in keys[:4]), **_summary(v)} for k, v in sorted(by_subtask.items())}
     print(json.dumps(report))
     return 0
 

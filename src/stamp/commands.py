@@ -147,6 +147,43 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from stamp.eval.calibrate import CalibrationJob, format_table, run_calibration
+
+    job = CalibrationJob(
+        data=args.data,
+        split=args.split,
+        model=args.model,
+        seed=args.seed,
+        limit=args.limit,
+        thresholds=tuple(args.thresholds),
+        refine=args.refine,
+        dtype=args.dtype,
+        device=args.device,
+        image_root=args.image_root,
+        synth_size=args.synth_size,
+        max_new_tokens=args.max_new_tokens,
+        out=args.out,
+        overwrite=args.force,
+        write=args.write,
+    )
+    summary = run_calibration(job, progress=not args.no_progress)
+    print(
+        f"{summary['data']} {summary['split']} seed {summary['seed']}, refine {summary['refine']}, "
+        f"{summary['results'][0]['metrics']['n_samples']} samples (model's threshold was {summary['threshold_before']})"
+    )
+    print(format_table(summary))
+    print(f"best threshold: {summary['best']}")
+    if summary["written"]:
+        print(f"wrote mask_threshold={summary['best']} to {summary['written']}")
+    else:
+        print("(not stored: rerun with --write to make it the model's default)")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
 COMMANDS = {"segment": cmd_segment, "demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "data": cmd_data}
+COMMANDS["calibrate"] = cmd_calibrate
 COMMANDS.update(SERVE_COMMANDS)
 COMMANDS["bench"] = cmd_bench

@@ -43,7 +43,8 @@ class EvalJob:
     device: str = "cpu"
     refine: str = "auto"
     """none | guided | sam[:PATH] | auto (guided for the bundled model, none for others)."""
-    threshold: float = 0.5
+    threshold: float | None = None
+    """Foreground probability threshold (None: the model's calibrated `mask_threshold`)."""
     synth_size: tuple[int, int] | None = None
     """SynthRef image width/height range in pixels (None: the split's default, 224-448)."""
     cells: tuple[int, int] | None = None
@@ -101,6 +102,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
         "dtype": str(model.dtype).removeprefix("torch."),  # what the model computed in
         "force_seg": job.force_seg,
         "refine": job.refine,
+        "threshold": predictor.threshold,
         "synth_size": list(job.synth_size) if job.synth_size else None,
         "cells": list(job.cells) if job.cells else None,
         "metrics": report.metrics,

@@ -109,6 +109,17 @@ def logits_to_mask(
     return StampMask(mask.numpy(), probs.numpy().astype(np.float32), logits.float().numpy(), score)
 
 
+def resolve_threshold(model, threshold: float | None = None) -> float:
+    """`threshold` if given, else the model's calibrated `mask_threshold` (0.5 for models without one).
+    ValueError unless it lies in (0, 1)."""
+    if threshold is None:
+        settings = getattr(model, "stamp", None)
+        threshold = getattr(settings, "mask_threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
+    return float(threshold)
+
+
 class StampPredictor:
     """Stateful predictor: `set_image()` (expensive, once) then `chat()` (cheap, many times)."""
 
@@ -117,13 +128,14 @@ class StampPredictor:
         model,
         processor: StampProcessor | None = None,
         *,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         upsample: str = "prob",
         refine="none",
     ):
         """
         Args:
-            threshold: foreground probability threshold.
+            threshold: foreground probability threshold; None: the model's own (`mask_threshold` of its
+                STAMP settings, 0.5 unless calibrated).
             upsample: "prob" (bilinear on probabilities, default) or "logit" (bilinear on logits).
             refine: "none", "guided" (image-guided upsampling), "sam:PATH" (a local SAM directory), or
                 any object with `refine(image, coarse_probs, coarse_mask) -> RefineResult`.
@@ -134,12 +146,16 @@ class StampPredictor:
             raise ValueError("no processor: pass one, or load the model with StampModel.from_pretrained")
         if upsample not in UPSAMPLE_SPACES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_SPACES}, got {upsample!r}")
-        self.threshold = threshold
+        self.threshold = resolve_threshold(model, threshold)
         self.upsample = upsample
         if isinstance(refine, str):
             from stamp.refine import build_refiner
 
-            refine = None if refine == "none" else build_refiner(refine, device=model.device)
+            refine = (
+                None
+                if refine == "none"
+                else build_refiner(refine, device=model.device, threshold=self.threshold)
+            )
         self.refiner = refine
         tok = self.processor.tokenizer
         self.pad_id = self.processor.pad_token_id

@@ -34,6 +34,11 @@ class StampSettings:
     decoded autoregressively; no placeholders, no classifier use)."""
     label_token_ids: list[int] | None = None
     """For mask_decoder "next_token": the [background, foreground] label token ids."""
+    mask_threshold: float = 0.5
+    """Foreground probability above which a cell (and an upsampled pixel) belongs to the mask, unless the
+    caller gives another. Trained on area-fraction targets, a cell's probability estimates its foreground
+    share, and the IoU-maximising cut for such probabilities lies below 0.5; so a model may carry a
+    threshold calibrated on held-out data (never on the reported split)."""
 
     def __post_init__(self) -> None:
         check_choice("position_mode", self.position_mode, POSITION_MODES)
@@ -45,6 +50,13 @@ class StampSettings:
             if not (isinstance(ids, (list, tuple)) and len(ids) == 2 and len(set(ids)) == 2):
                 raise ValueError(f"mask_decoder 'next_token' needs two distinct label_token_ids, got {ids!r}")
             self.label_token_ids = [int(i) for i in ids]
+        if (
+            isinstance(self.mask_threshold, bool)
+            or not isinstance(self.mask_threshold, (int, float))
+            or not (0.0 < float(self.mask_threshold) < 1.0)
+        ):
+            raise ValueError(f"mask_threshold must be a number in (0, 1), got {self.mask_threshold!r}")
+        self.mask_threshold = float(self.mask_threshold)
         for name in ("seg_token_id", "mask_token_id"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")

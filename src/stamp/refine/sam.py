@@ -211,8 +211,11 @@ def sam_pixel_values(
     return pixels
 
 
-def build_refiner(spec: str, device: str | torch.device = "cpu") -> Refiner:
+def build_refiner(spec: str, device: str | torch.device = "cpu", threshold: float = 0.5) -> Refiner:
     """A refiner from a spec string: "none" | "guided" | "sam" | "sam:PATH".
+
+    `threshold` is the foreground probability threshold of the guided refiner (the predictor passes
+    its own, so refined and unrefined masks cut the probabilities at the same level).
 
     "sam" alone reads the model directory from the STAMP_SAM_PATH environment variable.
 
@@ -224,7 +227,7 @@ def build_refiner(spec: str, device: str | torch.device = "cpu") -> Refiner:
     if name == "none" and not arg:
         return NoRefiner()
     if name == "guided" and not arg:
-        return GuidedRefiner()
+        return GuidedRefiner(threshold=threshold)
     if name == "sam":
         path = arg or os.environ.get(SAM_PATH_ENV, "")
         if not path:

@@ -37,7 +37,12 @@ def add_serve_arguments(p: argparse.ArgumentParser, default_port: int = 8000) ->
     p.add_argument("--base-model", default=None, help="base model directory for a LoRA adapter checkpoint")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="foreground probability threshold (default: the model's calibrated mask_threshold, else 0.5)",
+    )
     p.add_argument(
         "--refine", default="auto", help="auto (guided for the bundled model) | none | guided | sam:PATH"
     )
