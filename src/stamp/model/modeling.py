@@ -32,6 +32,7 @@ from stamp.model.attention import (
 from stamp.model.batch_plan import BatchPlan, BatchPlanner
 from stamp.model.config import StampSettings
 from stamp.model.losses import mask_losses, text_loss_at
+from stamp.model.vision_attention import packed_vision
 
 
 @dataclass
@@ -106,8 +107,9 @@ class StampModel:
         return int(self.config.vision_config.spatial_merge_size)
 
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        """Vision tower + patch merger: one (gh*gw, H) tensor of merged cell features per image, row-major."""
-        with sdpa_backends(pixel_values.device):
+        """Vision tower + patch merger: one (gh*gw, H) tensor of merged cell features per image, row-major.
+        The images attend in one call per distinct size and layer (`stamp.model.vision_attention`)."""
+        with sdpa_backends(pixel_values.device), packed_vision(self):
             out = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         return list(out.pooler_output)
 

@@ -1,0 +1,121 @@
+"""Vision-tower attention over several images in a few calls instead of one call per image.
+
+transformers' Qwen2-VL / Qwen2.5-VL vision attention packs all images of a call into one sequence
+delimited by `cu_seqlens`. Its sdpa path then attends image by image (window by window for Qwen2.5-VL):
+64 images x 6 layers = 384 attention calls forward, as many backward, and on a GPU the launch overhead
+of those small calls was ~40% of the host time of a training step (docs/PERFORMANCE.md). Only a
+flash-attention implementation gets the sequence whole.
+
+`packed_vision_attention` is an attention function with flash attention's varlen signature that
+transformers' vision attention calls once per layer with the whole packed sequence. It groups the images
+(windows) by length and runs ONE `scaled_dot_product_attention` per distinct length on a
+(n_images, heads, length, head_dim) batch -- no padding, no mask, exactly the per-image computation. It
+is registered with transformers' `AttentionInterface` under a name containing "flash", which is how
+transformers decides to hand over the packed sequence; STAMP switches the vision config to it only for
+the duration of its own vision calls (`packed_vision`), so nothing is saved with it and other code
+sees the model unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+PACKED_NAME = "stamp_flash_packed_vision"
+"""The registered name ("flash" makes transformers pass the packed sequence with its `cu_seqlens`)."""
+ENV = "STAMP_VISION_ATTENTION"
+"""Set to "per_image" to keep transformers' own image-by-image loop."""
+
+_registered = False
+
+
+def packed_vision_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    is_causal: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Bidirectional attention within each segment of a packed sequence.
+
+    Args:
+        query, key, value: (1, heads, T, head_dim), the segments concatenated along T.
+        cu_seq_lens_q: (n + 1,) cumulative segment boundaries (the same for keys).
+    Returns:
+        ((1, T, heads, head_dim), None), as transformers' attention functions do.
+    """
+    if attention_mask is not None or is_causal or cu_seq_lens_q is None:
+        raise ValueError("packed vision attention takes segment boundaries only (no mask, not causal)")
+    if (
+        cu_seq_lens_k is not None
+        and cu_seq_lens_k is not cu_seq_lens_q
+        and not torch.equal(cu_seq_lens_k, cu_seq_lens_q)
+    ):
+        raise ValueError("packed vision attention needs the same segments for queries and keys")
+    _, heads, total, dim = query.shape
+    bounds = [int(b) for b in cu_seq_lens_q.tolist()]  # (one sync; the per-image path syncs the same way)
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    if sum(lengths) != total:
+        raise ValueError(f"segments cover {sum(lengths)} tokens, the sequence has {total}")
+    p = dropout if module.training else 0.0
+    q, k, v = (t[0] for t in (query, key, value))  # (heads, T, dim)
+    if len(set(lengths)) == 1:  # every segment alike (one image, or images of one size): a view
+        n, length = len(lengths), lengths[0]
+        q, k, v = (t.view(heads, n, length, dim).transpose(0, 1) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scaling)
+        return out.transpose(1, 2).reshape(1, total, heads, dim), None
+    groups: dict[int, list[int]] = {}
+    for start, length in zip(bounds[:-1], lengths):
+        groups.setdefault(length, []).append(start)
+    order: list[int] = []  # token positions, group by group
+    outs = []
+    for length, starts in groups.items():
+        take = [s + j for s in starts for j in range(length)]
+        idx = torch.tensor(take, device=query.device)
+        qg, kg, vg = (
+            t.index_select(1, idx).view(heads, len(starts), length, dim).transpose(0, 1) for t in (q, k, v)
+        )
+        o = F.scaled_dot_product_attention(qg, kg, vg, dropout_p=p, scale=scaling)  # (n_g, heads, L, dim)
+        outs.append(o.transpose(1, 2).reshape(len(take), heads, dim))
+        order.extend(take)
+    inverse = torch.empty(total, dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(total)
+    out = torch.cat(outs).index_select(0, inverse.to(query.device))
+    return out.unsqueeze(0), None
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(PACKED_NAME, packed_vision_attention)
+        _registered = True
+
+
+@contextlib.contextmanager
+def packed_vision(model) -> Iterator[None]:
+    """Within the block, the vision tower of `model` (a StampModel) attends with
+    `packed_vision_attention` -- unless its vision config asks for something other than sdpa, or
+    STAMP_VISION_ATTENTION=per_image."""
+    vision = getattr(model.config, "vision_config", None)
+    current = getattr(vision, "_attn_implementation", None)
+    if vision is None or current != "sdpa" or os.environ.get(ENV, "packed") == "per_image":
+        yield
+        return
+    _register()
+    vision._attn_implementation = PACKED_NAME
+    try:
+        yield
+    finally:
+        vision._attn_implementation = current
