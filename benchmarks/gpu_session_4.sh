@@ -2,7 +2,8 @@
 # Prepared for the next GPU session (NOT run yet), one call of about 9 minutes:
 #   OUT=/tmp/gpu_out bash benchmarks/gpu_session_4.sh
 # 1. pytest -m gpu (incl. the check that bf16 decoding builds no cuDNN attention plans); 2. what bounds
-# training now: the model step alone (profile_train_step.py) and the data loader alone
+# training now: the model step alone (profile_train_step.py; again with the vision tower's per-image
+# attention, and the vision tower alone: bench_vision_attention.py) and the data loader alone
 # (bench_loader.py, 13 workers); 3. stamp bench's mask pass in bf16 again (the earlier bf16 figures
 # carried cuDNN plan builds) and the request part; 4. training from the bundled weights for the time
 # left before END_S (configs/tiny-synth-stage3-gpu.yaml with fresh samples, data.seed 5), exported in
@@ -19,6 +20,11 @@ timeout 90 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py 2>&1 |
 echo "== model step alone ($(left) s left)"
 timeout 50 $PY benchmarks/profile_train_step.py configs/tiny-synth-stage3-gpu.yaml model.path=src/stamp/assets/tiny-synth \
   ${EXTRA:-} --steps 3 --warmup 3 --out $OUT/profile_train 2>&1 | grep "per step"
+echo "== the same step with transformers' image-by-image vision attention ($(left) s left)"
+STAMP_VISION_ATTENTION=per_image timeout 50 $PY benchmarks/profile_train_step.py configs/tiny-synth-stage3-gpu.yaml \
+  model.path=src/stamp/assets/tiny-synth ${EXTRA:-} --steps 3 --warmup 3 --out $OUT/profile_train_per_image 2>&1 | grep "per step"
+echo "== vision tower alone, packed vs per image ($(left) s left)"
+timeout 40 $PY benchmarks/bench_vision_attention.py --images 64 --device cuda --bf16 --repeats 5 2>&1 | grep -v "Loading weights"
 echo "== data loader alone ($(left) s left)"
 timeout 60 $PY benchmarks/bench_loader.py configs/tiny-synth-stage3-gpu.yaml model.path=src/stamp/assets/tiny-synth \
   ${EXTRA:-} --batches 60 2>&1 | grep -E "loader|building"
