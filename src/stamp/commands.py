@@ -148,24 +148,15 @@ def cmd_data(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    from dataclasses import fields
+
     from stamp.eval.calibrate import CalibrationJob, format_table, run_calibration
 
+    same = {f.name for f in fields(CalibrationJob)} - {"thresholds", "overwrite"}
     job = CalibrationJob(
-        data=args.data,
-        split=args.split,
-        model=args.model,
-        seed=args.seed,
-        limit=args.limit,
+        **{name: getattr(args, name) for name in same},
         thresholds=tuple(args.thresholds),
-        refine=args.refine,
-        dtype=args.dtype,
-        device=args.device,
-        image_root=args.image_root,
-        synth_size=args.synth_size,
-        max_new_tokens=args.max_new_tokens,
-        out=args.out,
         overwrite=args.force,
-        write=args.write,
     )
     summary = run_calibration(job, progress=not args.no_progress)
     print(
