@@ -172,7 +172,9 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
             max_new_tokens=job.max_new_tokens,
             progress=progress and k == 0,
         )
-        metrics = {key: report.metrics.get(key) for key in (*RULE_METRICS, "n_samples")}
+        metrics = {
+            key: report.metrics.get(key) for key in (*RULE_METRICS, "vqa_acc", "patch_ciou", "n_samples")
+        }
         results.append({"threshold": t, "score": rule_score(metrics), "metrics": metrics})
     best = choose(results)
     summary = {
