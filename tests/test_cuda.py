@@ -109,3 +109,24 @@ def test_cuda_bf16_decoding_never_builds_cudnn_attention_plans():
     names = {e.key for e in prof.key_averages()}
     assert not any("cudnn_attention" in n for n in names), sorted(n for n in names if "attention" in n)
     assert any("attention" in n for n in names)  # the attention ran, through another backend
+
+
+def test_cuda_vision_tower_packed_matches_per_image(monkeypatch):
+    import stamp.model.vision_attention as va
+
+    model = StampModel.tiny(seed=2, vision_depth=2).to("cuda").train()
+    encs = [
+        model.processor.encode_image(random_image(h, w, seed=i))
+        for i, (h, w) in enumerate([(112, 112), (168, 112), (112, 112)])
+    ]
+    pv = torch.cat([e.pixel_values for e in encs]).cuda()
+    grid = torch.stack([e.grid_thw for e in encs]).cuda()
+    outs = {}
+    for mode in ("per_image", "auto"):  # auto: packed on CUDA
+        monkeypatch.setenv(va.ENV, mode)
+        model.zero_grad()
+        feats = torch.cat(model.encode_images(pv, grid))
+        feats.pow(2).sum().backward()
+        outs[mode] = (feats.detach(), model.model.visual.blocks[0].attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(outs["auto"][0], outs["per_image"][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outs["auto"][1], outs["per_image"][1], atol=1e-4, rtol=1e-3)

@@ -57,6 +57,7 @@ def test_restores_the_config_on_error(monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(va.F, "scaled_dot_product_attention", boom)
+    monkeypatch.setenv(va.ENV, "packed")
     with pytest.raises(RuntimeError, match="boom"):
         model.encode_images(pv, grid)
     assert model.config.vision_config._attn_implementation == "sdpa"
@@ -84,3 +85,15 @@ def test_refuses_masks_and_mismatched_segments():
         dim=2,
     )
     torch.testing.assert_close(out, ref.transpose(1, 2))
+
+
+def test_mode_choice(monkeypatch):
+    monkeypatch.delenv(va.ENV, raising=False)
+    assert not va.use_packed("cpu") and va.use_packed("cuda:0")  # auto: packed on accelerators only
+    monkeypatch.setenv(va.ENV, "packed")
+    assert va.use_packed("cpu")
+    monkeypatch.setenv(va.ENV, "per_image")
+    assert not va.use_packed("cuda")
+    monkeypatch.setenv(va.ENV, "sometimes")
+    with pytest.raises(ValueError, match="STAMP_VISION_ATTENTION must be one of"):
+        va.use_packed("cpu")

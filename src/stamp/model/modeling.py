@@ -108,8 +108,9 @@ class StampModel:
 
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """Vision tower + patch merger: one (gh*gw, H) tensor of merged cell features per image, row-major.
-        The images attend in one call per distinct size and layer (`stamp.model.vision_attention`)."""
-        with sdpa_backends(pixel_values.device), packed_vision(self):
+        On accelerators the images attend in one call per distinct size and layer
+        (`stamp.model.vision_attention`)."""
+        with sdpa_backends(pixel_values.device), packed_vision(self, pixel_values.device):
             out = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         return list(out.pooler_output)
 

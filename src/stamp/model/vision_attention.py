@@ -1,4 +1,4 @@
-"""Vision-tower attention over several images in a few calls instead of one call per image.
+"""Vision-tower attention over several images in a few calls instead of one call per image (on accelerators).
 
 transformers' Qwen2-VL / Qwen2.5-VL vision attention packs all images of a call into one sequence
 delimited by `cu_seqlens`. Its sdpa path then attends image by image (window by window for Qwen2.5-VL):
@@ -28,7 +28,10 @@ import torch.nn.functional as F
 PACKED_NAME = "stamp_flash_packed_vision"
 """The registered name ("flash" makes transformers pass the packed sequence with its `cu_seqlens`)."""
 ENV = "STAMP_VISION_ATTENTION"
-"""Set to "per_image" to keep transformers' own image-by-image loop."""
+""""auto" (default): packed on accelerators, transformers' own image-by-image loop on CPU (where the
+gathers cost more than the calls they save: 0.92-0.94x with 16 images, benchmarks/bench_vision_attention.py);
+"packed" or "per_image" force one."""
+MODES = ("auto", "packed", "per_image")
 
 _registered = False
 
@@ -103,14 +106,22 @@ def _register() -> None:
         _registered = True
 
 
+def use_packed(device: torch.device | str) -> bool:
+    """Whether the vision tower attends packed on `device`, per STAMP_VISION_ATTENTION."""
+    mode = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"{ENV} must be one of {MODES}, got {mode!r}")
+    return mode == "packed" or (mode == "auto" and torch.device(device).type != "cpu")
+
+
 @contextlib.contextmanager
-def packed_vision(model) -> Iterator[None]:
+def packed_vision(model, device: torch.device | str = "cpu") -> Iterator[None]:
     """Within the block, the vision tower of `model` (a StampModel) attends with
-    `packed_vision_attention` -- unless its vision config asks for something other than sdpa, or
-    STAMP_VISION_ATTENTION=per_image."""
+    `packed_vision_attention` when `use_packed(device)` -- unless its vision config asks for
+    something other than sdpa."""
     vision = getattr(model.config, "vision_config", None)
     current = getattr(vision, "_attn_implementation", None)
-    if vision is None or current != "sdpa" or os.environ.get(ENV, "packed") == "per_image":
+    if vision is None or current != "sdpa" or not use_packed(device):
         yield
         return
     _register()
