@@ -32,17 +32,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, *, adapters: bool = True, threshold: bool = True) -> None:
+    """--model, --dtype, --device, --refine; and --base-model (LoRA adapters) and --threshold unless
+    the command has no use for them."""
     p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
-    p.add_argument("--base-model", default=None, help="base model directory for a LoRA adapter checkpoint")
+    if adapters:
+        p.add_argument(
+            "--base-model", default=None, help="base model directory for a LoRA adapter checkpoint"
+        )
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="foreground probability threshold (default: the model's calibrated mask_threshold, else 0.5)",
-    )
+    if threshold:
+        p.add_argument(
+            "--threshold",
+            type=float,
+            default=None,
+            help="foreground probability threshold (default: the model's calibrated mask_threshold, else 0.5)",
+        )
     p.add_argument(
         "--refine",
         default="auto",
@@ -180,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--thresholds",
         type=_floats,
-        default=[0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5],
+        default=None,
         metavar="T,T,...",
         help="candidate thresholds in (0, 1) (default 0.2,0.25,...,0.5)",
     )
@@ -197,17 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--write", action="store_true", help="store the chosen threshold in the model directory's config.json"
     )
     cal.add_argument("--no-progress", action="store_true")
-    cal.add_argument("--model", default=None, help="model directory (default: the bundled model)")
-    cal.add_argument(
-        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype"
-    )
-    cal.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
-    cal.add_argument(
-        "--refine",
-        default="auto",
-        metavar="auto|none|guided|sam[:PATH]",
-        help="refinement the threshold is chosen for (default: the model's default)",
-    )
+    _add_model_args(cal, adapters=False, threshold=False)
 
     data = sub.add_parser("data", help="data tools")
     dsub = data.add_subparsers(

@@ -150,12 +150,12 @@ def cmd_data(args) -> int:
 def cmd_calibrate(args) -> int:
     from dataclasses import fields
 
-    from stamp.eval.calibrate import CalibrationJob, format_table, run_calibration
+    from stamp.eval.calibrate import DEFAULT_THRESHOLDS, CalibrationJob, format_table, run_calibration
 
     same = {f.name for f in fields(CalibrationJob)} - {"thresholds", "overwrite"}
     job = CalibrationJob(
         **{name: getattr(args, name) for name in same},
-        thresholds=tuple(args.thresholds),
+        thresholds=tuple(args.thresholds or DEFAULT_THRESHOLDS),
         overwrite=args.force,
     )
     summary = run_calibration(job, progress=not args.no_progress)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from stamp.data.sample import Turn
 from stamp.images import ImageLike
 from stamp.inference.generation import EventCallback, GenerationConfig, GenerationRequest, generate
+from stamp.model.config import check_probability
 from stamp.model.tokens import PAD
 from stamp.processing import EncodedImage, StampProcessor
 
@@ -115,9 +116,7 @@ def resolve_threshold(model, threshold: float | None = None) -> float:
     if threshold is None:
         settings = getattr(model, "stamp", None)
         threshold = getattr(settings, "mask_threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
-    return float(threshold)
+    return check_probability("threshold", threshold)
 
 
 class StampPredictor:

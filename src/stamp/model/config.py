@@ -50,13 +50,7 @@ class StampSettings:
             if not (isinstance(ids, (list, tuple)) and len(ids) == 2 and len(set(ids)) == 2):
                 raise ValueError(f"mask_decoder 'next_token' needs two distinct label_token_ids, got {ids!r}")
             self.label_token_ids = [int(i) for i in ids]
-        if (
-            isinstance(self.mask_threshold, bool)
-            or not isinstance(self.mask_threshold, (int, float))
-            or not (0.0 < float(self.mask_threshold) < 1.0)
-        ):
-            raise ValueError(f"mask_threshold must be a number in (0, 1), got {self.mask_threshold!r}")
-        self.mask_threshold = float(self.mask_threshold)
+        self.mask_threshold = check_probability("mask_threshold", self.mask_threshold)
         for name in ("seg_token_id", "mask_token_id"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
@@ -73,6 +67,13 @@ class StampSettings:
         if unknown:
             raise ValueError(f"unknown STAMP setting(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+def check_probability(name: str, value) -> float:
+    """`value` as a float if it is a number strictly between 0 and 1; else ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    return float(value)
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
 
 PACKED_NAME = "stamp_flash_packed_vision"
 """The registered name ("flash" makes transformers pass the packed sequence with its `cu_seqlens`)."""
@@ -32,8 +33,6 @@ ENV = "STAMP_VISION_ATTENTION"
 gathers cost more than the calls they save: 0.92-0.94x with 16 images, benchmarks/bench_vision_attention.py);
 "packed" or "per_image" force one."""
 MODES = ("auto", "packed", "per_image")
-
-_registered = False
 
 
 def packed_vision_attention(
@@ -97,13 +96,7 @@ def packed_vision_attention(
     return out.unsqueeze(0), None
 
 
-def _register() -> None:
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-
-        AttentionInterface.register(PACKED_NAME, packed_vision_attention)
-        _registered = True
+AttentionInterface.register(PACKED_NAME, packed_vision_attention)
 
 
 def use_packed(device: torch.device | str) -> bool:
@@ -124,7 +117,6 @@ def packed_vision(model, device: torch.device | str = "cpu") -> Iterator[None]:
     if vision is None or current != "sdpa" or not use_packed(device):
         yield
         return
-    _register()
     vision._attn_implementation = PACKED_NAME
     try:
         yield
