@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             counts[key] += value
             sub[key] += value
     report = {"n": args.n, "size": [lo, hi], **_summary(counts)}
-    report["by_subtask"] = {k: {"n": sum(v[c] for c in keys[:4]), **_summary(v)} for k, v in sorted(by_subtask.items())}
+    report["by_subtask"] = {
+        k: {"n": sum(v[c] for c in keys[:4]), **_summary(v)} for k, v in sorted(by_subtask.items())
+    }
     print(json.dumps(report))
     return 0
 

@@ -13,7 +13,7 @@ from stamp.bench.flops import (
 )
 from stamp.bench.mask_pass import MaskPassBench, check_equal_work, grid_for, plain_token_ids
 from stamp.bench.timing import Timing, measure, peak_memory
-from stamp.inference.generation import GenerationConfig, GenerationRequest, generate
+from stamp.inference.generation import MASK_PASS_ENV, GenerationConfig, GenerationRequest, generate
 from stamp.model.modeling import StampModel
 
 
@@ -29,11 +29,14 @@ def test_cached_one_forward_and_uncached_passes_agree(attn, position_mode, atten
     assert bench.cache.get_seq_length() == 40  # every pass leaves the history cache as it was
 
 
-def test_stamp_pass_equals_production_generation(monkeypatch):
+@pytest.mark.parametrize("form", ["one_forward", "two_forward"])
+def test_stamp_pass_equals_production_generation(form, monkeypatch):
+    monkeypatch.setenv(MASK_PASS_ENV, form)
     model = StampModel.tiny(seed=4)
     bench = MaskPassBench(model, history=24, grid=(4, 4))
     # the bench's history is text only; let generate() take the same prompt with the image's features
     monkeypatch.setattr(model, "embed_conversation", lambda ids, feats: model.get_input_embeddings()(ids))
+    assert bench.form == form
     logits, next_logits = bench.stamp()
     req = GenerationRequest(
         bench.history_ids[0].tolist(), bench.features, torch.tensor([1, 8, 8]), [model.stamp.seg_token_id]

@@ -1,5 +1,6 @@
-"""The mask pass runs as a `<|seg|>` decode step plus an (often unmasked) placeholder forward: it must
-still equal the uncached single forward in every mode, and in batches where only some rows are at a
+"""The mask pass runs in one of two forms (`mask_pass_form`): one masked forward of [`<|seg|>` ;
+placeholders], or a `<|seg|>` decode step plus an (often unmasked) placeholder forward. Each form must
+equal the uncached single forward in every mode, and in batches where only some rows are at a
 `<|seg|>` (masked path) or all are (unmasked path)."""
 
 import numpy as np
@@ -8,13 +9,23 @@ import torch
 from helpers import full_recompute_logits, random_image
 
 from stamp.inference import StampPredictor
-from stamp.inference.generation import GenerationConfig, generate
+from stamp.inference.generation import (
+    CPU_ONE_FORWARD_MAX_N,
+    MASK_PASS_ENV,
+    GenerationConfig,
+    generate,
+    mask_pass_form,
+)
 from stamp.model.modeling import StampModel
 
+FORMS = ["one_forward", "two_forward"]
 
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("attention_mode", ["hybrid", "causal"])
-def test_single_request_matches_full_recompute(attn, attention_mode):
+def test_single_request_matches_full_recompute(attn, attention_mode, form, monkeypatch):
+    monkeypatch.setenv(MASK_PASS_ENV, form)
     model = StampModel.tiny(seed=7, attn_implementation=attn, attention_mode=attention_mode)
     image = random_image(150, 230, 3)
     pred = StampPredictor(model)
@@ -26,10 +37,12 @@ def test_single_request_matches_full_recompute(attn, attention_mode):
         assert np.abs(got.patch_logits - want.numpy()).max() <= 1e-5
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("prefixes", [("<|seg|>", "<|seg|>"), ("<|seg|>", "Well, <|seg|>")])
-def test_batch_rows_at_seg_together_or_apart(prefixes, monkeypatch):
-    """Same-size images without padding (both rows at `<|seg|>` together: no mask) and rows reaching
-    `<|seg|>` at different steps (masked placeholder slots for the other row)."""
+def test_batch_rows_at_seg_together_or_apart(prefixes, form, monkeypatch):
+    """Same-size images without padding (both rows at `<|seg|>` together: no mask for the two-forward
+    form) and rows reaching `<|seg|>` at different steps (masked placeholder slots for the other row)."""
+    monkeypatch.setenv(MASK_PASS_ENV, form)
     model = StampModel.tiny(seed=8)
     pred = StampPredictor(model)
     images = [random_image(224, 224, 4), random_image(224, 224, 5)]
@@ -50,9 +63,47 @@ def test_batch_rows_at_seg_together_or_apart(prefixes, monkeypatch):
     monkeypatch.setattr(model, "run_language_model", spy)
     outs = generate(model, requests, GenerationConfig(max_new_tokens=2), pred.pad_id, pred.eos_ids)
     together = prefixes[0] == prefixes[1]
-    assert placeholder_masks == ([False] if together else [True, True])
+    if form == "two_forward":
+        assert placeholder_masks == ([False] if together else [True, True])
+    else:  # the `<|seg|>` row must not see the placeholders: always masked, one forward per mask step
+        assert placeholder_masks == ([True] if together else [True, True])
     for image, out in zip(images, outs):
         text = pred.processor.decode(out.token_ids)
         ref = full_recompute_logits(model, image, "Segment the thing.", text)
         assert len(out.mask_logits) >= 1
         assert (out.mask_logits[0] - ref[0]).abs().max() <= 1e-5
+
+
+def test_both_forms_give_the_same_answer_and_masks(monkeypatch):
+    """Padding, different grids and free tokens after the mask: the forms agree on everything."""
+    model = StampModel.tiny(seed=9)
+    pred = StampPredictor(model)
+    items = [
+        (random_image(180, 250, 1), "Segment the thing."),
+        (random_image(300, 200, 2), "A longer prompt."),
+    ]
+    results = {}
+    for form in FORMS:
+        monkeypatch.setenv(MASK_PASS_ENV, form)
+        results[form] = pred.predict_batch(items, answer_prefix="<|seg|>", max_new_tokens=6)
+    for one, two in zip(results["one_forward"], results["two_forward"]):
+        assert one.token_ids == two.token_ids
+        assert len(one.masks) == len(two.masks) >= 1
+        for a, b in zip(one.masks, two.masks):
+            assert np.abs(a.patch_logits - b.patch_logits).max() <= 1e-5
+
+
+def test_mask_pass_form_policy(monkeypatch):
+    monkeypatch.delenv(MASK_PASS_ENV, raising=False)
+    n = CPU_ONE_FORWARD_MAX_N
+    assert mask_pass_form("cpu", n, masked=False) == "one_forward"
+    assert mask_pass_form("cpu", n + 1, masked=False) == "two_forward"
+    assert mask_pass_form("cpu", 4 * n, masked=True) == "one_forward"  # a mask either way: one pass
+    assert mask_pass_form("cuda", 4 * n, masked=False) == "one_forward"
+    monkeypatch.setenv(MASK_PASS_ENV, "two_forward")
+    assert mask_pass_form("cuda", 1, masked=True) == "two_forward"
+    monkeypatch.setenv(MASK_PASS_ENV, "One_Forward ")
+    assert mask_pass_form("cpu", 10 * n, masked=False) == "one_forward"
+    monkeypatch.setenv(MASK_PASS_ENV, "fused")
+    with pytest.raises(ValueError, match=MASK_PASS_ENV):
+        mask_pass_form("cpu", 1, masked=False)

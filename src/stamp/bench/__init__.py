@@ -20,7 +20,8 @@ milliseconds (median of the repeats), memory MiB:
     mask_pass[]                     per (n, dtype): n, grid, dtype, history, stamp_ms, no_cache_ms,
                                     autoregressive_ms, ar_ratio (= autoregressive / stamp), cache_ratio
                                     (= no_cache / stamp), flops_fraction (of matmul[dtype]),
-                                    peak_mem_mb (of the STAMP pass), stamp_one_forward_ms,
+                                    peak_mem_mb (of the STAMP pass), stamp_form (one_forward |
+                                    two_forward), stamp_one_forward_ms, stamp_two_forward_ms,
                                     mask_pass_gflop, mask_pass_gflops, matmul_gflops, ar_flops_ratio,
                                     cache_flops_ratio, no_cache_peak_mem_mb, autoregressive_peak_mem_mb,
                                     peak_mem_method, max_abs_diff, timings{pass: median/min/max/q1/q3/...}

@@ -8,12 +8,14 @@ number of placeholders N are controlled exactly:
   merged "visual features" F_p are random (the cost does not depend on the values).
 
 The three passes (each timed from the same state, leaving the cache as it found it):
-1. `stamp`: what `stamp.inference.generation._step` does at a `<|seg|>` (batch 1): the `<|seg|>` step,
-   then one decoder forward of the N placeholders (E_mask from `mask_embeddings`, positions from
-   `placeholder_position_ids`) against the cache, which they see whole (hybrid mode: no mask needed);
-   the classifier on the N placeholder rows, lm_head on the `<|seg|>` row; the cache is cropped back.
-   `stamp_one_forward` is the earlier form of the same pass, kept for comparison: one forward of
-   [`<|seg|>` ; placeholders] with the (Q, K) hybrid mask (`build_hybrid_attention_mask`).
+1. `stamp`: what `stamp.inference.generation._step` does at a `<|seg|>` (batch 1), in the form
+   `generation.mask_pass_form` picks for this device and N; both forms are timed:
+   - `stamp_one_forward`: one forward of [`<|seg|>` ; placeholders] against the cache with the (Q, K)
+     hybrid mask (`build_hybrid_attention_mask`);
+   - `stamp_two_forward`: the `<|seg|>` step, then one decoder forward of the N placeholders (E_mask
+     from `mask_embeddings`, positions from `placeholder_position_ids`) against the cache, which they
+     see whole (hybrid mode: no mask needed);
+   then the classifier on the N placeholder rows, lm_head on the `<|seg|>` row; the cache is cropped back.
 2. `no_cache`: the same mask by one forward over [history ; `<|seg|>` ; placeholders] without a cache
    (what `StampModel.stamp_forward` does): the history is recomputed.
 3. `autoregressive`: the Text4Seg-style baseline on the same backbone: N decode steps of one token each
@@ -41,6 +43,7 @@ from stamp.bench.flops import (
     no_cache_flops,
 )
 from stamp.bench.timing import Timing, measure
+from stamp.inference.generation import mask_pass_form
 from stamp.model.attention import build_hybrid_attention_mask
 from stamp.model.positions import placeholder_position_ids
 
@@ -129,9 +132,19 @@ class MaskPassBench:
         hidden, _ = self.model.run_language_model(seg, pos, None, self.cache)
         return hidden
 
-    @torch.no_grad()
+    @property
+    def form(self) -> str:
+        """The form of the mask pass that generation uses here ("one_forward" or "two_forward")."""
+        return mask_pass_form(self.device, self.n, masked=self.mode != "hybrid")
+
     def stamp(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """STAMP's mask pass on the cached history. Returns ((gh, gw) mask logits, (V,) next logits)."""
+        """STAMP's mask pass on the cached history, in generation's form. Returns ((gh, gw) mask
+        logits, (V,) next-token logits of the `<|seg|>` row)."""
+        return self.stamp_one_forward() if self.form == "one_forward" else self.stamp_two_forward()
+
+    @torch.no_grad()
+    def stamp_two_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pass as the `<|seg|>` decode step, then the placeholders against the cache."""
         m, h, n = self.model, self.history, self.n
         seg_hidden = self._seg_step()
         ph, ph_pos = self._placeholders()
@@ -211,10 +224,10 @@ class MaskPassBench:
 
 def check_equal_work(bench: MaskPassBench) -> float:
     """Max |x - no_cache| over the mask logits and the `<|seg|>` row's next-token logits, for x the
-    STAMP pass and its one-forward form."""
+    STAMP pass in both its forms."""
     ref, ref_next = bench.no_cache()
     diff = 0.0
-    for a, a_next in (bench.stamp(), bench.stamp_one_forward()):
+    for a, a_next in (bench.stamp_one_forward(), bench.stamp_two_forward()):
         diff = max(diff, float((a - ref).abs().max()), float((a_next.float() - ref_next.float()).abs().max()))
     return diff
 
@@ -244,8 +257,10 @@ def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak
     """Time the three passes for one (n, dtype); the JSON record of docs/PERFORMANCE.md."""
     diff = check_equal_work(bench)
     dev = bench.device
-    st = measure(bench.stamp, device=dev, repeats=s.repeats, warmup=s.warmup, track_memory=True)
-    one = measure(bench.stamp_one_forward, device=dev, repeats=s.repeats, warmup=s.warmup)
+    form = bench.form
+    one = measure(bench.stamp_one_forward, device=dev, repeats=s.repeats, warmup=s.warmup, track_memory=True)
+    two = measure(bench.stamp_two_forward, device=dev, repeats=s.repeats, warmup=s.warmup, track_memory=True)
+    st = one if form == "one_forward" else two  # what generation runs here
     nc = measure(bench.no_cache, device=dev, repeats=s.repeats, warmup=s.warmup, track_memory=True)
     ar = measure(
         bench.autoregressive,
@@ -271,7 +286,9 @@ def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak
         "cache_ratio": nc.median_ms / st.median_ms,
         "flops_fraction": achieved / peak_gflops if peak_gflops > 0 else None,
         "peak_mem_mb": st.peak_mem.peak_mb if st.peak_mem else None,
+        "stamp_form": form,
         "stamp_one_forward_ms": _ms(one),
+        "stamp_two_forward_ms": _ms(two),
         "mask_pass_gflop": flops / 1e9,
         "mask_pass_gflops": achieved,
         "matmul_gflops": peak_gflops,
@@ -284,6 +301,7 @@ def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak
         "timings": {
             "stamp": st.to_dict(),
             "stamp_one_forward": one.to_dict(),
+            "stamp_two_forward": two.to_dict(),
             "no_cache": nc.to_dict(),
             "autoregressive": ar.to_dict(),
         },
@@ -311,7 +329,9 @@ def run_mask_pass(
                 rec = mask_pass_record(bench, settings, name, ref.best_gflops)
                 records.append(rec)
                 log(
-                    f"[mask pass] {name} N={n:5d} stamp {rec['stamp_ms']:.2f} ms, no cache "
+                    f"[mask pass] {name} N={n:5d} stamp {rec['stamp_ms']:.2f} ms "
+                    f"({rec['stamp_form'].replace('_', ' ')}; other form "
+                    f"{rec['stamp_two_forward_ms' if rec['stamp_form'] == 'one_forward' else 'stamp_one_forward_ms']:.2f} ms), no cache "
                     f"{rec['no_cache_ms']:.2f} ms, autoregressive {rec['autoregressive_ms']:.1f} ms "
                     f"(x{rec['ar_ratio']:.1f}, cache x{rec['cache_ratio']:.2f}, "
                     f"{100 * (rec['flops_fraction'] or 0):.0f}% of matmul)"

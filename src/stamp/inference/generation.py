@@ -1,12 +1,18 @@
 """Two-phase STAMP generation: autoregressive answer, one non-autoregressive pass per `<|seg|>`.
 
 Phase 1 decodes the answer token by token with the KV cache. When the token fed back is `<|seg|>`,
-phase 2 rides on that same step: the step's input is [`<|seg|>`, N placeholders], the `<|seg|>` row is
-causal (it sees only the history and itself, exactly as a plain decode step), the placeholders see the
-history, the `<|seg|>` and each other (hybrid mask), and their last hidden states go through the
-classifier. Afterwards the N placeholder entries are cropped from the cache, so the answer continues
-from the unforked history and the placeholders never enter the text stream. Rows of a batch that are
-not at a `<|seg|>` carry masked-out placeholder slots in that step.
+phase 2 rides on that same step: the `<|seg|>` row is causal (it sees only the history and itself,
+exactly as a plain decode step), the N placeholders see the history, the `<|seg|>` and each other
+(hybrid mask), and their last hidden states go through the classifier. Afterwards the N placeholder
+entries are cropped from the cache, so the answer continues from the unforked history and the
+placeholders never enter the text stream. Rows of a batch that are not at a `<|seg|>` carry masked-out
+placeholder slots in that step.
+
+The step runs in one of two equivalent forms (`mask_pass_form`): ONE forward of [`<|seg|>` ;
+placeholders] with a (Q, K) mask, or TWO forwards -- the `<|seg|>` as a plain decode step, then the
+placeholders against the cache, which at batch 1 need no mask at all. One forward saves a whole
+decoder pass (what dominates at small N on a CPU and at any N on an accelerator, where a pass is bound
+by kernel launches); two forwards let the CPU run its unmasked attention kernel, which wins at large N.
 
 Models with `mask_decoder: next_token` (the Text4Seg-style baseline of the experiments) instead decode
 the mask after `<|seg|>` as N label tokens, one step each (`_label_decode`).
@@ -14,6 +20,7 @@ the mask after `<|seg|>` as N label tokens, one step each (`_label_decode`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +30,31 @@ from transformers import DynamicCache
 
 from stamp.model.attention import build_hybrid_attention_mask
 from stamp.model.positions import placeholder_position_ids
+
+MASK_PASS_ENV = "STAMP_MASK_PASS"
+MASK_PASS_FORMS = ("auto", "one_forward", "two_forward")
+CPU_ONE_FORWARD_MAX_N = 256
+"""On a CPU, `auto` takes one forward up to this many placeholders (docs/PERFORMANCE.md: the
+one-forward pass was faster at N = 64 and 256 and slower at N = 1024 and 4096 on the bundled sizes)."""
+
+
+def mask_pass_form(device: torch.device | str, n: int, masked: bool) -> str:
+    """ "one_forward" or "two_forward": how a `<|seg|>` step with up to `n` placeholders runs on `device`.
+
+    `masked`: whether the two-forward form would need attention masks anyway (padding, rows of a batch
+    not at a `<|seg|>`, different grids, the causal ablation); then one forward is strictly less work.
+    STAMP_MASK_PASS=one_forward|two_forward forces a form; `auto` (default) takes one forward on
+    accelerators, when masked, or when n <= CPU_ONE_FORWARD_MAX_N, and two forwards otherwise.
+    Both forms give the same logits up to float rounding (tested).
+    """
+    choice = os.environ.get(MASK_PASS_ENV, "auto").strip().lower() or "auto"
+    if choice not in MASK_PASS_FORMS:
+        raise ValueError(f"{MASK_PASS_ENV} must be one of {MASK_PASS_FORMS}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    if torch.device(device).type != "cpu" or masked or n <= CPU_ONE_FORWARD_MAX_N:
+        return "one_forward"
+    return "two_forward"
 
 
 @dataclass
@@ -217,16 +249,11 @@ def generate(
 
 
 def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos):
-    """Feed one token per row; then, if some rows are at `<|seg|>`, their placeholder blocks in a second
-    forward against the cache that now ends with the `<|seg|>` (`_placeholder_pass`).
+    """Feed one token per row, and for the rows at `<|seg|>` their placeholder blocks, in the form
+    `mask_pass_form` picks (module docstring).
 
     Returns (hidden (B, 1 + n_max, H): the token rows, then the placeholder slots; cache holding the
     history, the token and the n_max placeholder slots, which the caller crops).
-
-    Two forwards rather than one over [token ; placeholders]: in the single forward the `<|seg|>` row
-    must not see the placeholders, so the attention needed a (Q, K) mask; split, a batch-1 step of
-    either kind needs none, and the backend runs its unmasked kernel (docs/PERFORMANCE.md: 1.3-2.5x
-    faster mask passes for N >= 1024 on CPU). The results are the same up to float rounding.
     """
     device = key_block.device
     bsz, hist = key_block.shape
@@ -235,40 +262,59 @@ def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, gr
     pos = next_pos.view(1, bsz, 1).expand(3, bsz, 1)
     new_block = torch.tensor([[-1 if done else 0] for done in finished], device=device)  # finished: padding
     keys = torch.cat([key_block, new_block], dim=1)
+    mode = model.stamp.attention_mode
+    if seg_rows:
+        ph, ph_pos, ph_block = _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device)
+        unmasked = mode == "hybrid" and bool((ph_block == 1).all()) and bool((keys == 0).all())
+        if mask_pass_form(device, ph.shape[1], masked=not unmasked) == "one_forward":
+            q_block = torch.cat([new_block, ph_block], dim=1)
+            q_index = (hist + torch.arange(q_block.shape[1], device=device)).expand(bsz, -1)
+            q_limit = torch.full(q_block.shape, hist, device=device)  # the token / the `<|seg|>`
+            allowed = build_hybrid_attention_mask(
+                torch.cat([key_block, q_block], dim=1), q_block, q_index, q_limit, mode
+            )
+            embeds = torch.cat([embeds, ph.to(embeds.dtype)], dim=1)
+            return model.run_language_model(embeds, torch.cat([pos, ph_pos], dim=2), allowed, cache)
     if bool((keys == 0).all()):  # no padding anywhere: each token sees the whole cache and itself
         allowed = None
     else:
         here = torch.full((bsz, 1), hist, device=device)
-        allowed = build_hybrid_attention_mask(keys, new_block, here, here, model.stamp.attention_mode)
+        allowed = build_hybrid_attention_mask(keys, new_block, here, here, mode)
     hidden, cache = model.run_language_model(embeds, pos, allowed, cache)
     if seg_rows:
-        ph_hidden, cache = _placeholder_pass(model, cache, keys, seg_rows, requests, grids, next_pos)
+        ph_hidden, cache = _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block)
         hidden = torch.cat([hidden, ph_hidden], dim=1)
     return hidden, cache
 
 
-def _placeholder_pass(model, cache, keys, seg_rows, requests, grids, next_pos):
-    """The placeholder blocks of the rows at `<|seg|>` against the cache, whose last key (index
-    keys.shape[1] - 1) is each row's `<|seg|>`. Other rows (and slots past a row's own N) carry masked-out
-    padding. Returns (hidden (B, n_max, H), cache)."""
-    device = keys.device
-    bsz, seen = keys.shape
+def _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device):
+    """E_mask (B, n_max, H), positions (3, B, n_max) and block ids (B, n_max) of the placeholder slots:
+    block 1 for the rows at `<|seg|>` (placed after their `<|seg|>` at next_pos), -1 (padding) for the
+    other rows and for slots past a row's own N."""
     sizes = {b: grids[b][0] * grids[b][1] for b in seg_rows}
     n_max = max(sizes.values())
-    hidden_size = model.get_input_embeddings().weight.shape[1]
-    ph = torch.zeros(
-        (bsz, n_max, hidden_size), dtype=model.get_input_embeddings().weight.dtype, device=device
-    )
+    weight = model.get_input_embeddings().weight
+    ph = torch.zeros((bsz, n_max, weight.shape[1]), dtype=weight.dtype, device=device)
     ph_pos = torch.zeros((3, bsz, n_max), dtype=torch.long, device=device)
     ph_block = torch.full((bsz, n_max), -1)
     for b, n in sizes.items():
         ph[b, :n] = model.mask_embeddings(requests[b].features.to(device)).to(ph.dtype)
         ph_pos[:, b, :n] = placeholder_position_ids(next_pos[b] + 1, grids[b], model.stamp.position_mode)
         ph_block[b, :n] = 1
-    ph_block = ph_block.to(device)
+    return ph, ph_pos, ph_block.to(device)
+
+
+def _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block):
+    """The second forward of the two-forward form: the placeholder slots against the cache, whose last
+    key (index keys.shape[1] - 1) is each row's `<|seg|>`. In hybrid mode with every slot live and no
+    padding, every placeholder sees the whole cache and its whole block: no mask at all, so the backend
+    runs its unmasked kernel. Returns (hidden (B, n_max, H), cache)."""
+    device = keys.device
+    bsz, seen = keys.shape
+    n_max = ph.shape[1]
     mode = model.stamp.attention_mode
     if mode == "hybrid" and bool((ph_block == 1).all()) and bool((keys == 0).all()):
-        allowed = None  # every placeholder sees the whole history, its `<|seg|>` and its whole block
+        allowed = None
     else:
         q_index = (seen + torch.arange(n_max, device=device)).expand(bsz, -1)
         q_limit = torch.full((bsz, n_max), seen - 1, device=device)  # up to the `<|seg|>`
