@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from helpers import run_two_cpu_ranks
 from safetensors.torch import load_file
@@ -271,3 +272,28 @@ def test_bf16_runs_move_pixels_in_bf16_and_the_forward_is_unchanged(tiny_overrid
         a = model.stamp_forward(**got)
         b = model.stamp_forward(**want)
     assert torch.equal(a.loss, b.loss) and torch.equal(a.mask_logits, b.mask_logits)
+
+
+def test_pretrained_keeps_its_image_range_unless_the_config_sets_one(tiny_overrides, tmp_path):
+    from stamp.model.modeling import StampModel
+    from stamp.train.build import build_model
+
+    base = tmp_path / "base"
+    model = StampModel.tiny(seed=0)
+    model.processor.set_pixel_range(6 * 28 * 28, 12 * 28 * 28)
+    model.save_stamp(base)
+    overrides = [o for o in tiny_overrides if "_cells=" not in o] + [
+        "model.min_cells=null",
+        "model.max_cells=null",
+    ]
+    pretrained = ["model.init=pretrained", f"model.path={base}"]
+    kept = build_model(_cfg(overrides, *pretrained)).processor.settings
+    assert (kept.min_pixels, kept.max_pixels) == (6 * 784, 12 * 784)
+    larger = build_model(_cfg(overrides, *pretrained, "model.max_cells=30")).processor.settings
+    assert (larger.min_pixels, larger.max_pixels) == (6 * 784, 30 * 784)  # min stays the checkpoint's
+    with pytest.raises(ValueError, match="min_cells"):
+        build_model(_cfg(overrides, *pretrained, "model.max_cells=4"))
+    scratch = build_model(_cfg(overrides)).processor.settings
+    assert (scratch.min_pixels, scratch.max_pixels) == (64 * 784, 256 * 784)
+    with pytest.raises(ValueError, match="max_cells"):
+        _cfg(overrides, "model.min_cells=9", "model.max_cells=4")

@@ -19,17 +19,15 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     if weights_from is not None and m.lora is None:
         model = StampModel.from_pretrained(weights_from, attn_implementation=m.attn_implementation)
         # the config, not the checkpoint, decides the data side of training (e.g. a resumed run with
-        # soft targets): scratch runs take their image sizing from it too
-        if m.init == "scratch":
-            model.processor.set_pixel_range(m.min_cells * CELL * CELL, m.max_cells * CELL * CELL)
+        # soft targets; the image sizing, below)
         model.processor.settings.target_threshold = cfg.loss.target_threshold
     elif m.init == "scratch":
         from stamp.data.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
         from stamp.model.tiny import build_model_from_scratch
 
         settings = ProcessorSettings(
-            min_pixels=m.min_cells * CELL * CELL,
-            max_pixels=m.max_cells * CELL * CELL,
+            min_pixels=(m.min_cells or SCRATCH_CELLS[0]) * CELL * CELL,
+            max_pixels=(m.max_cells or SCRATCH_CELLS[1]) * CELL * CELL,
             system_prompt=m.system_prompt,
             target_threshold=cfg.loss.target_threshold,
         )
@@ -55,6 +53,7 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     else:
         model = StampModel.from_pretrained(m.path, attn_implementation=m.attn_implementation, **modes)
         model.processor.settings.target_threshold = cfg.loss.target_threshold
+    _set_cells(model, m)
     if m.freeze_vision:
         model.model.visual.requires_grad_(False)
     if m.gradient_checkpointing:
@@ -62,6 +61,26 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     if m.lora is not None:
         model = _apply_lora(model, cfg, weights_from)
     return model.train()
+
+
+SCRATCH_CELLS = (64, 256)
+"""Image size range, in 28x28 cells, of a model trained from scratch when the config sets none."""
+
+
+def _set_cells(model, m) -> None:
+    """Resize training images to the config's cell range: a scratch model always (defaults
+    SCRATCH_CELLS); a pretrained one only where the config sets a bound (else it keeps its own)."""
+    if m.init != "scratch" and m.min_cells is None and m.max_cells is None:
+        return
+    s = model.processor.settings
+    fallback = SCRATCH_CELLS if m.init == "scratch" else (s.min_pixels // CELL**2, s.max_pixels // CELL**2)
+    lo = m.min_cells if m.min_cells is not None else fallback[0]
+    hi = m.max_cells if m.max_cells is not None else fallback[1]
+    if lo > hi:
+        raise ValueError(
+            f"model.min_cells..max_cells gives {lo}..{hi} cells with the checkpoint's range; set both"
+        )
+    model.processor.set_pixel_range(lo * CELL * CELL, hi * CELL * CELL)
 
 
 def _apply_lora(model, cfg: TrainConfig, weights_from: Path | None):

@@ -53,10 +53,11 @@ class ModelConfig:
     mask_decoder: str = "placeholders"
     """"placeholders" (STAMP) or "next_token" (the Text4Seg-style baseline of the experiments; scratch only)."""
     attn_implementation: str = "sdpa"
-    min_cells: int = 64
-    """Smallest image after resizing, in merged 28x28 cells (64 = 224x224)."""
-    max_cells: int = 256
-    """Largest image after resizing, in cells (256 = 448x448)."""
+    min_cells: int | None = None
+    """Smallest image after resizing, in merged 28x28 cells (64 = 224x224). None: 64 from scratch, the
+    checkpoint's own range when starting from a pretrained model (set it to train at another size)."""
+    max_cells: int | None = None
+    """Largest image after resizing, in cells (256 = 448x448). None: 256 from scratch, the checkpoint's."""
     system_prompt: str | None = None
     freeze_vision: bool = False
     gradient_checkpointing: bool = False
@@ -79,8 +80,11 @@ class ModelConfig:
                 f"model.mrope_section {self.mrope_section} must sum to hidden_size/num_heads/2 = "
                 f"{self.hidden_size // self.num_heads // 2}"
             )
-        if not (0 < self.min_cells <= self.max_cells):
-            raise ValueError("need 0 < model.min_cells <= model.max_cells")
+        for name in ("min_cells", "max_cells"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_cells is not None and self.max_cells is not None and self.min_cells > self.max_cells:
+            raise ValueError("need model.min_cells <= model.max_cells")
 
 
 @dataclass
