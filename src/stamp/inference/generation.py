@@ -282,7 +282,7 @@ def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, gr
         allowed = build_hybrid_attention_mask(keys, new_block, here, here, mode)
     hidden, cache = model.run_language_model(embeds, pos, allowed, cache)
     if seg_rows:
-        ph_hidden, cache = _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block)
+        ph_hidden, cache = _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block, unmasked)
         hidden = torch.cat([hidden, ph_hidden], dim=1)
     return hidden, cache
 
@@ -304,16 +304,16 @@ def _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device)
     return ph, ph_pos, ph_block.to(device)
 
 
-def _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block):
+def _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block, unmasked):
     """The second forward of the two-forward form: the placeholder slots against the cache, whose last
-    key (index keys.shape[1] - 1) is each row's `<|seg|>`. In hybrid mode with every slot live and no
-    padding, every placeholder sees the whole cache and its whole block: no mask at all, so the backend
-    runs its unmasked kernel. Returns (hidden (B, n_max, H), cache)."""
+    key (index keys.shape[1] - 1) is each row's `<|seg|>`. `unmasked` (hybrid mode, every slot live, no
+    padding): every placeholder sees the whole cache and its whole block, so no mask at all and the
+    backend runs its unmasked kernel. Returns (hidden (B, n_max, H), cache)."""
     device = keys.device
     bsz, seen = keys.shape
     n_max = ph.shape[1]
     mode = model.stamp.attention_mode
-    if mode == "hybrid" and bool((ph_block == 1).all()) and bool((keys == 0).all()):
+    if unmasked:
         allowed = None
     else:
         q_index = (seen + torch.arange(n_max, device=device)).expand(bsz, -1)

@@ -19,8 +19,9 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     if weights_from is not None and m.lora is None:
         model = StampModel.from_pretrained(weights_from, attn_implementation=m.attn_implementation)
         # the config, not the checkpoint, decides the data side of training (e.g. a resumed run with
-        # soft targets; the image sizing, below)
+        # soft targets; the image sizing)
         model.processor.settings.target_threshold = cfg.loss.target_threshold
+        _set_cells(model, m)
     elif m.init == "scratch":
         from stamp.data.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
         from stamp.model.tiny import build_model_from_scratch
@@ -53,7 +54,7 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     else:
         model = StampModel.from_pretrained(m.path, attn_implementation=m.attn_implementation, **modes)
         model.processor.settings.target_threshold = cfg.loss.target_threshold
-    _set_cells(model, m)
+        _set_cells(model, m)
     if m.freeze_vision:
         model.model.visual.requires_grad_(False)
     if m.gradient_checkpointing:
@@ -68,8 +69,9 @@ SCRATCH_CELLS = (64, 256)
 
 
 def _set_cells(model, m) -> None:
-    """Resize training images to the config's cell range: a scratch model always (defaults
-    SCRATCH_CELLS); a pretrained one only where the config sets a bound (else it keeps its own)."""
+    """Resize training images of a loaded model to the config's cell range: a scratch model's resumed
+    checkpoint always (defaults SCRATCH_CELLS); a pretrained one only where the config sets a bound
+    (else it keeps its own). A fresh scratch model gets the range in its ProcessorSettings."""
     if m.init != "scratch" and m.min_cells is None and m.max_cells is None:
         return
     s = model.processor.settings
