@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         name = "forward+backward" if backward else "forward"
         print(f"{name:<18} {cells} {med['per_image'] / med['packed']:7.2f}")
     diff = (outs["per_image"] - outs["packed"]).abs().max().item()
-    print(f"max |feature difference| between the modes: {diff:.2e}")
+    scale = outs["per_image"].abs().max().item()
+    print(
+        f"max |feature difference| between the modes: {diff:.2e} (largest |feature| {scale:.2e}, relative {diff / max(scale, 1e-12):.1e})"
+    )
     os.environ.pop(ENV, None)
     return 0
 

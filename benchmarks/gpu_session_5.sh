@@ -7,7 +7,8 @@
 # 3. the vision tower alone, packed vs image-by-image attention, at the stage-7 image sizes;
 # 4. a 30-step probe of configs/tiny-synth-stage7-gpu.yaml (real data workers) to measure samples/s,
 #    then the stage-7 run for the steps that fit the time left before END_S, exported in bf16 to
-#    $OUT/model.tgz with its metrics.csv.
+#    $OUT/model.tgz with its metrics.csv. MODEL (default: the bundled directory) is the starting point;
+#    the run of 2026-11-26 started from the then-bundled stage 6.
 # Each part has its own time limit; a failure does not stop the next part. DEV=cpu WORKERS=0 END_S=...
 # runs the same script on a CPU (a dry run of the plumbing).
 set -u
@@ -21,6 +22,7 @@ exec > >(tee $OUT/log.txt) 2>&1
 date; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null; nproc
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 CFG=configs/tiny-synth-stage7-gpu.yaml
+MODEL=${MODEL:-src/stamp/assets/tiny-synth}
 if [ "$DEV" = cuda ]; then
   echo "== pytest -m gpu ($(left) s left)"
   timeout 80 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -4
@@ -34,7 +36,7 @@ timeout 35 $PY benchmarks/bench_vision_attention.py --images ${VIS_IMAGES:-64} -
 echo "== training probe: 30 steps ($(left) s left)"
 rm -rf runs/probe7
 T_PROBE=$(date +%s)
-timeout 90 $PY -m stamp.cli train $CFG data.num_workers=$WORKERS run.out_dir=runs/probe7 run.steps=30 ${EXTRA:-} \
+timeout 90 $PY -m stamp.cli train $CFG model.path=$MODEL data.num_workers=$WORKERS run.out_dir=runs/probe7 run.steps=30 ${EXTRA:-} \
   --no-progress 2>&1 | tail -3
 PROBE_S=$(( $(date +%s) - T_PROBE ))
 SPS=$(awk -F, '$3=="samples_per_s"{v=$4} END{print v}' runs/probe7/metrics.csv 2>/dev/null); SPS=${SPS:-0}
@@ -45,7 +47,7 @@ TRAIN_S=$(( $(left) - 25 ))
 STEPS=$($PY -c "print(max(0, int(($TRAIN_S - $PROBE_S * 0.6) * $SPS / $BATCH * 0.92 / 25) * 25))")
 echo "probe: $SPS samples/s (data wait $WAIT) in a ${PROBE_S}-s run; training: $STEPS steps, at most $TRAIN_S s"
 if [ "$STEPS" -ge 50 ]; then
-  timeout $((TRAIN_S + 10)) $PY -m stamp.cli train $CFG data.num_workers=$WORKERS run.steps=$STEPS \
+  timeout $((TRAIN_S + 10)) $PY -m stamp.cli train $CFG model.path=$MODEL data.num_workers=$WORKERS run.steps=$STEPS \
     run.max_minutes=$($PY -c "print(($TRAIN_S - 12) / 60)") ${EXTRA:-} --no-progress 2>&1 | grep -v "^step .* loss" | tail -5
   echo "train rc ${PIPESTATUS[0]}"
   OUTDIR=$(grep -o "out_dir: [^ ]*" $CFG | awk '{print $2}')

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=120, help="referring samples")
     ap.add_argument("--size", default="224,256", help="SynthRef image size range MIN,MAX in px")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the model's own choice)")
     args = ap.parse_args(argv)
     import torch
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     lo, hi = (int(v) for v in args.size.split(","))
     ds = SynthRef("val", seed=0, task_weights={"refer": 1.0}, image_size_range=(lo, hi))
-    pred = StampPredictor(load_model(args.model), refine="none")
+    pred = StampPredictor(load_model(args.model, dtype=args.dtype), refine="none")
     keys = ("no_seg", "empty", "hit", "miss", "empty_argmax_on_target", "inter", "union")
     counts = dict.fromkeys(keys, 0)
     by_subtask: dict[str, dict[str, int]] = {}

@@ -27,7 +27,10 @@ def _features_and_grads(model, pv, grid, monkeypatch, mode):
 @pytest.mark.parametrize(
     "sizes", [[(112, 112), (112, 112), (112, 112)], [(112, 112), (168, 112), (112, 112), (140, 196)]]
 )
-def test_packed_matches_per_image(family, sizes, monkeypatch):
+@pytest.mark.parametrize("min_per_length", [1, 4])
+def test_packed_matches_per_image(family, sizes, min_per_length, monkeypatch):
+    monkeypatch.setattr(va, "MIN_SEGMENTS_PER_LENGTH", min_per_length)
+    va._group_plan.cache_clear()
     model = StampModel.tiny(seed=3, family=family, vision_depth=2).train()
     assert model.config.vision_config._attn_implementation == "sdpa"
     pv, grid = _inputs(model, sizes)
@@ -45,8 +48,14 @@ def test_packed_matches_per_image(family, sizes, monkeypatch):
     assert ref_grads.keys() == grads.keys() and any("visual" in n for n in grads)
     for name in ref_grads:
         torch.testing.assert_close(ref_grads[name], grads[name], atol=1e-5, rtol=1e-4)
-    if family == "qwen2_vl":  # one call per distinct image size and layer
-        assert len(calls) == 2 * len(set(sizes))
+    if family == "qwen2_vl":
+        distinct = len(set(sizes))
+        grouped = distinct == 1 or len(sizes) >= min_per_length * distinct  # (one size: always one call)
+        # grouped: one call per distinct image size and layer; else one per image and layer
+        assert len(calls) == 2 * (distinct if grouped else len(sizes))
+        if grouped and distinct > 1:  # the gather plan is built once and reused by the second layer
+            info = va._group_plan.cache_info()
+            assert (info.misses, info.hits) == (1, 1)
 
 
 def test_restores_the_config_on_error(monkeypatch):

@@ -9,7 +9,9 @@ flash-attention implementation gets the sequence whole.
 `packed_vision_attention` is an attention function with flash attention's varlen signature that
 transformers' vision attention calls once per layer with the whole packed sequence. It groups the images
 (windows) by length and runs ONE `scaled_dot_product_attention` per distinct length on a
-(n_images, heads, length, head_dim) batch -- no padding, no mask, exactly the per-image computation. It
+(n_images, heads, length, head_dim) batch -- no padding, no mask, exactly the per-image computation --
+when the images share sizes (at least `MIN_SEGMENTS_PER_LENGTH` per distinct length on average), and
+one call per image otherwise, where grouping measured slower. It
 is registered with transformers' `AttentionInterface` under a name containing "flash", which is how
 transformers decides to hand over the packed sequence; STAMP switches the vision config to it only for
 the duration of its own vision calls (`packed_vision`), so nothing is saved with it and other code
@@ -19,9 +21,12 @@ sees the model unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -33,6 +38,11 @@ ENV = "STAMP_VISION_ATTENTION"
 gathers cost more than the calls they save: 0.92-0.94x with 16 images, benchmarks/bench_vision_attention.py);
 "packed" or "per_image" force one."""
 MODES = ("auto", "packed", "per_image")
+MIN_SEGMENTS_PER_LENGTH = 4
+"""Grouping pays when segments share lengths: below this many segments per distinct length on average,
+the packed function attends segment by segment instead (as transformers' own loop does). On an H100,
+64 images in bf16 autocast, forward + backward: 4 distinct sizes (16 per size) 2.10x faster grouped;
+32 distinct sizes (2 per size) 0.86x (benchmarks/bench_vision_attention.py, docs/PERFORMANCE.md)."""
 
 
 def packed_vision_attention(
@@ -76,24 +86,52 @@ def packed_vision_attention(
         q, k, v = (t.view(heads, n, length, dim).transpose(0, 1) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scaling)
         return out.transpose(1, 2).reshape(1, total, heads, dim), None
-    groups: dict[int, list[int]] = {}
-    for start, length in zip(bounds[:-1], lengths):
-        groups.setdefault(length, []).append(start)
-    order: list[int] = []  # token positions, group by group
+    if len(lengths) < MIN_SEGMENTS_PER_LENGTH * len(set(lengths)):  # few alike: one call per segment
+        outs = [
+            F.scaled_dot_product_attention(
+                *(t[:, a:b].unsqueeze(0) for t in (q, k, v)), dropout_p=p, scale=scaling
+            )[0]
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+        return torch.cat(outs, dim=1).transpose(0, 1).unsqueeze(0), None
+    plan = _group_plan(tuple(bounds), query.device)
     outs = []
-    for length, starts in groups.items():
-        take = [s + j for s in starts for j in range(length)]
-        idx = torch.tensor(take, device=query.device)
-        qg, kg, vg = (
-            t.index_select(1, idx).view(heads, len(starts), length, dim).transpose(0, 1) for t in (q, k, v)
-        )
-        o = F.scaled_dot_product_attention(qg, kg, vg, dropout_p=p, scale=scaling)  # (n_g, heads, L, dim)
-        outs.append(o.transpose(1, 2).reshape(len(take), heads, dim))
-        order.extend(take)
-    inverse = torch.empty(total, dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(total)
-    out = torch.cat(outs).index_select(0, inverse.to(query.device))
+    for n, length, idx in plan.groups:
+        qg, kg, vg = (t.index_select(1, idx).view(heads, n, length, dim).transpose(0, 1) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qg, kg, vg, dropout_p=p, scale=scaling)  # (n, heads, L, dim)
+        outs.append(o.transpose(1, 2).reshape(n * length, heads, dim))
+    out = torch.cat(outs).index_select(0, plan.inverse)
     return out.unsqueeze(0), None
+
+
+class _GroupPlan(NamedTuple):
+    groups: list[tuple[int, int, torch.Tensor]]  # (n segments, their length, their token positions)
+    inverse: torch.Tensor  # position of each token in the group-by-group order
+
+
+@functools.lru_cache(maxsize=8)
+def _group_plan(bounds: tuple[int, ...], device: torch.device) -> _GroupPlan:
+    """The gather indices that group the segments by length, built once per distinct packing.
+
+    Every layer of a vision call sees the same boundaries (Qwen2.5-VL: two patterns, windows and whole
+    images), so the indices are made once, with numpy, and sent to the device in one copy -- building
+    them per layer in Python cost more than the attention calls they save (GPU, 40k tokens)."""
+    starts = np.asarray(bounds[:-1], dtype=np.int64)
+    lengths = np.diff(np.asarray(bounds, dtype=np.int64))
+    parts, shapes = [], []
+    for length in dict.fromkeys(lengths.tolist()):  # distinct lengths, in order of first appearance
+        s = starts[lengths == length]
+        parts.append((s[:, None] + np.arange(length)[None, :]).ravel())
+        shapes.append((len(s), length))
+    order = np.concatenate(parts)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    flat = torch.from_numpy(np.concatenate([order, inverse])).to(device)
+    idx, offset = [], 0
+    for (n, length), part in zip(shapes, parts):
+        idx.append((n, length, flat[offset : offset + len(part)]))
+        offset += len(part)
+    return _GroupPlan(idx, flat[len(order) :])
 
 
 AttentionInterface.register(PACKED_NAME, packed_vision_attention)
