@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(STAMP) demo
+	$(STAMP) demo --force  # (re)writes its own folder, stamp_out/demo/
 
 test: venv
 	$(PY) -m pytest -q

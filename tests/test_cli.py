@@ -109,6 +109,16 @@ def test_demo_runs_and_writes_overlay(tmp_path):
     assert (out / "overlay.png").is_file() and (out / "result.json").is_file()
     if "RANDOM" in proc.stderr:  # no bundled model in this checkout: the demo must say so
         assert "meaningless" in proc.stderr
+    before = (out / "result.json").read_bytes()
+    again = subprocess.run(
+        [sys.executable, "-m", "stamp.cli", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # refused before the model runs (no answers printed), nothing touched
+    assert again.returncode == 2 and "already exists" in again.stderr and "answer:" not in again.stdout
+    assert (out / "result.json").read_bytes() == before
 
 
 def test_data_synth_cli(tmp_path, capsys):

@@ -62,8 +62,10 @@ def cmd_segment(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from stamp.io import write_result
+    from stamp.io import ensure_writable, write_result
 
+    out = Path(args.out)
+    ensure_writable([out / "result.json", out / "overlay.png"], args.force)  # fail before the slow part
     if args.image:
         image, prompt = load_image(args.image), args.prompt or "Please segment the main object."
     else:
@@ -74,7 +76,6 @@ def cmd_demo(args) -> int:
         sample = next(ds[i] for i in range(args.seed, len(ds)) if ds[i].task == "refer")
         image = sample.load_image()
         prompt = args.prompt or sample.turns[0].text
-    out = Path(args.out)
     t0 = time.perf_counter()
     predictor = _predictor(args)
     print(f"model loaded in {time.perf_counter() - t0:.2f} s; image {image.size[0]}x{image.size[1]}")
