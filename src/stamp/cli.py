@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--synth-size", type=_pair, default=None, metavar="MIN,MAX", help="SynthRef image size range in px"
     )
+    cal.add_argument(
+        "--cells",
+        type=_pair,
+        default=None,
+        metavar="MIN,MAX",
+        help="deploy at another resolution: cells per image (the chosen threshold is for that resolution)",
+    )
     cal.add_argument("--max-new-tokens", type=int, default=64)
     cal.add_argument(
         "--out", default=None, help="write the sweep as JSON (never overwritten without --force)"

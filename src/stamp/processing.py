@@ -102,6 +102,12 @@ class StampProcessor:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.im_end_id
         self._reserved = reserved_tokens(tokenizer)
 
+    def set_cell_range(self, min_cells: int, max_cells: int) -> None:
+        """Deploy at another resolution: images resized to `min_cells`..`max_cells` merged 28x28 cells."""
+        if not 0 < min_cells <= max_cells:
+            raise ValueError(f"need 0 < min cells <= max cells, got {min_cells}, {max_cells}")
+        self.set_pixel_range(min_cells * CELL * CELL, max_cells * CELL * CELL)
+
     def set_pixel_range(self, min_pixels: int, max_pixels: int) -> None:
         """Change the dynamic-resolution bounds (e.g. to deploy a model at another resolution)."""
         self.settings = ProcessorSettings(

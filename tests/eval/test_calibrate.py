@@ -138,3 +138,28 @@ def test_calibrate_write_refuses_a_directory_without_stamp_settings(tmp_path, ca
     ]
     assert main(argv) == 2
     assert "holds no STAMP settings" in capsys.readouterr().err
+
+
+def test_cell_range_deploys_another_resolution(model_dir, tmp_path, capsys):
+    from helpers import random_image
+
+    from stamp.models import load_model
+
+    proc = load_model(str(model_dir)).processor
+    for lo, hi in ((4, 9), (16, 25)):
+        proc.set_cell_range(lo, hi)
+        for h, w in ((56, 56), (500, 400), (300, 900)):
+            assert lo <= proc.encode_image(random_image(h, w, 0)).num_cells <= hi, (lo, hi, h, w)
+    with pytest.raises(ValueError, match="min cells"):
+        proc.set_cell_range(9, 4)
+    # calibrate and eval take --cells and record it; a bad range is a one-line usage error
+    common = ["--data", "synthref", "--limit", "2", "--model", str(model_dir), "--no-progress"]
+    common += ["--synth-size", "64,96", "--max-new-tokens", "4", "--cells", "4,9"]
+    assert main(["calibrate", *common, "--thresholds", "0.5", "--out", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["cells"] == [4, 9]
+    assert main(["eval", *common, "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["cells"] == [4, 9]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", *common[:-1], "9,4"])
+    assert exc.value.code == 2 and "need 0 < MIN <= MAX" in capsys.readouterr().err

@@ -89,6 +89,8 @@ class CalibrationJob:
     device: str = "cpu"
     image_root: str | None = None
     synth_size: tuple[int, int] | None = None
+    cells: tuple[int, int] | None = None
+    """Override the model's dynamic resolution: (min, max) merged 28x28 cells per image."""
     max_new_tokens: int = 64
     out: str | None = None
     overwrite: bool = False
@@ -157,6 +159,8 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     torch.manual_seed(job.seed)
     model = load_model(job.model, dtype=job.dtype, device=job.device)
+    if job.cells is not None:
+        model.processor.set_cell_range(*job.cells)
     refine = resolve_refine(job.refine, job.model)
     predictor = ReplayPredictor(model, refine=refine)
     before = predictor.threshold
@@ -185,6 +189,7 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
         "model": job.model or "bundled",
         "dtype": str(model.dtype).removeprefix("torch."),
         "refine": refine,
+        "cells": list(job.cells) if job.cells else None,
         "rule": "max mean of " + ", ".join(RULE_METRICS) + " (those reported); ties: nearest 0.5",
         "threshold_before": before,
         "results": results,

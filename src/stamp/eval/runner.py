@@ -76,9 +76,7 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
     torch.manual_seed(job.seed)
     model = load_model(job.model, dtype=job.dtype, device=job.device)
     if job.cells is not None:
-        from stamp.processing import CELL
-
-        model.processor.set_pixel_range(job.cells[0] * CELL * CELL, job.cells[1] * CELL * CELL)
+        model.processor.set_cell_range(*job.cells)
     from stamp.models import resolve_refine
 
     job.refine = resolve_refine(job.refine, job.model)
