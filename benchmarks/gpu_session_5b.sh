@@ -1,0 +1,30 @@
+#!/bin/bash
+# The second, short GPU call of session 7 (2026-11-26; about 3 minutes of command time):
+#   OUT=/tmp/gpu_out bash benchmarks/gpu_session_5b.sh
+# Grows the bundled model (stage 7) to 8 decoder layers (stamp.model.grow) and trains it with
+# configs/tiny-synth-stage9-deep-gpu.yaml for STEPS steps or TRAIN_MIN minutes, whichever comes first;
+# exports the last checkpoint in bf16 to $OUT/model.tgz with its metrics.csv.
+# DEV=cpu WORKERS=0 STEPS=3 EXTRA="optim.batch_size=2" is a dry run of the plumbing on a CPU.
+set -u
+PY=${PY:-python3}
+STEPS=${STEPS:-700}
+TRAIN_MIN=${TRAIN_MIN:-2.3}
+WORKERS=${WORKERS:-13}
+T0=$(date +%s)
+if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 3; fi
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+exec > >(tee $OUT/log.txt) 2>&1
+date; nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null
+CFG=configs/tiny-synth-stage9-deep-gpu.yaml
+OUTDIR=runs/tiny-synth-stage9-deep-gpu
+rm -rf runs/grown8 $OUTDIR
+$PY -m stamp.model.grow src/stamp/assets/tiny-synth --layers 8 --out runs/grown8 2>&1 | grep grew
+echo "== training ($(( $(date +%s) - T0 )) s)"
+timeout 170 $PY -m stamp.cli train $CFG data.num_workers=$WORKERS run.steps=$STEPS run.max_minutes=$TRAIN_MIN \
+  ${EXTRA:-} --no-progress 2>&1 | grep -E "time limit|last checkpoint|rror" | tail -3
+echo "train rc ${PIPESTATUS[0]} ($(( $(date +%s) - T0 )) s)"
+awk -F, '$3=="samples_per_s"{n++; s+=$4} END{if(n) print "mean samples/s", s/n, "over", n, "windows"}' $OUTDIR/metrics.csv
+CK=$(ls -d $OUTDIR/checkpoints/step_* 2>/dev/null | tail -1); echo "last checkpoint $CK"
+cp $OUTDIR/metrics.csv $OUT/ 2>/dev/null
+[ -n "$CK" ] && $PY -m stamp.models $CK/model --out /tmp/export9/model --force 2>&1 | grep wrote && tar -C /tmp/export9 -czf $OUT/model.tgz model
+echo "== done ($(( $(date +%s) - T0 )) s)"
