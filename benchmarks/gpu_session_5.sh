@@ -7,7 +7,7 @@
 # 3. the vision tower alone, packed vs image-by-image attention, at the stage-7 image sizes;
 # 4. a 30-step probe of configs/tiny-synth-stage7-gpu.yaml (real data workers) to measure samples/s,
 #    then the stage-7 run for the steps that fit the time left before END_S, exported in bf16 to
-#    $OUT/model.tgz with its metrics.csv. MODEL (default: the bundled directory) is the starting point;
+#    $OUT/model.tar.part-* (cat them | tar x: the device tool returns files of at most 16 MiB) with its metrics.csv. MODEL (default: the bundled directory) is the starting point;
 #    the run of 2026-11-26 started from the then-bundled stage 6.
 # Each part has its own time limit; a failure does not stop the next part. DEV=cpu WORKERS=0 END_S=...
 # runs the same script on a CPU (a dry run of the plumbing).
@@ -53,6 +53,6 @@ if [ "$STEPS" -ge 50 ]; then
   OUTDIR=$(grep -o "out_dir: [^ ]*" $CFG | awk '{print $2}')
   CK=$(ls -d $OUTDIR/checkpoints/step_* 2>/dev/null | tail -1); echo "last checkpoint $CK"
   cp $OUTDIR/metrics.csv $OUT/ 2>/dev/null
-  [ -n "$CK" ] && $PY -m stamp.models $CK/model --out /tmp/export7/model --force && tar -C /tmp/export7 -czf $OUT/model.tgz model
+  [ -n "$CK" ] && $PY -m stamp.models $CK/model --out /tmp/export7/model --force && { tar -C /tmp/export7 -cf - model | split -b 15m - $OUT/model.tar.part-; }
 fi
 echo "== done ($(( $(date +%s) - T0 )) s)"
