@@ -1,7 +1,7 @@
 #!/bin/bash
 # The second, short GPU call of session 7 (2026-11-26; about 3 minutes of command time):
 #   OUT=/tmp/gpu_out bash benchmarks/gpu_session_5b.sh
-# Grows the bundled model (stage 7) to 8 decoder layers (stamp.model.grow) and trains it with
+# Grows MODEL (default the bundled directory, which held stage 7 when this ran) to 8 decoder layers (stamp.model.grow) and trains it with
 # configs/tiny-synth-stage9-deep-gpu.yaml for STEPS steps or TRAIN_MIN minutes, whichever comes first;
 # exports the last checkpoint in bf16 to $OUT/model.tar.part-* (cat them | tar x: the device tool returns files of at most 16 MiB) with its metrics.csv.
 # The run of 2026-11-26 11:32 UTC (H100) stopped at its time limit at step 485 of 700 (242 samples/s
@@ -22,7 +22,7 @@ date; nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null
 CFG=configs/tiny-synth-stage9-deep-gpu.yaml
 OUTDIR=runs/tiny-synth-stage9-deep-gpu
 rm -rf runs/grown8 $OUTDIR
-$PY -m stamp.model.grow src/stamp/assets/tiny-synth --layers 8 --out runs/grown8 2>&1 | grep grew
+$PY -m stamp.model.grow ${MODEL:-src/stamp/assets/tiny-synth} --layers 8 --out runs/grown8 2>&1 | grep grew
 echo "== training ($(( $(date +%s) - T0 )) s)"
 timeout 170 $PY -m stamp.cli train $CFG data.num_workers=$WORKERS run.steps=$STEPS run.max_minutes=$TRAIN_MIN \
   ${EXTRA:-} --no-progress 2>&1 | grep -E "time limit|last checkpoint|rror" | tail -3

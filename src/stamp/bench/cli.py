@@ -1,7 +1,7 @@
 """The `stamp bench` subcommand: `add_parser(subparsers, parser_class)` and `cmd_bench(args)`.
 
     stamp bench                                  # bundled model, fp32 + bf16, N = 64..4096, H = 512
-    stamp bench --preset synth --json out.json   # a random model of the bundled model's sizes
+    stamp bench --preset synth --json out.json   # a random model of the sizes of configs/tiny-synth.yaml
     stamp bench --preset tiny --quick            # seconds: every code path, meaningless numbers
 
 `main(argv)` runs the same command without the `stamp` dispatcher (used by benchmarks/*.py).
@@ -48,7 +48,9 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the `stamp bench` options to `p`."""
     p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     p.add_argument(
-        "--preset", default=None, help="tiny | synth (random, the bundled sizes) | a training YAML"
+        "--preset",
+        default=None,
+        help="tiny | synth (random, the sizes of configs/tiny-synth.yaml) | a training YAML",
     )
     p.add_argument(
         "--json", default=None, metavar="OUT", help="write the results as JSON (schema: docs/PERFORMANCE.md)"

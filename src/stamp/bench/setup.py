@@ -4,7 +4,7 @@ Models:
 - `--model DIR`: a saved STAMP model (`stamp.models.load_model`);
 - nothing: the bundled model (`load_model(None)`; a tiny random model with a notice where none is bundled);
 - `--preset tiny`: `StampModel.tiny()` (hidden 64, 2 layers: the test model);
-- `--preset synth`: a RANDOM model with the bundled model's sizes, read from configs/tiny-synth.yaml
+- `--preset synth`: a RANDOM model with the sizes in configs/tiny-synth.yaml (the bundled model's through stage 7)
   through the training config (`TrainConfig` + `stamp.train.build.build_model`), so the two never
   drift apart; `--preset PATH.yaml`: the same for any training config.
 For a fixed N and history, random weights cost exactly what trained weights cost.
