@@ -331,7 +331,19 @@ def _check_fresh_out_dir(out_dir: Path) -> None:
         )
 
 
+_FINISHED_DISTRIBUTED: list = []
+"""Trainers of finished multi-process runs, never freed (see `train`)."""
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path | None:
     """Train per `cfg`; returns the last checkpoint directory (its `model/` folder is a loadable model)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return Trainer(cfg, resume=resume, progress=progress).fit()
+    trainer = Trainer(cfg, resume=resume, progress=progress)
+    last = trainer.fit()
+    if trainer.accel.num_processes > 1:
+        # Freeing the DDP model frees its gloo process group, whose destructor joins the group's worker
+        # thread while holding the GIL; that thread may still need the GIL to free the tensors of the last
+        # collective, and the two wait for each other forever (seen once in CI, 2026-11-26). So the trainer
+        # is kept, and `stamp train` ends such a process with os._exit once everything is written.
+        _FINISHED_DISTRIBUTED.append(trainer)
+    return last
