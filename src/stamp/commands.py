@@ -107,10 +107,15 @@ def cmd_train(args) -> int:
     if last is not None:
         print(f"last checkpoint: {last} (model: {last / 'model'})")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one rank of several: skip the teardown (see train())
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _exit_now()
     return 0
+
+
+def _exit_now() -> None:
+    """End the process at once (exit status 0) after flushing: no destructors, no gloo teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def cmd_eval(args) -> int:
@@ -136,13 +141,16 @@ def cmd_eval(args) -> int:
         cells=args.cells,
         synth_tasks=args.synth_tasks,
     )
-    results = run_eval(job, progress=not args.no_progress)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    results = run_eval(job, progress=not args.no_progress, teardown=not several)
     print(
         " ".join(
             f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in results["metrics"].items()
         )
     )
     print(f"wrote {args.out}")
+    if several:  # one rank of several: end without tearing gloo down (see run_eval, train)
+        _exit_now()
     return 0
 
 

@@ -53,8 +53,11 @@ class EvalJob:
     """SynthRef task mix, e.g. {"refer": 1.0} (None: the split's default mix)."""
 
 
-def run_eval(job: EvalJob, progress: bool = True) -> dict:
-    """Evaluate and write `job.out`; returns the results dict. Shards over accelerate ranks if launched so."""
+def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict:
+    """Evaluate and write `job.out`; returns the results dict. Shards over accelerate ranks if launched so.
+
+    `teardown=False` leaves the process group of a multi-process run up, for a caller that ends the
+    process with os._exit (as `stamp eval` does: a gloo group's destructor can deadlock on the GIL)."""
     from stamp.data.registry import open_dataset, parse_data_spec
     from stamp.inference import StampPredictor
     from stamp.models import load_model
@@ -109,9 +112,10 @@ def run_eval(job: EvalJob, progress: bool = True) -> dict:
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, (json.dumps(results, indent=1) + "\n").encode())
-    if world > 1:  # tear gloo down before exit: its threads abort the process if left to destructors
+    if world > 1:
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        if teardown:  # tear gloo down before exit: its threads abort the process if left to destructors
+            torch.distributed.destroy_process_group()
     return results
 
 
