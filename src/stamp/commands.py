@@ -106,9 +106,14 @@ def cmd_train(args) -> int:
     last = train(cfg, resume=args.resume, progress=not args.no_progress)
     if last is not None:
         print(f"last checkpoint: {last} (model: {last / 'model'})")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one rank of several: skip the teardown (see train())
+    if _several_ranks():  # one rank of several: skip the teardown (see train())
         _exit_now()
     return 0
+
+
+def _several_ranks() -> bool:
+    """Whether this process is one rank of a multi-process launch (accelerate/torchrun set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _exit_now() -> None:
@@ -141,7 +146,7 @@ def cmd_eval(args) -> int:
         cells=args.cells,
         synth_tasks=args.synth_tasks,
     )
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    several = _several_ranks()
     results = run_eval(job, progress=not args.no_progress, teardown=not several)
     print(
         " ".join(

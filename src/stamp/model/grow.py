@@ -39,6 +39,10 @@ def grow_depth(model, layers: int) -> list[int]:
     The new layers are identity maps at first, so outputs are unchanged (up to nothing: the residual
     adds exact zeros)."""
     lm = model.model.language_model
+    text = model.config.text_config
+    kinds = getattr(text, "layer_types", None)
+    if kinds is not None and len(set(kinds)) > 1:
+        raise ValueError("grow_depth handles models whose layers all use the same attention kind")
     old = list(lm.layers)
     after = set(insertion_points(len(old), layers))
     grown, new_idx = [], []
@@ -46,22 +50,16 @@ def grow_depth(model, layers: int) -> list[int]:
         grown.append(layer)
         if i in after:
             twin = copy.deepcopy(layer)
-            nn.init.zeros_(twin.self_attn.o_proj.weight)
-            if twin.self_attn.o_proj.bias is not None:
-                nn.init.zeros_(twin.self_attn.o_proj.bias)
-            nn.init.zeros_(twin.mlp.down_proj.weight)
-            if getattr(twin.mlp.down_proj, "bias", None) is not None:
-                nn.init.zeros_(twin.mlp.down_proj.bias)
+            for proj in (twin.self_attn.o_proj, twin.mlp.down_proj):
+                nn.init.zeros_(proj.weight)
+                if proj.bias is not None:
+                    nn.init.zeros_(proj.bias)
             new_idx.append(len(grown))
             grown.append(twin)
     for k, layer in enumerate(grown):
         layer.self_attn.layer_idx = k  # the KV cache is indexed by it
     lm.layers = nn.ModuleList(grown)
-    text = model.config.text_config
-    kinds = getattr(text, "layer_types", None)
     if kinds is not None:
-        if len(set(kinds)) > 1:
-            raise ValueError("grow_depth handles models whose layers all use the same attention kind")
         text.layer_types = [kinds[0]] * layers
     text.num_hidden_layers = layers
     return new_idx
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         params = sum(p.numel() for p in model.parameters())
         new = grow_depth(model, args.layers)
         model.save_stamp(args.out, overwrite=args.force)
-    except (ValueError, FileExistsError, FileNotFoundError, OSError) as e:
+    except (ValueError, OSError) as e:  # (StampModelError is a ValueError)
         print(f"stamp.model.grow: error: {e}", file=sys.stderr)
         return 2
     grown = sum(p.numel() for p in model.parameters())

@@ -82,7 +82,7 @@ def _set_cells(model, m) -> None:
         raise ValueError(
             f"model.min_cells..max_cells gives {lo}..{hi} cells with the checkpoint's range; set both"
         )
-    model.processor.set_pixel_range(lo * CELL * CELL, hi * CELL * CELL)
+    model.processor.set_cell_range(lo, hi)
 
 
 def _apply_lora(model, cfg: TrainConfig, weights_from: Path | None):
