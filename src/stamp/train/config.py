@@ -170,11 +170,16 @@ class RunConfig:
     keep_checkpoints: int = 2
     max_minutes: float = 0.0
     """Stop (after saving) when this much wall time has passed (0: no limit) -- for resumable chunks."""
+    stop_at_step: int = 0
+    """Stop (after saving) once this step is done, with the learning-rate schedule still laid out over
+    run.steps (0: run all steps). Reproduces a run that a time limit cut, independent of the hardware."""
 
     def __post_init__(self) -> None:
         _choice("run.precision", self.precision, ("bf16", "fp32"))
         if self.steps < 1:
             raise ValueError("run.steps must be >= 1")
+        if not 0 <= self.stop_at_step <= self.steps:
+            raise ValueError(f"run.stop_at_step must be between 0 and run.steps ({self.steps}), got {self.stop_at_step}")
 
 
 @dataclass

@@ -246,7 +246,7 @@ class Trainer:
         last_saved, t_window, n_window = None, time.time(), 0
         self._data_wait = 0.0
         batches = iter(self.micro_batches())
-        while self.step < run.steps:
+        while self.step < (run.stop_at_step or run.steps):
             stats = self.train_step(batches)
             n_window += 1
             if self.log is not None and (self.step % run.log_every == 0 or self.step == run.steps):
@@ -269,12 +269,12 @@ class Trainer:
                 self.log.write(self.step, "val", metrics)
                 bar.write(f"step {self.step} val: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
             out_of_time = run.max_minutes > 0 and (time.time() - start_time) / 60 >= run.max_minutes
-            if self.step % run.save_every == 0 or self.step == run.steps or out_of_time:
+            stop_here = self.step == run.stop_at_step
+            if self.step % run.save_every == 0 or self.step == run.steps or out_of_time or stop_here:
                 last_saved = self.save()
-            if out_of_time:
-                bar.write(
-                    f"stamp train: time limit of {run.max_minutes} min reached at step {self.step}; resume with --resume"
-                )
+            if out_of_time or stop_here:
+                why = f"time limit of {run.max_minutes} min" if out_of_time else "run.stop_at_step"
+                bar.write(f"stamp train: {why} reached at step {self.step}; resume with --resume")
                 break
         bar.close()
         if self.accel.num_processes > 1 and self.accel.distributed_type.name != "FSDP":  # (FSDP: shards)
