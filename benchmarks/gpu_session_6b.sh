@@ -5,6 +5,8 @@
 # further twice, side by side on the one GPU: as it is (8 layers, configs/tiny-synth-stage12-gpu.yaml)
 # and grown to 12 layers (configs/tiny-synth-stage12-deep-gpu.yaml), each for STEPS steps or TRAIN_MIN
 # minutes. Both last checkpoints are exported in bf16 to $OUT/{s12,s12deep}.tar.part-* (cat | tar x).
+# The run of 2026-11-26 13:41 UTC (H100): 215 and 207 samples/s, both to step 520; the 12-layer run's
+# metrics.csv did not come back (the device tool returned 8 of the 9 files under $OUT).
 # DEV=cpu WORKERS=0 STEPS=3 TRAIN_MIN=1 EXTRA="optim.batch_size=2" NO_WHEELS=1 is a dry run on a CPU.
 set -u
 END_S=${END_S:-320}
