@@ -55,6 +55,20 @@ def test_eval_synthref_schema_and_no_overwrite(model_dir, tmp_path, capsys):
     total_i = sum(r["intersection"] for r in seg_records)
     total_u = sum(r["union"] for r in seg_records)
     assert abs(m["ciou"] - 100.0 * total_i / max(total_u, 1)) < 1e-6
+    # SynthRef names each sample's subtask: every record carries it and by_subtask splits the metrics
+    by_sub = res["by_subtask"]
+    assert all(r["subtask"] in by_sub for r in res["samples"])
+    assert sum(v["n_samples"] for v in by_sub.values()) == m["n_samples"]
+    for name, sub in by_sub.items():
+        recs = [r for r in res["samples"] if r["subtask"] == name]
+        assert sub["n_samples"] == len(recs)
+        if "vqa_acc" in sub:
+            assert sub["vqa_acc"] == pytest.approx(100.0 * sum(r["correct"] for r in recs) / len(recs))
+        else:
+            u = sum(r["union"] for r in recs)
+            assert sub["ciou"] == pytest.approx(
+                100.0 if u == 0 else 100.0 * sum(r["intersection"] for r in recs) / u
+            )
     assert main(argv) == 2 and "already exists" in capsys.readouterr().err
 
 
@@ -194,3 +208,19 @@ def test_patch_metrics_count_cells_for_declined_samples():
     sample.load_image = lambda: None
     report = evaluate_samples(Declines(), [sample], progress=False)
     assert report.patch.sum_union == 1 and report.seg.sum_union == 28 * 28
+
+
+def test_subtask_accumulators_merge_across_shards_and_keep_kinds_apart():
+    from stamp.eval.evaluate import EvalReport, merge_reports
+
+    a, b = EvalReport(), EvalReport()
+    a.subtask("vqa_shape", vqa=True).update("circle", "circle")
+    b.subtask("vqa_shape", vqa=True).update("square", "circle")
+    b.subtask("attribute", vqa=False).update(30, 60, has_target=True, predicted_nonempty=True)
+    b.subtask("no_target", vqa=False).update(0, 0, has_target=False, predicted_nonempty=False)
+    b.subtask("attribute", vqa=True).update("yes", "yes")  # the same name used for both kinds
+    merged = merge_reports([a, b]).by_subtask
+    assert merged["vqa_shape"] == {"vqa_acc": 50.0, "n_samples": 2}
+    assert merged["attribute"]["ciou"] == 50.0 and merged["attribute"]["n_samples"] == 1
+    assert merged["attribute (vqa)"] == {"vqa_acc": 100.0, "n_samples": 1}
+    assert merged["no_target"]["n_acc"] == 100.0 and "t_acc" not in merged["no_target"]  # NaN left out

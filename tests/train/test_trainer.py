@@ -119,10 +119,16 @@ def test_stop_at_step_keeps_the_schedule_of_the_full_run(tiny_overrides, tmp_pat
     common = ["run.steps=6", "run.save_every=2", "run.keep_checkpoints=5", "optim.warmup_steps=2"]
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     train(_cfg(tiny_overrides, *common, f"run.out_dir={full_dir}"), progress=False)
-    last = train(_cfg(tiny_overrides, *common, "run.stop_at_step=3", f"run.out_dir={cut_dir}"), progress=False)
+    last = train(
+        _cfg(tiny_overrides, *common, "run.stop_at_step=3", f"run.out_dir={cut_dir}"), progress=False
+    )
     assert last is not None and last.name == "step_0000003"  # saved where it stopped, not at a save_every
-    lrs = [line.split(",")[-1] for line in (cut_dir / "metrics.csv").read_text().splitlines() if ",lr," in line]
-    full_lrs = [line.split(",")[-1] for line in (full_dir / "metrics.csv").read_text().splitlines() if ",lr," in line]
+    lrs = [
+        line.split(",")[-1] for line in (cut_dir / "metrics.csv").read_text().splitlines() if ",lr," in line
+    ]
+    full_lrs = [
+        line.split(",")[-1] for line in (full_dir / "metrics.csv").read_text().splitlines() if ",lr," in line
+    ]
     assert len(lrs) == 3 and lrs == full_lrs[:3]  # the cosine is laid out over 6 steps, not 3
     # resumed without the stop, it finishes the same run as the uninterrupted one
     train(_cfg(tiny_overrides, *common, f"run.out_dir={cut_dir}"), resume=True, progress=False)

@@ -8,6 +8,7 @@ gold answer in `meta["answer"]`) are scored for accuracy.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -30,6 +31,26 @@ class EvalReport:
     patch: SegMetrics = field(default_factory=SegMetrics)
     vqa: VQAAccuracy = field(default_factory=VQAAccuracy)
     samples: list[dict] = field(default_factory=list)
+    subtasks: dict[str, SegMetrics | VQAAccuracy] = field(default_factory=dict)
+    """Accumulators per subtask, for data that names one per sample (SynthRef: `meta["subtask"]`)."""
+
+    def subtask(self, name: str, vqa: bool) -> SegMetrics | VQAAccuracy:
+        """The accumulator of subtask `name` (a name used by both kinds gets a " (vqa)" twin)."""
+        kind = VQAAccuracy if vqa else SegMetrics
+        acc = self.subtasks.get(name)
+        if acc is not None and not isinstance(acc, kind):
+            return self.subtask(f"{name} (vqa)" if vqa else f"{name} (seg)", vqa)
+        if acc is None:
+            acc = self.subtasks[name] = kind()
+        return acc
+
+    @property
+    def by_subtask(self) -> dict[str, dict[str, float]]:
+        """Per subtask, sorted by name: the segmentation metrics that apply, or vqa_acc; and n_samples."""
+        return {
+            name: {k: v for k, v in self.subtasks[name].compute().items() if not math.isnan(v)}
+            for name in sorted(self.subtasks)
+        }
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -54,6 +75,8 @@ def merge_reports(reports: list[EvalReport]) -> EvalReport:
         merged.patch.merge(r.patch)
         merged.vqa.merge(r.vqa)
         merged.samples.extend(r.samples)
+        for name, acc in r.subtasks.items():
+            merged.subtask(name, isinstance(acc, VQAAccuracy)).merge(acc)
         merged.seg.generalized |= r.seg.generalized
     return merged
 
@@ -107,10 +130,14 @@ def evaluate_samples(
         seconds = time.perf_counter() - t0
         image_ref = str(sample.image) if isinstance(sample.image, (str, Path)) else None
         base = {"id": sample.id, "image": image_ref, "prompt": prompt, "answer": result.text}
+        subtask = str(sample.meta.get("subtask") or "").split("+")[0]  # that of the first exchange
+        if subtask:
+            base["subtask"] = subtask
         if is_vqa:
             ok = vqa_correct(result.text, str(sample.meta["answer"]), gold)
-            vqa.n_samples += 1
-            vqa.n_correct += int(ok)
+            for acc in (vqa, report.subtask(subtask, vqa=True)) if subtask else (vqa,):
+                acc.n_samples += 1
+                acc.n_correct += int(ok)
             records.append(
                 {**base, "task": "vqa", "gold": sample.meta["answer"], "correct": ok, "seconds": seconds}
             )
@@ -121,9 +148,14 @@ def evaluate_samples(
             has_target = bool(((gt != 0) & (gt != 255)).any())
             seg.generalized |= not has_target
             inter, union = mask_iou_stats(pred, gt)
-            seg.update(
-                inter, union, has_target=has_target, predicted_nonempty=bool(pred.any()), declined=declined
-            )
+            for acc in (seg, report.subtask(subtask, vqa=False)) if subtask else (seg,):
+                acc.update(
+                    inter,
+                    union,
+                    has_target=has_target,
+                    predicted_nonempty=bool(pred.any()),
+                    declined=declined,
+                )
             # the same expression on the model's own cell grid (counts of cells, never of pixels)
             grid = predictor.grid_hw
             frac, valid = patch_targets(gt, grid)

@@ -9,7 +9,8 @@ results.json (schema version 1):
      "metrics": {"ciou", "giou", "precision@0.5" ... "precision@0.9", "n_acc", "t_acc", "vqa_acc",
                  "patch_ciou", "patch_giou", "n_samples"}   -- percentages 0-100, those that apply
      "samples": [{"id", "image", "prompt", "answer", "intersection", "union", "iou", "has_mask",
-                  "seconds", "mask_file"?}, ...]}
+                  "seconds", "mask_file"?, "subtask"?}, ...],
+     "by_subtask"?: {"SUBTASK": {the metrics above that apply, "n_samples"}}}  -- data naming subtasks
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
         "metrics": report.metrics,
         "samples": report.samples,
     }
+    if report.subtasks:
+        results["by_subtask"] = report.by_subtask
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, (json.dumps(results, indent=1) + "\n").encode())

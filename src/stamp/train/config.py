@@ -179,7 +179,9 @@ class RunConfig:
         if self.steps < 1:
             raise ValueError("run.steps must be >= 1")
         if not 0 <= self.stop_at_step <= self.steps:
-            raise ValueError(f"run.stop_at_step must be between 0 and run.steps ({self.steps}), got {self.stop_at_step}")
+            raise ValueError(
+                f"run.stop_at_step must be between 0 and run.steps ({self.steps}), got {self.stop_at_step}"
+            )
 
 
 @dataclass
