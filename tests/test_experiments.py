@@ -112,3 +112,60 @@ def test_next_token_probe_runs_on_a_baseline_model(tmp_path, capsys):
     assert mod.main(["--model", str(tmp_path / "nt"), "--n", "2"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["fg_cells"] + report["bg_cells"] > 0
+
+
+def test_object_probe_helpers_on_hand_made_cases():
+    import numpy as np
+
+    mod = _load("probe_objects")
+    imap = np.zeros((56, 84), dtype=np.uint8)  # 2 x 3 cells of 28 px
+    imap[:28, 28:56] = 1  # object 0 fills cell (0, 1)
+    imap[30:34, 60:64] = 2  # object 1 covers a sliver of cell (1, 2) only
+    assert mod.object_cells(imap, 0, (2, 3)) == [1]
+    assert mod.object_cells(imap, 1, (2, 3)) == [5]  # no cell >= 0.5: its most-covered cell
+    assert mod.crop_cells([0, 0, 84, 56], (84, 56), (2, 3)) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        3,
+        4,
+        5,
+    ]  # rows at y 9, 28, 47
+    y = np.array(["a"] * 6 + ["b"] * 2 + ["a"] * 2)
+    assert mod.majority_rate(y, 8) == 100.0
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    separable = np.eye(3)[labels] * 3 + rng.normal(0, 0.3, (300, 3))
+    assert mod.fit_probe(separable, labels.astype(str), 200) > 95.0
+    noise = rng.normal(0, 1, (300, 3))
+    assert mod.fit_probe(noise, labels.astype(str), 200) < 60.0  # chance is ~33%
+
+
+def test_object_probe_and_shape_signal_run_on_a_tiny_model(tmp_path, capsys):
+    import json
+
+    from stamp.model.modeling import StampModel
+
+    StampModel.tiny(seed=0).save_stamp(tmp_path / "m")
+    probe = _load("probe_objects")
+    assert (
+        probe.main(["--model", str(tmp_path / "m"), "--scenes", "10", "--out", str(tmp_path / "p.json")]) == 0
+    )
+    report = json.loads((tmp_path / "p.json").read_text())
+    for target in ("kind", "colour", "position"):
+        entry = report["probes"][target]
+        assert 0 < entry["train_objects"] < entry["objects"]
+        assert all(0.0 <= entry[k] <= 100.0 for k in ("majority", "vision", "language", "vision_3x3"))
+    signal = _load("shape_signal")
+    out = tmp_path / "s"
+    assert (
+        signal.main(["--model", str(tmp_path / "m"), "--minutes", "0.01", "--batch", "2", "--out", str(out)])
+        == 0
+    )
+    assert (out / "model" / "model.safetensors").is_file()
+    assert (
+        signal.main(["--model", str(tmp_path / "m"), "--minutes", "0.01", "--out", str(out)]) == 2
+    )  # refuses
