@@ -321,3 +321,40 @@ def test_pretrained_keeps_its_image_range_unless_the_config_sets_one(tiny_overri
     assert (scratch.min_pixels, scratch.max_pixels) == (64 * 784, 256 * 784)
     with pytest.raises(ValueError, match="max_cells"):
         _cfg(overrides, "model.min_cells=9", "model.max_cells=4")
+
+
+def test_cell_kind_labels_mark_the_cells_an_object_covers():
+    from stamp.data.scenes import KINDS
+    from stamp.train.data import cell_kind_labels
+
+    imap = np.zeros((56, 84), dtype=np.uint8)  # 2 x 3 cells of 28 px
+    imap[:28, :28] = 1  # object 0 fills cell (0, 0)
+    imap[28:, 28:48] = 2  # object 1 covers 20/28 of cell (1, 1)
+    imap[30:33, 60:63] = 2  # and a sliver of cell (1, 2)
+    scene = {"objects": [{"index": 0, "kind": KINDS[3]}, {"index": 1, "kind": KINDS[5]}]}
+    labels = cell_kind_labels({"instance_map": imap, "scene": scene}, (2, 3))
+    assert labels.tolist() == [3, -100, -100, -100, 5, -100]
+    assert cell_kind_labels({}, (2, 3)).tolist() == [-100] * 6  # data without a scene: all ignored
+
+
+def test_shape_aux_trains_a_head_kept_out_of_the_model_and_resumes_exactly(tiny_overrides, tmp_path):
+    common = ["run.steps=4", "run.save_every=2", "run.keep_checkpoints=5", "loss.shape_aux=0.5"]
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    last = train(_cfg(tiny_overrides, *common, f"run.out_dir={full_dir}"), progress=False)
+    csv_text = (full_dir / "metrics.csv").read_text()
+    shape_losses = [float(line.split(",")[-1]) for line in csv_text.splitlines() if ",shape_loss," in line]
+    # (0 for a batch in which no cell is at least half covered by one object: small tiny-config images)
+    assert len(shape_losses) == 4 and all(v >= 0 for v in shape_losses) and max(shape_losses) > 1.0
+    head = load_file(str(last / "aux_heads.safetensors"))
+    assert set(head) == {"weight", "bias"} and head["weight"].shape[0] == 9  # SynthRef's nine kinds
+    assert not any("shape_head" in k for k in _weights(last))  # the exported model has no head
+    # stopped half-way and resumed: the same weights, head included, as the uninterrupted run
+    train(_cfg(tiny_overrides, *common, "run.stop_at_step=2", f"run.out_dir={cut_dir}"), progress=False)
+    resumed = train(_cfg(tiny_overrides, *common, f"run.out_dir={cut_dir}"), resume=True, progress=False)
+    a, b = _weights(last), _weights(resumed)
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
+    head_b = load_file(str(resumed / "aux_heads.safetensors"))
+    np.testing.assert_allclose(head["weight"].numpy(), head_b["weight"].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="shape_aux"):
+        _cfg(tiny_overrides, "loss.shape_aux=-1")

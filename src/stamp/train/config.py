@@ -150,6 +150,15 @@ class LossConfig:
     dice: float = 1.0
     target_threshold: float | None = 0.5
     """Cells with a foreground area fraction >= this are positive targets (None: soft targets)."""
+    shape_aux: float = 0.0
+    """Weight of an auxiliary loss (0: off): a linear head on the vision features classifies every cell
+    that an object covers (area >= half) by the object's kind, for data that knows it (SynthRef; other
+    cells are ignored). The head lives in the training module and in checkpoints (`aux_heads.safetensors`),
+    never in the exported model. What it is for: experiments/probe_objects.py, docs/MODEL_CARD.md."""
+
+    def __post_init__(self) -> None:
+        if self.shape_aux < 0:
+            raise ValueError(f"loss.shape_aux must be >= 0, got {self.shape_aux}")
 
 
 @dataclass

@@ -21,22 +21,69 @@ from torch import nn
 from tqdm import tqdm
 
 from stamp.configuration import ConfigError
+from stamp.io import atomic_write_bytes
 from stamp.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from stamp.train.config import TrainConfig
 from stamp.train.logging import MetricsLog
 
 
 class StampTrainingModule(nn.Module):
-    """Wraps a StampModel so DDP/FSDP see the STAMP training step as `forward`."""
+    """Wraps a StampModel so DDP/FSDP see the STAMP training step as `forward`.
 
-    def __init__(self, model, loss_weights: dict[str, float]):
+    With `shape_aux` > 0 it also holds the auxiliary shape head (`loss.shape_aux`): a Linear on the
+    vision tower's merged cell features, trained against the batch's `cell_kinds` (-100: ignored).
+    `forward` returns (total loss, the model's StampOutput, extra statistics)."""
+
+    def __init__(self, model, loss_weights: dict[str, float], shape_aux: float = 0.0):
         super().__init__()
         self.model = model
         self.loss_weights = loss_weights
+        self.shape_aux = shape_aux
+        self.shape_head = None
+        if shape_aux > 0:
+            from stamp.data.scenes import KINDS
+
+            self.shape_head = nn.Linear(model.config.get_text_config().hidden_size, len(KINDS))
+            self.shape_head.to(model.device)
 
     def forward(self, **batch):
-        out = self.model.stamp_forward(**batch, **self.loss_weights)
-        return out.loss, out
+        kinds = batch.pop("cell_kinds", None)
+        if self.shape_head is None or kinds is None:
+            out = self.model.stamp_forward(**batch, **self.loss_weights)
+            return out.loss, out, {}
+        seen: list[torch.Tensor] = []  # the merged cell features of every image, in batch order
+
+        def keep(_module, _inputs, output):
+            seen.append(output.pooler_output)
+
+        hook = _vision_tower(self.model).register_forward_hook(keep)
+        try:
+            out = self.model.stamp_forward(**batch, **self.loss_weights)
+        finally:
+            hook.remove()
+        feats = torch.cat(seen) if seen else None
+        if feats is None or feats.shape[0] != kinds.shape[0]:
+            raise RuntimeError(
+                f"shape_aux: {kinds.shape[0]} cell labels for {0 if feats is None else feats.shape[0]} cells"
+            )
+        logits = self.shape_head(feats.to(self.shape_head.weight.dtype))
+        if bool((kinds >= 0).any()):
+            shape_loss = nn.functional.cross_entropy(logits.float(), kinds, ignore_index=-100)
+        else:  # keeps the head in the graph (DDP) with a zero loss
+            shape_loss = logits.sum() * 0.0
+        return out.loss + self.shape_aux * shape_loss, out, {"shape_loss": shape_loss}
+
+
+def _vision_tower(model) -> nn.Module:
+    """The Qwen2-VL vision tower inside `model` (also under a peft wrapper)."""
+    for name, module in model.named_modules():
+        if name.endswith("visual"):
+            return module
+    raise ValueError("loss.shape_aux needs a model with a vision tower (`visual`)")
+
+
+AUX_HEADS = "aux_heads.safetensors"
+"""A checkpoint's auxiliary heads (loss.shape_aux), kept out of its exported model."""
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -93,14 +140,18 @@ class Trainer:
             next_token=next_token,
             pixel_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None,  # (exact: see TrainStream)
             planner=self.model.batch_planner(),
+            cell_kinds=cfg.loss.shape_aux > 0,
         )
         self._data_wait = 0.0  # seconds spent waiting for batches since the last log line
+        weights = {"text_weight": cfg.loss.text, "bce_weight": cfg.loss.bce, "dice_weight": cfg.loss.dice}
+        training_module = StampTrainingModule(self.model, weights, cfg.loss.shape_aux)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if training_module.shape_head is not None:  # last, so the model's optimizer state keeps its order
+            params += list(training_module.shape_head.parameters())
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        weights = {"text_weight": cfg.loss.text, "bce_weight": cfg.loss.bce, "dice_weight": cfg.loss.dice}
         self.deepspeed = self.accel.state.deepspeed_plugin is not None
         if self.deepspeed:  # batches come from our own stream, not a DataLoader accelerate could inspect
             ds = self.accel.state.deepspeed_plugin.deepspeed_config
@@ -108,11 +159,21 @@ class Trainer:
             ds["gradient_accumulation_steps"] = cfg.optim.grad_accum
             ds["gradient_clipping"] = cfg.optim.grad_clip
             ds.pop("train_batch_size", None)
-        self.module, self.optimizer = self.accel.prepare(
-            StampTrainingModule(self.model, weights), self.optimizer
-        )
+        self.module, self.optimizer = self.accel.prepare(training_module, self.optimizer)
         self.step, self.progress = 0, progress and self.accel.is_main_process
         if self.resume_from is not None:
+            head = self.accel.unwrap_model(self.module).shape_head
+            if head is not None:
+                if (self.resume_from / AUX_HEADS).is_file():
+                    from safetensors.torch import load_file
+
+                    head.load_state_dict(
+                        load_file(str(self.resume_from / AUX_HEADS), device=str(self.accel.device))
+                    )
+                elif self.accel.is_main_process:
+                    print(
+                        f"stamp train: {self.resume_from.name} holds no {AUX_HEADS}; the shape head restarts"
+                    )
             state = load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
             self.step = int(state["step"])
             if state["optimizer"] is None and self.accel.is_main_process:
@@ -176,10 +237,10 @@ class Trainer:
             # DeepSpeed scales by its own accumulation count and syncs at its boundary
             sync = contextlib.nullcontext() if last or self.deepspeed else self.accel.no_sync(self.module)
             with sync, self._autocast():
-                loss, out = self.module(**batch)
+                loss, out, extra = self.module(**batch)
                 self.accel.backward(loss if self.deepspeed else loss / o.grad_accum)
-            for name in ("loss", "text_loss", "bce_loss", "dice_loss"):
-                value = getattr(out, name)
+            values = {name: getattr(out, name) for name in ("text_loss", "bce_loss", "dice_loss")}
+            for name, value in {"loss": loss, **values, **extra}.items():
                 if value is not None:
                     sums[name] = sums.get(name, 0.0) + value.detach().float() / o.grad_accum
         if o.grad_clip > 0:  # (DeepSpeed clips inside its step, per its config, and reports no norm here)
@@ -220,6 +281,12 @@ class Trainer:
                 state,
                 self.cfg.run.keep_checkpoints,
             )
+            head = self.accel.unwrap_model(self.module).shape_head
+            if head is not None and path is not None:
+                from safetensors.torch import save
+
+                tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+                atomic_write_bytes(path / AUX_HEADS, save(tensors))
         self.accel.wait_for_everyone()
         return path
 
