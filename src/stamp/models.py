@@ -13,7 +13,7 @@ def bundled_model_path() -> Path | None:
     return BUNDLED_DIR if (BUNDLED_DIR / "config.json").is_file() else None
 
 
-BUNDLED_DEFAULT_REFINE = "guided"  # measured on SynthRef val: cIoU 36.1 -> 40.2 (docs/MODEL_CARD.md)
+BUNDLED_DEFAULT_REFINE = "guided"  # measured on SynthRef val: cIoU 37.4 -> 41.6 (docs/MODEL_CARD.md)
 
 
 def resolve_refine(spec: str | None, model_path) -> str:

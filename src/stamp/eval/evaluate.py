@@ -133,9 +133,11 @@ def evaluate_samples(
         subtask = str(sample.meta.get("subtask") or "").split("+")[0]  # that of the first exchange
         if subtask:
             base["subtask"] = subtask
+        # the run's accumulator, and its subtask's where the data names one
+        accumulators = (vqa if is_vqa else seg,) + ((report.subtask(subtask, vqa=is_vqa),) if subtask else ())
         if is_vqa:
             ok = vqa_correct(result.text, str(sample.meta["answer"]), gold)
-            for acc in (vqa, report.subtask(subtask, vqa=True)) if subtask else (vqa,):
+            for acc in accumulators:
                 acc.n_samples += 1
                 acc.n_correct += int(ok)
             records.append(
@@ -148,7 +150,7 @@ def evaluate_samples(
             has_target = bool(((gt != 0) & (gt != 255)).any())
             seg.generalized |= not has_target
             inter, union = mask_iou_stats(pred, gt)
-            for acc in (seg, report.subtask(subtask, vqa=False)) if subtask else (seg,):
+            for acc in accumulators:
                 acc.update(
                     inter,
                     union,

@@ -61,11 +61,11 @@ class StampTrainingModule(nn.Module):
             out = self.model.stamp_forward(**batch, **self.loss_weights)
         finally:
             hook.remove()
-        feats = torch.cat(seen) if seen else None
-        if feats is None or feats.shape[0] != kinds.shape[0]:
-            raise RuntimeError(
-                f"shape_aux: {kinds.shape[0]} cell labels for {0 if feats is None else feats.shape[0]} cells"
-            )
+        feats = (
+            torch.cat(seen) if seen else kinds.new_zeros((0, self.shape_head.in_features), dtype=torch.float)
+        )
+        if feats.shape[0] != kinds.shape[0]:
+            raise RuntimeError(f"shape_aux: {kinds.shape[0]} cell labels for {feats.shape[0]} cells")
         logits = self.shape_head(feats.to(self.shape_head.weight.dtype))
         if bool((kinds >= 0).any()):
             shape_loss = nn.functional.cross_entropy(logits.float(), kinds, ignore_index=-100)
@@ -162,18 +162,7 @@ class Trainer:
         self.module, self.optimizer = self.accel.prepare(training_module, self.optimizer)
         self.step, self.progress = 0, progress and self.accel.is_main_process
         if self.resume_from is not None:
-            head = self.accel.unwrap_model(self.module).shape_head
-            if head is not None:
-                if (self.resume_from / AUX_HEADS).is_file():
-                    from safetensors.torch import load_file
-
-                    head.load_state_dict(
-                        load_file(str(self.resume_from / AUX_HEADS), device=str(self.accel.device))
-                    )
-                elif self.accel.is_main_process:
-                    print(
-                        f"stamp train: {self.resume_from.name} holds no {AUX_HEADS}; the shape head restarts"
-                    )
+            self._load_aux_heads(self.resume_from)
             state = load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
             self.step = int(state["step"])
             if state["optimizer"] is None and self.accel.is_main_process:
@@ -281,12 +270,8 @@ class Trainer:
                 state,
                 self.cfg.run.keep_checkpoints,
             )
-            head = self.accel.unwrap_model(self.module).shape_head
-            if head is not None and path is not None:
-                from safetensors.torch import save
-
-                tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-                atomic_write_bytes(path / AUX_HEADS, save(tensors))
+            if path is not None:
+                self._save_aux_heads(path)
         self.accel.wait_for_everyone()
         return path
 
@@ -352,6 +337,25 @@ class Trainer:
             self.log.plot()
             self.log.close()
         return last_saved
+
+    def _save_aux_heads(self, checkpoint: Path) -> None:
+        head = self.accel.unwrap_model(self.module).shape_head
+        if head is not None:
+            from safetensors.torch import save
+
+            tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+            atomic_write_bytes(checkpoint / AUX_HEADS, save(tensors))
+
+    def _load_aux_heads(self, checkpoint: Path) -> None:
+        head = self.accel.unwrap_model(self.module).shape_head
+        if head is None:
+            return
+        if (checkpoint / AUX_HEADS).is_file():
+            from safetensors.torch import load_file
+
+            head.load_state_dict(load_file(str(checkpoint / AUX_HEADS), device=str(self.accel.device)))
+        elif self.accel.is_main_process:
+            print(f"stamp train: {checkpoint.name} holds no {AUX_HEADS}; the shape head restarts")
 
     def check_replicas_in_sync(self) -> str:
         """All ranks must hold identical weights after data-parallel training; raises if not."""
