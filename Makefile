@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,train,serve,web-test]"
+	$(PY) -m pip install -q -e ".[dev,train,zero,serve,web-test]"
 	touch $@
 
 demo: venv

@@ -26,26 +26,30 @@ def full_recompute_logits(model, image, prompt: str, answer: str) -> list[torch.
     ]
 
 
-def run_two_cpu_ranks(stamp_args: list[str], port: int, timeout: int = 600):
-    """`accelerate launch` of `stamp <stamp_args>` as 2 gloo ranks on the CPU; the CompletedProcess."""
+def run_two_cpu_ranks(stamp_args: list[str], port: int, timeout: int = 600, accelerate_config=None):
+    """`accelerate launch` of `stamp <stamp_args>` as 2 gloo ranks on the CPU; the CompletedProcess.
+
+    Plain data parallelism (DDP) by default; `accelerate_config` (a file of configs/accelerate/) instead
+    launches what it describes, with its process count set to 2.
+    """
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    if accelerate_config is None:
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+        how = ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+        env["OMP_NUM_THREADS"] = "1"
+        how = ["--config_file", str(accelerate_config)]
     launch = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
+        *how,
         "--num_processes",
         "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
         "--main_process_port",
         str(port),
         "-m",

@@ -153,6 +153,38 @@ def test_two_process_gloo_ranks_hold_identical_weights(tiny_overrides, tmp_path)
     assert found["0"] == found["1"]
 
 
+def test_deepspeed_zero2_on_two_cpu_ranks_matches_ddp(tiny_overrides, tmp_path):
+    """configs/accelerate/zero2.yaml really shards on the CPU (gloo) and trains what DDP trains."""
+    import re
+
+    common = ["train", str(CONFIG), "--no-progress", *tiny_overrides, "run.steps=3", "run.save_every=3"]
+    common += ["optim.grad_accum=2", "optim.lr=3e-3", "optim.warmup_steps=1"]  # (a schedule, accumulation)
+    runs = {}
+    for name, config, port in (
+        ("ddp", None, 29541),
+        ("zero2", ROOT / "configs/accelerate/zero2.yaml", 29543),
+    ):
+        out_dir = tmp_path / name
+        out = run_two_cpu_ranks([*common, f"run.out_dir={out_dir}"], port, 600, accelerate_config=config)
+        assert out.returncode == 0, out.stderr[-3000:]
+        found = dict(re.findall(r"rank (\d+) weights sha256 ([0-9a-f]{64})", out.stdout + out.stderr))
+        assert set(found) == {"0", "1"} and found["0"] == found["1"], out.stdout[-2000:] + out.stderr[-2000:]
+        runs[name] = (out_dir, out.stdout + out.stderr)
+    assert "2 processes, DEEPSPEED ZeRO stage 2 (DeepSpeedZeroOptimizer), backend gloo" in runs["zero2"][1]
+    assert "2 processes, MULTI_CPU, backend gloo" in runs["ddp"][1]
+    a = _weights(latest_checkpoint(runs["ddp"][0]))
+    b = _weights(latest_checkpoint(runs["zero2"][0]))
+    start = Trainer(
+        _cfg(tiny_overrides, f"run.out_dir={tmp_path / 'init'}"), progress=False
+    ).model.state_dict()
+    assert a.keys() == b.keys()
+    moved = 0
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=2e-5, err_msg=k)
+        moved += int(not torch.equal(a[k], start[k].to(a[k].dtype)))
+    assert moved > len(a) // 2  # both runs trained (the comparison is not of two untouched models)
+
+
 def test_lora_and_frozen_vision_train_the_right_parameters(tiny_overrides, tmp_path):
     from stamp.model.modeling import StampModel
 

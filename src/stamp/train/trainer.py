@@ -117,9 +117,19 @@ class Trainer:
         cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
-        self.accel = Accelerator(
-            cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
-        )
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+        if cpu and _env_flag("ACCELERATE_USE_DEEPSPEED") and int(os.environ.get("LOCAL_RANK", -1)) != -1:
+            # accelerate sets DeepSpeed up only off its `cpu` path, and on a machine without an
+            # accelerator it then finds no backend to name: ZeRO over gloo needs both said explicitly
+            if torch.cuda.is_available():
+                raise ConfigError(
+                    "DeepSpeed on the CPU of a CUDA machine is not supported; use run.device=auto"
+                )
+            from accelerate.utils import InitProcessGroupKwargs
+
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+            cpu = False
+        self.accel = Accelerator(cpu=cpu, kwargs_handlers=handlers)
         _check_sharding_honoured(self.accel.distributed_type.name)
         self.resume_from = latest_checkpoint(self.out_dir) if resume else None
         if resume and self.resume_from is None and self.accel.is_main_process:
@@ -160,6 +170,14 @@ class Trainer:
             ds["gradient_clipping"] = cfg.optim.grad_clip
             ds.pop("train_batch_size", None)
         self.module, self.optimizer = self.accel.prepare(training_module, self.optimizer)
+        if self.accel.num_processes > 1 and self.accel.is_main_process:
+            how = self.accel.distributed_type.name
+            if self.deepspeed:
+                stage = self.accel.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"]
+                how += f" ZeRO stage {stage} ({type(self.optimizer.optimizer).__name__})"
+            print(
+                f"stamp train: {self.accel.num_processes} processes, {how}, backend {self.accel.state.backend}"
+            )
         self.step, self.progress = 0, progress and self.accel.is_main_process
         if self.resume_from is not None:
             self._load_aux_heads(self.resume_from)
@@ -223,7 +241,10 @@ class Trainer:
             batch = {k: v.to(self.accel.device, non_blocking=True) for k, v in cpu_batch.items()}
             batch["plan"] = plan.to(self.accel.device)
             last = micro == o.grad_accum - 1
-            # DeepSpeed scales by its own accumulation count and syncs at its boundary
+            # DeepSpeed scales by its own accumulation count and steps at its boundary, which accelerate
+            # takes from `sync_gradients` (left True, every micro-batch would be a boundary and a step)
+            if self.deepspeed:
+                self.accel.sync_gradients = last
             sync = contextlib.nullcontext() if last or self.deepspeed else self.accel.no_sync(self.module)
             with sync, self._autocast():
                 loss, out, extra = self.module(**batch)
@@ -385,14 +406,18 @@ def _save_model(model, path: Path, state_dict: dict | None = None) -> None:
 
 
 def _check_sharding_honoured(got: str) -> None:
-    """accelerate silently runs plain data parallelism when an FSDP or DeepSpeed config meets a CPU-only
-    setup (it needs CUDA devices for both); a run that would not shard as asked is stopped instead."""
+    """accelerate silently runs plain data parallelism (or none) when an FSDP config meets a CPU-only
+    setup (its FSDP needs accelerator devices); a run that would not shard as asked is stopped instead."""
     for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")):
-        if os.environ.get(env, "").lower() in ("1", "true") and got != name:
+        if _env_flag(env) and got != name:
             raise ConfigError(
-                f"the accelerate config asks for {name} but accelerate set up {got} "
-                "(FSDP and DeepSpeed need CUDA devices; on CPU use configs/accelerate/ddp.yaml)"
+                f"the accelerate config asks for {name} but accelerate set up {got} (FSDP needs CUDA "
+                "devices; on CPU use configs/accelerate/ddp.yaml, or zero2.yaml for DeepSpeed ZeRO)"
             )
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true")
 
 
 def _check_fresh_out_dir(out_dir: Path) -> None:
