@@ -153,8 +153,9 @@ def test_two_process_gloo_ranks_hold_identical_weights(tiny_overrides, tmp_path)
     assert found["0"] == found["1"]
 
 
-def test_deepspeed_zero2_on_two_cpu_ranks_matches_ddp(tiny_overrides, tmp_path):
-    """configs/accelerate/zero2.yaml really shards on the CPU (gloo) and trains what DDP trains."""
+def test_deepspeed_zero2_on_two_cpu_ranks_matches_ddp_and_resumes_exactly(tiny_overrides, tmp_path):
+    """configs/accelerate/zero2.yaml really shards on the CPU (gloo), trains what DDP trains, and a
+    resumed run reloads each rank's optimizer partition."""
     import re
 
     common = ["train", str(CONFIG), "--no-progress", *tiny_overrides, "run.steps=3", "run.save_every=3"]
@@ -183,6 +184,25 @@ def test_deepspeed_zero2_on_two_cpu_ranks_matches_ddp(tiny_overrides, tmp_path):
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=2e-5, err_msg=k)
         moved += int(not torch.equal(a[k], start[k].to(a[k].dtype)))
     assert moved > len(a) // 2  # both runs trained (the comparison is not of two untouched models)
+    # killed after step 2 and resumed: each rank reloads its optimizer partition, so the run is exact
+    cut = [*common, f"run.out_dir={tmp_path / 'cut'}"]
+    zero2 = ROOT / "configs/accelerate/zero2.yaml"
+    first = run_two_cpu_ranks([*cut, "run.stop_at_step=2"], 29545, 600, accelerate_config=zero2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stopped = latest_checkpoint(tmp_path / "cut")
+    assert stopped.name == "step_0000002"
+    assert sorted(p.name for p in (stopped / "optimizer_ranks").iterdir()) == [
+        "rank00000.json",
+        "rank00000.safetensors",
+        "rank00001.json",
+        "rank00001.safetensors",
+    ]
+    resumed = run_two_cpu_ranks([*cut, "--resume"], 29547, 600, accelerate_config=zero2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "optimizer moments restart" not in resumed.stdout + resumed.stderr
+    c = _weights(latest_checkpoint(tmp_path / "cut"))
+    for k in b:
+        np.testing.assert_allclose(c[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
 
 
 def test_lora_and_frozen_vision_train_the_right_parameters(tiny_overrides, tmp_path):

@@ -2,6 +2,8 @@
 and RNG state -- written to a temp dir and renamed, so a killed run never leaves a half checkpoint.
 
 Layout: <out_dir>/checkpoints/step_0000250/{model/, optimizer.safetensors, trainer_state.json, rng.safetensors}
+(DeepSpeed runs: `optimizer_ranks/rank00000.{safetensors,json}` ..., one optimizer partition per rank,
+in place of optimizer.safetensors.)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from stamp.io.modes import new_dir_mode
 
 STATE_FILE = "trainer_state.json"
+PARTITIONS = "optimizer_ranks"
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -87,10 +90,19 @@ def _tuplify(x):
 
 
 def save_checkpoint(
-    out_dir: Path, step: int, save_model, optimizer, scheduler, trainer_state: dict, keep: int
+    out_dir: Path,
+    step: int,
+    save_model,
+    optimizer,
+    scheduler,
+    trainer_state: dict,
+    keep: int,
+    partitions: Path | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically; `save_model(path)` writes the model folder. Prunes old ones.
-    `optimizer=None` writes no optimizer state (DeepSpeed keeps it partitioned across ranks)."""
+    `optimizer=None` writes no optimizer state (sharded runs keep it partitioned across ranks);
+    `partitions`: a folder of per-rank optimizer partitions (`save_partition`), moved in as
+    `optimizer_ranks/` before the checkpoint becomes visible."""
     root = checkpoint_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
@@ -98,6 +110,8 @@ def save_checkpoint(
     os.chmod(tmp, new_dir_mode())  # (mkdtemp makes 0700; a checkpoint should look like any folder)
     try:
         save_model(tmp / "model")
+        if partitions is not None:
+            partitions.rename(tmp / PARTITIONS)
         meta = None
         if optimizer is not None:
             tensors, meta = _optimizer_to_flat(optimizer.state_dict())
@@ -135,3 +149,30 @@ def load_checkpoint(path: Path, optimizer, scheduler) -> dict:
     scheduler.load_state_dict(state["scheduler"])
     restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])
     return state
+
+
+def partition_staging_dir(out_dir: Path, step: int) -> Path:
+    """Where each rank of a sharded run writes its optimizer partition before the checkpoint is made."""
+    return checkpoint_dir(out_dir) / f".partitions_step_{step:07d}"
+
+
+def save_partition(folder: Path, rank: int, state: dict) -> None:
+    """One rank's optimizer state (a torch optimizer `state_dict()` over its partition): safetensors +
+    JSON, written under temporary names and renamed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, meta = _optimizer_to_flat(state)
+    tmp_t, tmp_m = folder / f".rank{rank:05d}.safetensors", folder / f".rank{rank:05d}.json"
+    save_file(tensors, str(tmp_t))
+    tmp_m.write_text(json.dumps(meta))
+    tmp_t.rename(folder / f"rank{rank:05d}.safetensors")
+    tmp_m.rename(folder / f"rank{rank:05d}.json")
+
+
+def load_partition(checkpoint: Path, rank: int, world: int) -> dict | None:
+    """This rank's optimizer partition from `checkpoint`, or None where it holds none for `world` ranks
+    (no partitions, or written by a different number of ranks)."""
+    folder = checkpoint / PARTITIONS
+    if not folder.is_dir() or len(list(folder.glob("rank*.json"))) != world:
+        return None
+    meta = json.loads((folder / f"rank{rank:05d}.json").read_text())
+    return _optimizer_from_flat(load_file(str(folder / f"rank{rank:05d}.safetensors")), meta)

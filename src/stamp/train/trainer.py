@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +23,14 @@ from tqdm import tqdm
 
 from stamp.configuration import ConfigError
 from stamp.io import atomic_write_bytes
-from stamp.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stamp.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_partition,
+    partition_staging_dir,
+    save_checkpoint,
+    save_partition,
+)
 from stamp.train.config import TrainConfig
 from stamp.train.logging import MetricsLog
 
@@ -169,6 +177,10 @@ class Trainer:
             ds["gradient_accumulation_steps"] = cfg.optim.grad_accum
             ds["gradient_clipping"] = cfg.optim.grad_clip
             ds.pop("train_batch_size", None)
+            if int(ds.get("zero_optimization", {}).get("stage", 0)) > 2:
+                raise ConfigError(
+                    "DeepSpeed ZeRO stage 3 is not supported (it partitions the weights; use FSDP, or stage 2)"
+                )
         self.module, self.optimizer = self.accel.prepare(training_module, self.optimizer)
         if self.accel.num_processes > 1 and self.accel.is_main_process:
             how = self.accel.distributed_type.name
@@ -183,10 +195,17 @@ class Trainer:
             self._load_aux_heads(self.resume_from)
             state = load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
             self.step = int(state["step"])
-            if state["optimizer"] is None and self.accel.is_main_process:
+            restored = state["optimizer"] is not None
+            if self.deepspeed:  # each rank its own partition, where the run had as many ranks
+                part = load_partition(self.resume_from, self.accel.process_index, self.accel.num_processes)
+                if part is not None:
+                    self._partition_optimizer().load_state_dict(part)
+                restored = self.accel.gather(torch.tensor([part is not None])).all().item()
+            if not restored and self.accel.is_main_process:
                 print(
-                    f"stamp train: {self.resume_from.name} holds no optimizer state (an FSDP or DeepSpeed "
-                    "run); the optimizer moments restart, so this resume is not bit-exact"
+                    f"stamp train: {self.resume_from.name} holds no optimizer state for this run (an FSDP "
+                    "run, or DeepSpeed with another number of ranks); the optimizer moments restart, so "
+                    "this resume is not bit-exact"
                 )
         self.log = MetricsLog(self.out_dir, resume_step=self.step) if self.accel.is_main_process else None
 
@@ -269,9 +288,20 @@ class Trainer:
         """FSDP or DeepSpeed: the optimizer state is partitioned across ranks (and with FSDP the weights)."""
         return self.accel.distributed_type.name in ("FSDP", "DEEPSPEED")
 
+    def _partition_optimizer(self) -> torch.optim.Optimizer:
+        """DeepSpeed: the torch optimizer over this rank's ZeRO partition (DeepSpeed's optimizer wraps it)."""
+        return self.optimizer.optimizer.optimizer
+
     def save(self) -> Path | None:
         self.accel.wait_for_everyone()
-        path, weights = None, None
+        path, weights, partitions = None, None, None
+        if self.deepspeed:  # each rank stages its optimizer partition; the checkpoint takes them in
+            partitions = partition_staging_dir(self.out_dir, self.step)
+            if self.accel.is_main_process and partitions.exists():  # (left by a killed run)
+                shutil.rmtree(partitions)
+            self.accel.wait_for_everyone()
+            save_partition(partitions, self.accel.process_index, self._partition_optimizer().state_dict())
+            self.accel.wait_for_everyone()
         if self.accel.distributed_type.name == "FSDP":  # gather the full weights (every rank takes part)
             full = self.accel.get_state_dict(self.module)
             weights = {k.removeprefix("model."): v for k, v in full.items()}
@@ -290,6 +320,7 @@ class Trainer:
                 self.scheduler,
                 state,
                 self.cfg.run.keep_checkpoints,
+                partitions,
             )
             if path is not None:
                 self._save_aux_heads(path)
