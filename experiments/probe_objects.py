@@ -89,10 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from stamp.data.sample import Turn
     from stamp.data.synthref import SynthRef
     from stamp.inference import StampPredictor
-    from stamp.model.attention import build_hybrid_attention_mask
     from stamp.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -104,21 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in tqdm(range(args.scenes), desc="probe", unit="scene"):
         sample = ds[i]
         pred.set_image(sample.load_image())
-        enc, feats, grid = pred._image, pred._features, pred.grid_hw
-        ids, _ = pred.processor.encode_turns(
-            [Turn("user", "Describe the image.")], enc, add_generation_prompt=True
-        )
-        with torch.no_grad():
-            input_ids = torch.tensor([ids])
-            attn = torch.ones_like(input_ids)
-            mm = (input_ids == model.config.image_token_id).long()
-            embeds = model.embed_conversation(input_ids, [feats])
-            positions = model.conversation_positions(input_ids, attn, mm, enc.grid_thw[None])
-            block = torch.zeros_like(input_ids)
-            index = torch.arange(input_ids.shape[1])[None]
-            allowed = build_hybrid_attention_mask(block, block, index, index, model.stamp.attention_mode)
-            hidden, _ = model.run_language_model(embeds, positions, allowed, None)
-            image_hidden = hidden[0][mm[0].bool()].float().numpy()
+        feats, grid = pred.image_features, pred.grid_hw
+        image_hidden = pred.image_token_states("Describe the image.").float().numpy()
         vision = feats.float().numpy()
         imap = sample.meta["instance_map"]
         for obj in sample.meta["scene"]["objects"]:

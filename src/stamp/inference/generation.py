@@ -145,6 +145,44 @@ class _Timer:
         return _Ctx()
 
 
+@dataclass
+class Prefill:
+    """The prompt pass of a left-padded batch: what decoding continues from."""
+
+    input_ids: torch.Tensor  # (B, L), left-padded with the pad id
+    attention_mask: torch.Tensor  # (B, L), 1 on real tokens
+    image_tokens: torch.Tensor  # (B, L) bool, the image placeholder tokens of the prompt
+    positions: torch.Tensor  # (3, B, L) M-RoPE positions
+    key_block: torch.Tensor  # (B, L) 0 on real tokens, -1 on padding (the hybrid mask's block ids)
+    hidden: torch.Tensor  # (B, L, hidden) the language model's last hidden states
+    cache: DynamicCache
+
+
+@torch.no_grad()
+def prefill(model, requests: list[GenerationRequest], pad_id: int) -> Prefill:
+    """Run the language model over the requests' prompts (left-padded into one batch), filling a fresh
+    KV cache. The image comes before any text and the prefix is causal, so the hidden states at the
+    image tokens depend on the image and what precedes it only, not on the question."""
+    device, bsz = model.device, len(requests)
+    length = max(len(r.input_ids) for r in requests)
+    input_ids = torch.full((bsz, length), pad_id, dtype=torch.long)
+    attn = torch.zeros((bsz, length), dtype=torch.long)
+    for b, r in enumerate(requests):
+        input_ids[b, length - len(r.input_ids) :] = torch.tensor(r.input_ids)
+        attn[b, length - len(r.input_ids) :] = 1
+    input_ids, attn = input_ids.to(device), attn.to(device)
+    mm = (input_ids == model.config.image_token_id).long() * attn
+    grid_thw = torch.stack([r.grid_thw for r in requests]).to(device)
+    embeds = model.embed_conversation(input_ids, [r.features for r in requests])
+    positions = model.conversation_positions(input_ids, attn, mm, grid_thw)
+    key_block = torch.where(attn.bool(), 0, -1)
+    index = torch.arange(length, device=device).expand(bsz, -1)
+    allowed = build_hybrid_attention_mask(key_block, key_block, index, index, model.stamp.attention_mode)
+    cache = DynamicCache(config=model.config.get_text_config())
+    hidden, cache = model.run_language_model(embeds, positions, allowed, cache)
+    return Prefill(input_ids, attn, mm.bool(), positions, key_block, hidden, cache)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -162,27 +200,13 @@ def generate(
     device = model.device
     timer = _Timer(device)
     bsz = len(requests)
-    mode, seg_id = model.stamp.attention_mode, model.stamp.seg_token_id
+    seg_id = model.stamp.seg_token_id
 
     with timer("prefill"):
-        length = max(len(r.input_ids) for r in requests)
-        input_ids = torch.full((bsz, length), pad_id, dtype=torch.long)
-        attn = torch.zeros((bsz, length), dtype=torch.long)
-        for b, r in enumerate(requests):
-            input_ids[b, length - len(r.input_ids) :] = torch.tensor(r.input_ids)
-            attn[b, length - len(r.input_ids) :] = 1
-        input_ids, attn = input_ids.to(device), attn.to(device)
-        mm = (input_ids == model.config.image_token_id).long() * attn
-        grid_thw = torch.stack([r.grid_thw for r in requests]).to(device)
-        embeds = model.embed_conversation(input_ids, [r.features for r in requests])
-        positions = model.conversation_positions(input_ids, attn, mm, grid_thw)
-        key_block = torch.where(attn.bool(), 0, -1)
-        index = torch.arange(length, device=device).expand(bsz, -1)
-        allowed = build_hybrid_attention_mask(key_block, key_block, index, index, mode)
-        cache = DynamicCache(config=model.config.get_text_config())
-        hidden, cache = model.run_language_model(embeds, positions, allowed, cache)
+        pre = prefill(model, requests, pad_id)
+        hidden, cache, key_block = pre.hidden, pre.cache, pre.key_block
         logits = model.lm_head(hidden[:, -1])
-        next_pos = positions[:, :, -1].max(0).values + 1  # (B,)
+        next_pos = pre.positions[:, :, -1].max(0).values + 1  # (B,)
 
     merge = model.merge_size
     grids = [(int(r.grid_thw[1]) // merge, int(r.grid_thw[2]) // merge) for r in requests]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from stamp.data.sample import Turn
 from stamp.images import ImageLike
-from stamp.inference.generation import EventCallback, GenerationConfig, GenerationRequest, generate
+from stamp.inference.generation import EventCallback, GenerationConfig, GenerationRequest, generate, prefill
 from stamp.model.config import check_probability
 from stamp.model.tokens import PAD
 from stamp.processing import EncodedImage, StampProcessor
@@ -198,6 +198,22 @@ class StampPredictor:
     def image_size(self) -> tuple[int, int] | None:
         """(width, height) of the current image."""
         return self._image.size if self._image is not None else None
+
+    @property
+    def image_features(self) -> torch.Tensor | None:
+        """The vision tower's output for the current image, (cells, hidden) in raster order: what the
+        language model receives at the image tokens."""
+        return self._features
+
+    def image_token_states(self, prompt: str = "Describe the image.") -> torch.Tensor:
+        """The language model's last hidden states at the current image's tokens, (cells, hidden) in
+        raster order, from the prompt pass of `prompt` (they do not depend on the prompt's text, which
+        comes after the image). For probing what the model knows about each cell."""
+        if self._image is None:
+            raise ValueError("no image: call set_image() first")
+        request = self._request(self._image, self._features, prompt, None, None)
+        pre = prefill(self.model, [request], self.pad_id)
+        return pre.hidden[0][pre.image_tokens[0]]
 
     # ------------------------------------------------------------------ chat
     def _request(self, enc, feats, prompt, history, answer_prefix) -> GenerationRequest:
