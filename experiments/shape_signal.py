@@ -29,6 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20, help="SynthRef train seed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
+        "--anchor",
+        type=float,
+        default=0.0,
+        help="weight of a loss keeping every cell's features near the starting tower's (mean squared "
+        "difference over the starting features' variance), so the untouched language model can still "
+        "read them (default 0: off)",
+    )
+    ap.add_argument(
         "--out", required=True, help="folder for the model with the trained tower (must not exist)"
     )
     args = ap.parse_args(argv)
@@ -59,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     for p in tower.parameters():
         p.requires_grad_(True)
     head = torch.nn.Linear(model.config.get_text_config().hidden_size, len(KINDS))
+    if args.anchor > 0:
+        import copy
+
+        start_model = copy.deepcopy(model).eval()  # (frozen: its parameters never reach the optimizer)
     params = [p for p in tower.parameters()] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ds = SynthRef("train", seed=args.seed, task_weights={"vqa": 1.0}, image_size_range=(256, 448))
@@ -80,18 +92,28 @@ def main(argv: list[str] | None = None) -> int:
                 ys += [KINDS.index(obj["kind"])] * len(cells)
         logits = head(torch.cat(xs))
         loss = torch.nn.functional.cross_entropy(logits, torch.tensor(ys))
+        if args.anchor > 0:
+            with torch.no_grad():
+                start = torch.cat(list(start_model.encode_images(pv, grid)))
+            drift = (torch.cat(list(feats)) - start).pow(2).mean() / start.var()
+            loss = loss + args.anchor * drift
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         with torch.no_grad():
-            window.append((loss.item(), (logits.argmax(1) == torch.tensor(ys)).float().mean().item()))
+            drift_value = drift.item() if args.anchor > 0 else 0.0
+            window.append(
+                (loss.item(), (logits.argmax(1) == torch.tensor(ys)).float().mean().item(), drift_value)
+            )
         if step % 20 == 0:
             mean_loss = sum(w[0] for w in window) / len(window)
             acc = 100 * sum(w[1] for w in window) / len(window)
+            drift_mean = sum(w[2] for w in window) / len(window)
             print(
-                f"step {step} ({time.time() - t0:.0f} s, {index} images): loss {mean_loss:.3f}, cell accuracy {acc:.1f}%"
+                f"step {step} ({time.time() - t0:.0f} s, {index} images): loss {mean_loss:.3f}, "
+                f"cell accuracy {acc:.1f}%" + (f", drift {drift_mean:.4f}" if args.anchor > 0 else "")
             )
             window = []
     model.eval()
