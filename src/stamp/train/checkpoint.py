@@ -139,10 +139,10 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path, optimizer, scheduler) -> dict:
-    """Restore optimizer, scheduler and RNG from checkpoint `path`; returns the trainer state dict.
-    (The model weights are loaded by the caller from `path / "model"`.)"""
+    """Restore optimizer (unless None), scheduler and RNG from checkpoint `path`; returns the trainer
+    state dict. (The model weights are loaded by the caller from `path / "model"`.)"""
     state = json.loads((path / STATE_FILE).read_text())
-    if state["optimizer"] is not None:
+    if state["optimizer"] is not None and optimizer is not None:
         optimizer.load_state_dict(
             _optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
         )

@@ -193,9 +193,12 @@ class Trainer:
         self.step, self.progress = 0, progress and self.accel.is_main_process
         if self.resume_from is not None:
             self._load_aux_heads(self.resume_from)
-            state = load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
+            # (a sharded run takes no whole-optimizer state: a checkpoint of a DDP run restarts its moments)
+            state = load_checkpoint(
+                self.resume_from, None if self.sharded else self.optimizer, self.scheduler
+            )
             self.step = int(state["step"])
-            restored = state["optimizer"] is not None
+            restored = state["optimizer"] is not None and not self.sharded
             if self.deepspeed:  # each rank its own partition, where the run had as many ranks
                 part = load_partition(self.resume_from, self.accel.process_index, self.accel.num_processes)
                 if part is not None:
