@@ -1,6 +1,6 @@
 """What a model's image tokens know about each object: linear probes of shape, colour and position.
 
-    python experiments/probe_objects.py                        # the bundled model, 300 scenes
+    python experiments/probe_objects.py                        # the bundled model, 400 scenes
     python experiments/probe_objects.py --model DIR --scenes 500 --out probe.json
 
 For SynthRef scenes (val split, `--seed`, default 3: neither the reported nor the selection set), each
@@ -77,7 +77,7 @@ def majority_rate(y: np.ndarray, split: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
-    ap.add_argument("--scenes", type=int, default=300)
+    ap.add_argument("--scenes", type=int, default=400, help="val scenes (default 400)")
     ap.add_argument("--seed", type=int, default=3, help="SynthRef val seed (default 3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")

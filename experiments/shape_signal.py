@@ -8,7 +8,7 @@ object's shape (a linear probe: ~22% over 9 kinds, where colour is ~99%), and th
 from training stage 1 to stage 11. This asks whether that is a limit of the tower (its size, the
 28-px cells) or of the training signal: it trains the model's vision tower alone, with a linear head
 classifying each cell an object covers (foreground fraction >= 0.5) by the object's kind, on SynthRef
-train scenes (`--seed`, default 20: not used by any stage), for `--minutes`, and saves the whole model
+train scenes (`--seed`, default 20: not used by any stage), for `--minutes` (or `--steps`), and saves the whole model
 with the updated tower (the head is dropped) to OUT/model. The language model is untouched, so the
 saved model is not meant to be used as a chat model; it is the input of the probe.
 """
@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument(
+        "--steps", type=int, default=0, help="stop after this many steps (default 0: --minutes decides)"
+    )
     ap.add_argument("--batch", type=int, default=8, help="images per step")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=20, help="SynthRef train seed")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = SynthRef("train", seed=args.seed, task_weights={"vqa": 1.0}, image_size_range=(256, 448))
     t0, step, index, window = time.time(), 0, 0, []
     model.train()
-    while time.time() - t0 < args.minutes * 60:
+    while (step < args.steps) if args.steps > 0 else (time.time() - t0 < args.minutes * 60):
         samples = [ds[index + k] for k in range(args.batch)]
         index += args.batch
         encs = [processor.encode_image(s.load_image()) for s in samples]

@@ -169,6 +169,8 @@ def test_object_probe_and_shape_signal_run_on_a_tiny_model(tmp_path, capsys):
     assert (
         signal.main(["--model", str(tmp_path / "m"), "--minutes", "0.01", "--out", str(out)]) == 2
     )  # refuses
-    anchored = ["--model", str(tmp_path / "m"), "--minutes", "0.01", "--batch", "2", "--anchor", "1"]
+    capsys.readouterr()
+    anchored = ["--model", str(tmp_path / "m"), "--steps", "3", "--batch", "2", "--anchor", "1"]
     assert signal.main([*anchored, "--out", str(tmp_path / "a")]) == 0
+    assert "for 3 steps (6 images)" in capsys.readouterr().out  # --steps, not the clock, decides
     assert (tmp_path / "a" / "model" / "model.safetensors").is_file()
