@@ -245,6 +245,31 @@ def test_each_task_alone() -> None:
                 assert len(sample.turns) >= 4
 
 
+def test_vqa_kind_weights() -> None:
+    import hashlib
+
+    # without the option, the train stream is the one every stage so far was trained on (this digest
+    # was taken before the option existed)
+    digest = hashlib.sha256()
+    for i in range(60):
+        digest.update("|".join(t.text for t in SynthRef("train", seed=13).generate(i).turns).encode())
+    assert digest.hexdigest()[:16] == "4c7292ca24bf819a"
+    only = SynthRef("val", seed=4, task_weights={"vqa": 1.0}, vqa_kind_weights={"shape": 1.0}, length=30)
+    for sample in only:
+        check_sample(sample)
+        assert sample.meta["subtask"] == "vqa_shape"
+    mixed = SynthRef("train", seed=4, task_weights={"vqa": 1.0}, vqa_kind_weights={"shape": 3, "count": 1})
+    kinds = [mixed.generate(i).meta["subtask"] for i in range(200)]
+    assert set(kinds) == {"vqa_shape", "vqa_count"} and 120 < kinds.count("vqa_shape") < 180
+    dialogue = SynthRef("val", seed=4, task_weights={"dialogue": 1.0}, vqa_kind_weights={"position": 1.0})
+    asked = [v["type"] for i in range(20) for v in dialogue[i].meta["vqa"]]
+    assert asked and set(asked) == {"position"}  # every task that asks a question follows the weights
+    with pytest.raises(ValueError, match="unknown SynthRef VQA kind"):
+        SynthRef("val", vqa_kind_weights={"shapes": 1.0})
+    with pytest.raises(ValueError, match="at least one positive"):
+        SynthRef("val", vqa_kind_weights={"shape": 0.0})
+
+
 def test_no_target_without_seg() -> None:
     ds = SynthRef("val", seed=3, task_weights={"no_target": 1.0}, no_target_emits_seg=False)
     for i in range(10):

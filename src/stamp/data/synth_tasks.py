@@ -34,6 +34,10 @@ class Exchange:
     expression: str = ""
 
 
+VQA_KINDS = ("count", "colour", "shape", "exists", "position")
+"""The kinds of SynthRef's short-answer questions."""
+
+
 @dataclass
 class TaskContext:
     """A scene plus the rules of the split: `ban_held_out` forbids naming held-out colour-shape pairs;
@@ -44,6 +48,8 @@ class TaskContext:
     ban_held_out: bool = True
     prefer: frozenset[int] = frozenset()
     no_target_emits_seg: bool = True
+    vqa_kind_probs: tuple[float, ...] | None = None
+    """Probabilities of the VQA question kinds, in the order of `VQA_KINDS` (None: uniform)."""
 
     def allowed(self, query: Query) -> bool:
         """False if the query names a held-out colour-shape pair where that is forbidden."""

@@ -28,7 +28,15 @@ from PIL import Image
 from stamp.data.sample import StampSample, Turn
 from stamp.data.scenes import COLOURS, HELD_OUT_PAIRS, KINDS, Scene, SceneConfig, sample_scene
 from stamp.data.synth_chat import make_dialogue, make_multi, make_vqa
-from stamp.data.synth_tasks import Exchange, TaskContext, make_grefer, make_no_target, make_reason, make_refer
+from stamp.data.synth_tasks import (
+    VQA_KINDS,
+    Exchange,
+    TaskContext,
+    make_grefer,
+    make_no_target,
+    make_reason,
+    make_refer,
+)
 
 SPLITS = ("train", "val", "test", "compositional")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "compositional": 3}
@@ -66,6 +74,9 @@ class SynthRef:
         split: "train", "val", "test" or "compositional".
         seed: base seed; sample i depends only on (seed, split, i) and the options below.
         task_weights: relative weights of the tasks, keys among `DEFAULT_TASK_WEIGHTS` (missing keys are 0).
+        vqa_kind_weights: relative weights of the VQA question kinds (count, colour, shape, exists,
+            position; missing keys are 0), wherever a task asks one; None: uniform, and the samples of
+            the streams made before this option existed.
         image_size_range: (min, max) width and height in pixels, drawn independently per image.
         length: number of samples for `len()`; fixed splits default to `DEFAULT_LENGTHS`, train is endless.
         no_target_emits_seg: no-target answers still contain `<|seg|>` with an all-zero mask
@@ -80,6 +91,7 @@ class SynthRef:
         seed: int = 0,
         task_weights: Mapping[str, float] | None = None,
         image_size_range: tuple[int, int] = (224, 448),
+        vqa_kind_weights: Mapping[str, float] | None = None,
         length: int | None = None,
         no_target_emits_seg: bool = True,
         max_objects: int = 8,
@@ -94,6 +106,7 @@ class SynthRef:
         self.no_target_emits_seg = no_target_emits_seg
         self.length = DEFAULT_LENGTHS.get(split) if length is None else int(length)
         self.task_names, self.task_probs = _normalise_weights(task_weights or DEFAULT_TASK_WEIGHTS)
+        self.vqa_kind_probs = None if vqa_kind_weights is None else _vqa_kind_probs(vqa_kind_weights)
         compositional = split == "compositional"
         allowed = frozenset(
             (k, c) for k in KINDS for c in COLOURS if compositional or (k, c) not in HELD_OUT_PAIRS
@@ -140,6 +153,7 @@ class SynthRef:
                 ban_held_out=self.split != "compositional",
                 prefer=prefer,
                 no_target_emits_seg=self.no_target_emits_seg,
+                vqa_kind_probs=self.vqa_kind_probs,
             )
             built = TASK_BUILDERS[task](ctx)
             if built:
@@ -181,6 +195,16 @@ class SynthRef:
             task=TASK_OF.get(task, task),
             meta=meta,
         )
+
+
+def _vqa_kind_probs(weights: Mapping[str, float]) -> tuple[float, ...]:
+    unknown = sorted(set(weights) - set(VQA_KINDS))
+    if unknown:
+        raise ValueError(f"unknown SynthRef VQA kind(s) {unknown}; valid: {', '.join(VQA_KINDS)}")
+    values = [float(weights.get(k, 0.0)) for k in VQA_KINDS]
+    if any(v < 0 for v in values) or not any(v > 0 for v in values):
+        raise ValueError(f"vqa_kind_weights must be >= 0 with at least one positive, got {dict(weights)}")
+    return tuple(v / sum(values) for v in values)
 
 
 def _normalise_weights(weights: Mapping[str, float]) -> tuple[list[str], np.ndarray]:

@@ -106,6 +106,8 @@ class DataConfig:
     """The training mixture (weights are relative)."""
     task_weights: dict[str, float] | None = None
     """SynthRef task weights (None: SynthRef's defaults)."""
+    vqa_kind_weights: dict[str, float] | None = None
+    """SynthRef VQA question kinds' weights: count, colour, shape, exists, position (None: uniform)."""
     image_size_range: list[int] = field(default_factory=lambda: [224, 448])
     """SynthRef image width/height range in pixels."""
     seed: int = 0

@@ -18,6 +18,7 @@ def open_source(src: DataSource, cfg: DataConfig):
             seed=cfg.seed,
             task_weights=cfg.task_weights,
             image_size_range=tuple(cfg.image_size_range),
+            vqa_kind_weights=cfg.vqa_kind_weights,
         )
     from stamp.data.registry import open_dataset
 
