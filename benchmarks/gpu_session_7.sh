@@ -1,5 +1,5 @@
 #!/bin/bash
-# One GPU call (prepared in session 8, 2026-11-26, not yet run; about 8 minutes of command time):
+# One GPU call (prepared in session 8, 2026-11-26; never run: benchmarks/gpu_session_8.sh ran its two arms and a third):
 #   OUT=/tmp/gpu_out bash benchmarks/gpu_session_7.sh
 # The bundled stage 11 trained twice side by side on the one GPU, with the auxiliary shape loss
 # (configs/tiny-synth-stage13-shape-gpu.yaml) and without (configs/tiny-synth-stage13-control-gpu.yaml),
