@@ -42,9 +42,7 @@ def grid_position(scene: Scene, obj: SceneObject) -> str | None:
 def make_vqa(ctx: TaskContext, kind: str | None = None) -> Exchange | None:
     """Counting, colour, shape, existence or position question with a short answer (no mask)."""
     rng = ctx.rng
-    if kind is None and ctx.vqa_kind_probs is not None:
-        kind = VQA_KINDS[int(rng.choice(len(VQA_KINDS), p=ctx.vqa_kind_probs))]
-    kind = kind or T.pick(rng, VQA_KINDS)
+    kind = kind or _question_kind(ctx, VQA_KINDS)
     short = bool(rng.random() < 0.5)
     if kind in ("count", "exists"):
         flt = _vqa_filter(ctx, kind)
@@ -169,22 +167,23 @@ def make_dialogue(ctx: TaskContext) -> list[Exchange] | None:
     return turns if len(turns) > 1 else None
 
 
-def _followup_kind(ctx: TaskContext) -> str | None:
-    """The question of an 'about it' follow-up: colour, shape or position, by the VQA kind weights
-    where they are set (None where those give the three no weight)."""
-    kinds = ("colour", "shape", "position")
+def _question_kind(ctx: TaskContext, kinds: tuple[str, ...]) -> str | None:
+    """One of `kinds` (a subset of `VQA_KINDS`): uniform, or by the VQA kind weights where they are set
+    (None where those give `kinds` no weight)."""
     if ctx.vqa_kind_probs is None:
         return T.pick(ctx.rng, kinds)
     weights = [ctx.vqa_kind_probs[VQA_KINDS.index(k)] for k in kinds]
-    if sum(weights) <= 0:
+    total = sum(weights)
+    if total <= 0:
         return None
-    return kinds[int(ctx.rng.choice(len(kinds), p=[w / sum(weights) for w in weights]))]
+    return kinds[int(ctx.rng.choice(len(kinds), p=[w / total for w in weights]))]
 
 
 def _followup(ctx: TaskContext, prev: Exchange) -> Exchange | None:
     rng = ctx.rng
     choice = T.pick(rng, ("about_it", "next", "no_target", "vqa"))
-    kind = _followup_kind(ctx) if choice == "about_it" and prev.focus is not None else None
+    about_it = choice == "about_it" and prev.focus is not None
+    kind = _question_kind(ctx, ("colour", "shape", "position")) if about_it else None
     if kind is not None:
         res = resolve(ctx.scene, prev.focus)
         obj = ctx.scene.objects[res.indices[0]]

@@ -197,22 +197,24 @@ class SynthRef:
         )
 
 
-def _vqa_kind_probs(weights: Mapping[str, float]) -> tuple[float, ...]:
-    unknown = sorted(set(weights) - set(VQA_KINDS))
+def _checked_weights(weights: Mapping[str, float], valid, what: str, option: str) -> list[float]:
+    """The weights in the order of `valid` (missing ones 0), after checking names and signs."""
+    unknown = sorted(set(weights) - set(valid))
     if unknown:
-        raise ValueError(f"unknown SynthRef VQA kind(s) {unknown}; valid: {', '.join(VQA_KINDS)}")
-    values = [float(weights.get(k, 0.0)) for k in VQA_KINDS]
+        raise ValueError(f"unknown SynthRef {what}(s) {unknown}; valid: {', '.join(valid)}")
+    values = [float(weights.get(k, 0.0)) for k in valid]
     if any(v < 0 for v in values) or not any(v > 0 for v in values):
-        raise ValueError(f"vqa_kind_weights must be >= 0 with at least one positive, got {dict(weights)}")
+        raise ValueError(f"{option} must be >= 0 with at least one positive, got {dict(weights)}")
+    return values
+
+
+def _vqa_kind_probs(weights: Mapping[str, float]) -> tuple[float, ...]:
+    values = _checked_weights(weights, VQA_KINDS, "VQA kind", "vqa_kind_weights")
     return tuple(v / sum(values) for v in values)
 
 
 def _normalise_weights(weights: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
-    unknown = sorted(set(weights) - set(TASK_BUILDERS))
-    if unknown:
-        raise ValueError(f"unknown SynthRef task(s) {unknown}; valid: {', '.join(TASK_BUILDERS)}")
-    names = [n for n in TASK_BUILDERS if weights.get(n, 0) > 0]
-    if any(w < 0 for w in weights.values()) or not names:
-        raise ValueError(f"task_weights must be >= 0 with at least one positive, got {dict(weights)}")
-    probs = np.array([float(weights[n]) for n in names])
+    values = _checked_weights(weights, list(TASK_BUILDERS), "task", "task_weights")
+    names = [n for n, v in zip(TASK_BUILDERS, values) if v > 0]
+    probs = np.array([v for v in values if v > 0])
     return names, probs / probs.sum()
