@@ -64,6 +64,8 @@ def test_mask_pass_records(quick_doc):
         assert r["ar_ratio"] == pytest.approx(r["autoregressive_ms"] / r["stamp_ms"], rel=1e-3)
         assert r["cache_ratio"] == pytest.approx(r["no_cache_ms"] / r["stamp_ms"], rel=1e-3)
         assert r["flops_fraction"] == pytest.approx(r["mask_pass_gflops"] / r["matmul_gflops"], rel=1e-6)
+        # the ratio at the matmul rate: what the measured one becomes at a FLOP fraction of 1
+        assert r["ar_ratio_bound"] == pytest.approx(r["ar_ratio"] / r["flops_fraction"], rel=1e-3)
         assert r["stamp_ms"] == pytest.approx(r["timings"]["stamp"]["median_ms"], abs=1e-3)
         t = r["timings"]["stamp"]
         assert t["min_ms"] <= t["median_ms"] <= t["max_ms"]
@@ -85,15 +87,40 @@ def test_request_and_batch_records(quick_doc):
     sizes = [(b["dtype"], b["batch_size"]) for b in doc["batch"]]
     assert sizes == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
     for b in doc["batch"]:
-        assert b["images_per_s"] == pytest.approx(b["batch_size"] / (b["ms_per_batch"] / 1e3), rel=1e-6)
+        batches = -(-b["images"] // b["batch_size"])
+        assert b["images_per_s"] == pytest.approx(b["images"] / (batches * b["ms_per_batch"] / 1e3), rel=1e-6)
+    assert {b["images"] for b in doc["batch"]} == {2}  # every batch size on the same images
+
+
+def test_every_batch_size_runs_the_same_images(tmp_path, monkeypatch):
+    """Batch 1 must not be timed on one image while batch 8 covers eight of other sizes."""
+    import stamp.images
+    from stamp.bench.request import RequestSettings, batch_records
+
+    files = [(tmp_path / f"{k}.png", f"prompt {k}") for k in range(3)]
+    calls = []
+
+    class Recorder:
+        model = argparse.Namespace(device=torch.device("cpu"))
+
+        def predict_batch(self, items, **kwargs):
+            calls.append([prompt for _, prompt in items])
+
+    monkeypatch.setattr(stamp.images, "load_image", lambda path: path)
+    settings = RequestSettings(batch_sizes=[1, 4, 3], warmup=0, batch_repeats=1)
+    recs = batch_records(Recorder(), files, settings, "fp32")
+    want = ["prompt 0", "prompt 1", "prompt 2", "prompt 0"]  # the first max(sizes) = 4, cycled
+    assert [r["images"] for r in recs] == [4, 4, 4]
+    assert [len(c) for c in calls] == [1, 1, 1, 1, 4, 3, 1]
+    assert sum(calls[:4], []) == calls[4] == sum(calls[5:], []) == want
 
 
 def test_targets_are_evaluated_from_the_records():
     rec = {"device": "cpu", "dtype": "fp32", "history": 512, "cache_flops_ratio": 1.5, "flops_fraction": 0.5}
     doc = {
         "mask_pass": [
-            {**rec, "n": 256, "ar_ratio": 40.0, "cache_ratio": 2.5},
-            {**rec, "n": 1024, "ar_ratio": 20.0, "cache_ratio": 1.4},
+            {**rec, "n": 256, "ar_ratio": 40.0, "cache_ratio": 2.5, "ar_ratio_bound": 80.0},
+            {**rec, "n": 1024, "ar_ratio": 20.0, "cache_ratio": 1.4, "ar_ratio_bound": 25.0},
         ],
         "batch": [
             {"device": "cpu", "dtype": "fp32", "batch_size": 1, "speedup_vs_batch_1": 1.0},
@@ -110,6 +137,8 @@ def test_targets_are_evaluated_from_the_records():
         ("batch 8 >= 1.5x batch 1", None): True,
     }
     assert all(t["device"] == "cpu" for t in evaluate_targets(doc))
+    bounds = {(t["target"], t.get("n")): t.get("bound") for t in evaluate_targets(doc)}
+    assert bounds[("ar_ratio >= 30", 1024)] == 25.0 and bounds[("cache_ratio >= 2", 1024)] == 1.5
 
 
 def test_render_prints_every_section(quick_doc):

@@ -18,7 +18,7 @@ from stamp.inference.generation import (
 )
 from stamp.model.modeling import StampModel
 
-FORMS = ["one_forward", "two_forward"]
+FORMS = ["one_forward", "two_forward", "per_row"]
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -65,6 +65,8 @@ def test_batch_rows_at_seg_together_or_apart(prefixes, form, monkeypatch):
     together = prefixes[0] == prefixes[1]
     if form == "two_forward":
         assert placeholder_masks == ([False] if together else [True, True])
+    elif form == "per_row":  # each row at `<|seg|>` alone, against its own unpadded cache: never a mask
+        assert placeholder_masks == [False, False]
     else:  # the `<|seg|>` row must not see the placeholders: always masked, one forward per mask step
         assert placeholder_masks == ([True] if together else [True, True])
     for image, out in zip(images, outs):
@@ -86,11 +88,44 @@ def test_both_forms_give_the_same_answer_and_masks(monkeypatch):
     for form in FORMS:
         monkeypatch.setenv(MASK_PASS_ENV, form)
         results[form] = pred.predict_batch(items, answer_prefix="<|seg|>", max_new_tokens=6)
-    for one, two in zip(results["one_forward"], results["two_forward"]):
-        assert one.token_ids == two.token_ids
-        assert len(one.masks) == len(two.masks) >= 1
-        for a, b in zip(one.masks, two.masks):
-            assert np.abs(a.patch_logits - b.patch_logits).max() <= 1e-5
+    for form in FORMS[1:]:
+        for one, two in zip(results["one_forward"], results[form]):
+            assert one.token_ids == two.token_ids
+            assert len(one.masks) == len(two.masks) >= 1
+            for a, b in zip(one.masks, two.masks):
+                assert np.abs(a.patch_logits - b.patch_logits).max() <= 1e-5
+
+
+def test_per_row_leaves_the_batch_cache_and_other_rows_alone(monkeypatch):
+    """Rows at `<|seg|>` at different steps, with several masks each, in a padded batch: the per-row
+    form matches each request run alone (batch 1), token for token and mask for mask."""
+    monkeypatch.setenv(MASK_PASS_ENV, "one_forward")  # the references: each request alone, one forward
+    model = StampModel.tiny(seed=10)
+    pred = StampPredictor(model)
+    items = [
+        (random_image(160, 300, 6), "Segment the thing."),
+        (random_image(260, 220, 7), "Segment every thing, and talk."),
+        (random_image(200, 200, 8), "Hi"),
+    ]
+    prefixes = ["<|seg|> and <|seg|>", "Well, <|seg|>", "No"]
+    batch = [
+        pred.predict_batch([item], answer_prefix=prefix, max_new_tokens=4)[0]
+        for item, prefix in zip(items, prefixes)
+    ]
+    monkeypatch.setenv(MASK_PASS_ENV, "per_row")
+    requests = []
+    for (image, prompt), prefix in zip(items, prefixes):
+        enc = pred.processor.encode_image(image)
+        with torch.no_grad():
+            feats = model.encode_images(enc.pixel_values, enc.grid_thw[None])[0]
+        requests.append(pred._request(enc, feats, prompt, None, prefix))
+    outs = generate(model, requests, GenerationConfig(max_new_tokens=4), pred.pad_id, pred.eos_ids)
+    for alone, out in zip(batch, outs):
+        assert alone.token_ids == out.token_ids
+        assert len(alone.masks) == len(out.mask_logits)
+        for a, b in zip(alone.masks, out.mask_logits):
+            assert np.abs(a.patch_logits - b.numpy()).max() <= 1e-5
+    assert [len(o.mask_logits) for o in outs][:2] == [2, 1]
 
 
 def test_mask_pass_form_policy(monkeypatch):
@@ -99,6 +134,8 @@ def test_mask_pass_form_policy(monkeypatch):
     assert mask_pass_form("cpu", n, masked=False) == "one_forward"
     assert mask_pass_form("cpu", n + 1, masked=False) == "two_forward"
     assert mask_pass_form("cpu", 4 * n, masked=True) == "one_forward"  # a mask either way: one pass
+    assert mask_pass_form("cpu", n, masked=True, rows=2) == "per_row"  # a padded batch: row by row
+    assert mask_pass_form("cuda", n, masked=True, rows=2) == "one_forward"
     assert mask_pass_form("cuda", 4 * n, masked=False) == "one_forward"
     monkeypatch.setenv(MASK_PASS_ENV, "two_forward")
     assert mask_pass_form("cuda", 1, masked=True) == "two_forward"

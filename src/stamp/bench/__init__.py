@@ -23,6 +23,7 @@ milliseconds (median of the repeats), memory MiB:
                                     peak_mem_mb (of the STAMP pass), stamp_form (one_forward |
                                     two_forward), stamp_one_forward_ms, stamp_two_forward_ms,
                                     mask_pass_gflop, mask_pass_gflops, matmul_gflops, ar_flops_ratio,
+                                    ar_ratio_bound (autoregressive / the pass at matmul[dtype]'s rate),
                                     cache_flops_ratio, no_cache_peak_mem_mb, autoregressive_peak_mem_mb,
                                     peak_mem_method, max_abs_diff, timings{pass: median/min/max/q1/q3/...}
     request[]                       per dtype: first_query_ms{stage}, second_query_ms{stage} for stages

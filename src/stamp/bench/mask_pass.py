@@ -135,7 +135,7 @@ class MaskPassBench:
     @property
     def form(self) -> str:
         """The form of the mask pass that generation uses here ("one_forward" or "two_forward")."""
-        return mask_pass_form(self.device, self.n, masked=self.mode != "hybrid")
+        return mask_pass_form(self.device, self.n, masked=self.mode != "hybrid", dtype=self.dtype)
 
     def stamp(self) -> tuple[torch.Tensor, torch.Tensor]:
         """STAMP's mask pass on the cached history, in generation's form. Returns ((gh, gw) mask
@@ -296,6 +296,8 @@ def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak
         "autoregressive_peak_mem_mb": ar.peak_mem.peak_mb if ar.peak_mem else None,
         "peak_mem_method": st.peak_mem.method if st.peak_mem else "unavailable",
         "ar_flops_ratio": autoregressive_flops(dims, bench.n, bench.history) / flops,
+        # the ratio a pass at the same-run matmul FLOP/s would reach against this baseline
+        "ar_ratio_bound": ar.median_ms / (flops / peak_gflops / 1e6) if peak_gflops > 0 else None,
         "cache_flops_ratio": no_cache_flops(dims, bench.n, bench.history) / flops,
         "max_abs_diff": diff,
         "timings": {

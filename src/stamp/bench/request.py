@@ -10,8 +10,9 @@ Images are SynthRef val scenes written to PNG files in a temporary folder (so "i
 file decode). Answers are capped at `max_new_tokens` free tokens after the forced `<|seg|>`; with random
 weights the answer rarely ends earlier, so decode time is that of about `max_new_tokens` steps.
 
-Throughput: `StampPredictor.predict_batch` on B distinct images (vision per image, then one left-padded
-generation for the batch, refinement included); images/s = B / median wall time of the call.
+Throughput: `StampPredictor.predict_batch` on B distinct images at a time (vision per image, then one
+left-padded generation for the batch, refinement included), over the same max(batch sizes) images at
+every B; images/s = those images / median wall time of the batches that cover them.
 """
 
 from __future__ import annotations
@@ -122,19 +123,26 @@ def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSe
 def batch_records(
     predictor, files: list[tuple[Path, str]], settings: RequestSettings, dtype: str
 ) -> list[dict]:
-    """images/s of `predict_batch` for each batch size (images: the first B of `files`, loaded)."""
+    """images/s of `predict_batch` for each batch size, every size on the SAME images: the first
+    max(batch_sizes) of `files` (cycled if fewer), in consecutive batches of B. So batch 1 and batch 8
+    do the same work; images differ in size (SynthRef's range), and timing batch 1 on one image alone
+    would credit or charge it with that image's size."""
     from stamp.images import load_image
 
     device = predictor.model.device
-    items = [(load_image(p), prompt) for p, prompt in files]
+    loaded = [(load_image(p), prompt) for p, prompt in files]
+    pool = [loaded[i % len(loaded)] for i in range(max(settings.batch_sizes))]
     records = []
     for bsz in settings.batch_sizes:
-        batch = [items[i % len(items)] for i in range(bsz)]
+        chunks = [pool[i : i + bsz] for i in range(0, len(pool), bsz)]
         runs = []
         for r in range(settings.warmup + settings.batch_repeats):
             synchronize(device)
             t0 = time.perf_counter()
-            predictor.predict_batch(batch, answer_prefix="<|seg|>", max_new_tokens=settings.max_new_tokens)
+            for chunk in chunks:
+                predictor.predict_batch(
+                    chunk, answer_prefix="<|seg|>", max_new_tokens=settings.max_new_tokens
+                )
             synchronize(device)
             if r >= settings.warmup:
                 runs.append(time.perf_counter() - t0)
@@ -143,10 +151,11 @@ def batch_records(
             {
                 "dtype": dtype,
                 "batch_size": bsz,
-                "images_per_s": bsz / sec,
-                "ms_per_batch": sec * 1e3,
-                "min_ms_per_batch": min(runs) * 1e3,
-                "max_ms_per_batch": max(runs) * 1e3,
+                "images": len(pool),
+                "images_per_s": len(pool) / sec,
+                "ms_per_batch": sec * 1e3 / len(chunks),
+                "min_ms_per_batch": min(runs) * 1e3 / len(chunks),
+                "max_ms_per_batch": max(runs) * 1e3 / len(chunks),
                 "repeats": len(runs),
             }
         )

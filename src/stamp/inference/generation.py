@@ -28,33 +28,55 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from stamp.model import cpu_attention
 from stamp.model.attention import build_hybrid_attention_mask
 from stamp.model.positions import placeholder_position_ids
 
 MASK_PASS_ENV = "STAMP_MASK_PASS"
-MASK_PASS_FORMS = ("auto", "one_forward", "two_forward")
+MASK_PASS_FORMS = ("auto", "one_forward", "two_forward", "per_row")
 CPU_ONE_FORWARD_MAX_N = 256
 """On a CPU, `auto` takes one forward up to this many placeholders (docs/PERFORMANCE.md: the
 one-forward pass was faster at N = 64 and 256 and slower at N = 1024 and 4096 on the bundled sizes)."""
+CPU_HALF_ONE_FORWARD_MAX_N = 144
+"""The same in bf16 / fp16, where the second forward runs the matmul attention of
+`stamp.model.cpu_attention`: two forwards were faster from 196 placeholders on, one forward up to 100,
+even at 144 (`stamp bench --preset synth --dtypes bf16 --n 64,100,144,196 --parts mask_pass`)."""
 
 
-def mask_pass_form(device: torch.device | str, n: int, masked: bool) -> str:
-    """ "one_forward" or "two_forward": how a `<|seg|>` step with up to `n` placeholders runs on `device`.
+def mask_pass_form(
+    device: torch.device | str, n: int, masked: bool, dtype: torch.dtype | None = None, rows: int = 1
+) -> str:
+    """ "one_forward", "two_forward" or "per_row": how a `<|seg|>` step with up to `n` placeholders runs.
 
     `masked`: whether the two-forward form would need attention masks anyway (padding, rows of a batch
-    not at a `<|seg|>`, different grids, the causal ablation); then one forward is strictly less work.
-    STAMP_MASK_PASS=one_forward|two_forward forces a form; `auto` (default) takes one forward on
-    accelerators, when masked, or when n <= CPU_ONE_FORWARD_MAX_N, and two forwards otherwise.
-    Both forms give the same logits up to float rounding (tested).
+    not at a `<|seg|>`, different grids, the causal ablation); then one forward is strictly less work
+    than two. `dtype`: the model's compute dtype (half precision moves the CPU threshold). `rows`: the
+    batch size.
+    STAMP_MASK_PASS=one_forward|two_forward|per_row forces a form; `auto` (default) takes
+    - one forward on accelerators (bound by kernel launches, where one wide call wins);
+    - per row on a CPU for a batch that would need masks: the `<|seg|>` tokens of all rows as one
+      decode step, then each row at a `<|seg|>` alone, its placeholders against its own cache without
+      the padding -- no mask, no padded placeholder slots, no work for rows not at a `<|seg|>`
+      (compute-bound, a CPU gains nothing from the wide padded call);
+    - otherwise one forward when masked or when n <= CPU_ONE_FORWARD_MAX_N (CPU_HALF_ONE_FORWARD_MAX_N
+      in bf16 / fp16 with the CPU matmul attention on), and two forwards above.
+    All forms give the same logits up to float rounding (tested).
     """
     choice = os.environ.get(MASK_PASS_ENV, "auto").strip().lower() or "auto"
     if choice not in MASK_PASS_FORMS:
         raise ValueError(f"{MASK_PASS_ENV} must be one of {MASK_PASS_FORMS}, got {choice!r}")
     if choice != "auto":
         return choice
-    if torch.device(device).type != "cpu" or masked or n <= CPU_ONE_FORWARD_MAX_N:
+    if torch.device(device).type != "cpu":
         return "one_forward"
-    return "two_forward"
+    if masked:
+        return "per_row" if rows > 1 else "one_forward"
+    half = dtype in cpu_attention.HALF and cpu_attention.mode() != "sdpa"
+    return (
+        "one_forward"
+        if n <= (CPU_HALF_ONE_FORWARD_MAX_N if half else CPU_ONE_FORWARD_MAX_N)
+        else "two_forward"
+    )
 
 
 @dataclass
@@ -256,17 +278,18 @@ def generate(
                         if on_event is not None:
                             on_event("mask", b, len(masks[b]) - 1, masks[b][-1])
             else:
+                seen = cache.get_seq_length()
                 hidden, cache = _step(
                     model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos
                 )
-                n_max = hidden.shape[1] - 1
                 for b in seg_rows:
                     gh, gw = grids[b]
                     masks[b].append(model.classifier(hidden[b, 1 : 1 + gh * gw]).float().view(gh, gw).cpu())
                     if on_event is not None:
                         on_event("mask", b, len(masks[b]) - 1, masks[b][-1])
-                if n_max:
-                    cache.crop(-n_max)
+                extra = cache.get_seq_length() - (seen + 1)  # placeholder slots, in forms that cached them
+                if extra:
+                    cache.crop(-extra)
                 key_block, next_pos = torch.cat([key_block, live], dim=1), next_pos + 1
             logits = model.lm_head(hidden[:, 0])
     return [GenerationOutput(tokens[b], masks[b], dict(timer.totals)) for b in range(bsz)]
@@ -277,7 +300,8 @@ def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, gr
     `mask_pass_form` picks (module docstring).
 
     Returns (hidden (B, 1 + n_max, H): the token rows, then the placeholder slots; cache holding the
-    history, the token and the n_max placeholder slots, which the caller crops).
+    history and the token, and in the one- and two-forward forms also the n_max placeholder slots,
+    which the caller crops).
     """
     device = key_block.device
     bsz, hist = key_block.shape
@@ -287,10 +311,12 @@ def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, gr
     new_block = torch.tensor([[-1 if done else 0] for done in finished], device=device)  # finished: padding
     keys = torch.cat([key_block, new_block], dim=1)
     mode = model.stamp.attention_mode
+    form = None
     if seg_rows:
         ph, ph_pos, ph_block = _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device)
         unmasked = mode == "hybrid" and bool((ph_block == 1).all()) and bool((keys == 0).all())
-        if mask_pass_form(device, ph.shape[1], masked=not unmasked) == "one_forward":
+        form = mask_pass_form(device, ph.shape[1], masked=not unmasked, dtype=ph.dtype, rows=bsz)
+        if form == "one_forward":
             q_block = torch.cat([new_block, ph_block], dim=1)
             q_index = (hist + torch.arange(q_block.shape[1], device=device)).expand(bsz, -1)
             q_limit = torch.full(q_block.shape, hist, device=device)  # the token / the `<|seg|>`
@@ -305,10 +331,40 @@ def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, gr
         here = torch.full((bsz, 1), hist, device=device)
         allowed = build_hybrid_attention_mask(keys, new_block, here, here, mode)
     hidden, cache = model.run_language_model(embeds, pos, allowed, cache)
+    if form == "per_row":
+        ph_hidden = torch.zeros((bsz, ph.shape[1], hidden.shape[2]), dtype=hidden.dtype, device=device)
+        for b in seg_rows:
+            ph_hidden[b, : int((ph_block[b] == 1).sum())] = _placeholder_pass_row(
+                model, cache, b, keys[b], ph[b], ph_pos[:, b], ph_block[b]
+            )
+        return torch.cat([hidden, ph_hidden], dim=1), cache
     if seg_rows:
         ph_hidden, cache = _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block, unmasked)
         hidden = torch.cat([hidden, ph_hidden], dim=1)
     return hidden, cache
+
+
+def _placeholder_pass_row(model, cache, b, row_keys, ph, ph_pos, ph_block):
+    """Row b's placeholders against row b's cache without its padding (the per-row form).
+
+    row_keys (K,): block ids of the row's cache entries (its left padding -1, then its live history
+    ending with its `<|seg|>`); ph (n_max, H), ph_pos (3, n_max), ph_block (n_max,): its slots (block 1
+    live, then -1 padding). The row's cache is a copy of its live entries, so the batch's cache is left
+    as it was. Returns the hidden states of its n live placeholders (n, H)."""
+    start = int(torch.nonzero(row_keys == 0).flatten()[0])
+    if not bool((row_keys[start:] == 0).all()):
+        raise RuntimeError("a row at <|seg|> has padding inside its history")  # only left padding exists
+    n = int((ph_block == 1).sum())
+    row_cache = DynamicCache(
+        ddp_cache_data=[
+            (layer.keys[b : b + 1, :, start:], layer.values[b : b + 1, :, start:]) for layer in cache.layers
+        ]
+    )
+    keys = torch.zeros((1, row_keys.shape[0] - start), dtype=row_keys.dtype, device=row_keys.device)
+    block = ph_block[None, :n]
+    unmasked = model.stamp.attention_mode == "hybrid"
+    hidden, _ = _placeholder_pass(model, row_cache, keys, ph[None, :n], ph_pos[:, None, :n], block, unmasked)
+    return hidden[0]
 
 
 def _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device):

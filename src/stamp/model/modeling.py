@@ -14,6 +14,7 @@ Training step (one forward, several `<|seg|>` per sample, the vision tower once)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from stamp.model.attention import (
 )
 from stamp.model.batch_plan import BatchPlan, BatchPlanner
 from stamp.model.config import StampSettings
+from stamp.model.cpu_attention import cpu_matmul_attention
 from stamp.model.losses import mask_losses, text_loss_at
 from stamp.model.vision_attention import packed_vision
 
@@ -109,8 +111,11 @@ class StampModel:
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """Vision tower + patch merger: one (gh*gw, H) tensor of merged cell features per image, row-major.
         On accelerators the images attend in one call per distinct size and layer
-        (`stamp.model.vision_attention`)."""
-        with sdpa_backends(pixel_values.device), packed_vision(self, pixel_values.device):
+        (`stamp.model.vision_attention`); on a CPU in bf16 they attend through matmuls
+        (`stamp.model.cpu_attention`)."""
+        device = pixel_values.device
+        vision_config = self.config.vision_config
+        with sdpa_backends(device), packed_vision(self, device), cpu_matmul_attention(vision_config, device):
             out = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         return list(out.pooler_output)
 
@@ -201,12 +206,15 @@ class StampModel:
         """
         self.check_attention_backend()
         extra = {}
+        unmasked_kernel = contextlib.nullcontext()
         if allowed is None:
             text_config = self.config.get_text_config()
             layer_types = set(getattr(text_config, "layer_types", None) or ["full_attention"])
             if layer_types == {"full_attention"}:
                 mask = {"full_attention": None}  # a prepared mapping: transformers builds no causal mask
                 extra["is_causal"] = False  # and sdpa must not fall back to its causal default
+                # bf16 on CPU: matmul attention, 2-3x faster than sdpa there (stamp.model.cpu_attention)
+                unmasked_kernel = cpu_matmul_attention(text_config, inputs_embeds.device)
             else:  # sliding-window layers need their own masks: spell "everything visible" out
                 past = cache.get_seq_length() if cache is not None else 0
                 q = inputs_embeds.shape[1]
@@ -214,7 +222,7 @@ class StampModel:
                 mask = to_backend_mask(allowed, self.attn_implementation)
         else:
             mask = to_backend_mask(allowed, self.attn_implementation)
-        with sdpa_backends(inputs_embeds.device):
+        with sdpa_backends(inputs_embeds.device), unmasked_kernel:
             out = self.model.language_model(
                 inputs_embeds=inputs_embeds,
                 position_ids=position_ids,
