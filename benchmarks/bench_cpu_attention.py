@@ -3,6 +3,7 @@
 
     python benchmarks/bench_cpu_attention.py                 # bf16, 2 threads
     python benchmarks/bench_cpu_attention.py --dtype fp32
+    python benchmarks/bench_cpu_attention.py --chunk 16777216   # another chunk size (scores per kv head)
 
 Shapes (batch 1): the mask pass of the bundled sizes (4 query heads sharing 2 key/value heads, head
 dim 64) and of Qwen2-VL-2B's language model (12 / 2, dim 128) with N placeholders against a history
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from stamp.model import cpu_attention
 from stamp.model.cpu_attention import matmul_attention
 
 SHAPES = [  # (name, query heads, kv heads, queries, keys, head dim)
@@ -39,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument(
+        "--chunk", type=int, default=None, help="scores per key/value head at a time (default: the module's)"
+    )
     args = p.parse_args(argv)
+    if args.chunk:
+        cpu_attention.CHUNK_ELEMENTS = args.chunk
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     if dtype == torch.float32:
@@ -47,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ["STAMP_CPU_ATTENTION"] = "matmul"  # the matmul path takes fp32 only when asked
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
+        f"chunk {cpu_attention.CHUNK_ELEMENTS} scores"
+    )
     print(
         "| shape | heads / kv | Q x K | dim | sdpa ms | matmul ms | sdpa GFLOP/s | matmul GFLOP/s | sdpa/matmul | err sdpa | err matmul |"
     )

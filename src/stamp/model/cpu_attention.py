@@ -1,13 +1,13 @@
 """Unmasked half-precision attention on CPU as plain matmuls, in row chunks.
 
-On the project's CPU (torch 2.13), `scaled_dot_product_attention` in bf16 runs at about the speed of
-fp32 (174 against 191 GFLOP/s at 1,025 queries x 1,537 keys) while a bf16 matmul runs 2-3x faster, so
+On the project's CPUs (torch 2.13, AVX512-BF16), `scaled_dot_product_attention` in bf16 runs at about
+the speed of fp32 (164 GFLOP/s at 1,025 queries x 1,537 keys) while a bf16 matmul runs 2-4x faster, so
 STAMP's widest forward -- the placeholders against the cached history, with no mask at all -- was held
 to a third of the bf16 matmul rate (docs/PERFORMANCE.md). Spelled out as two matmuls and a softmax over
 chunks of query rows (scores of at most `CHUNK_ELEMENTS` per key/value head at a time, so they stay in
-cache), the same attention took 4-6 ms instead of 9.3 ms at that size and 42 ms instead of 107 ms at
-4,097 x 4,609 (benchmarks/bench_cpu_attention.py). The grouped query heads share their key/value head by
-a reshape, without copying keys.
+cache), the same attention took 5.8 ms instead of 9.9 ms at that size and 50 ms instead of 112 ms at
+4,097 x 4,609; 2.9-3.3x faster with Qwen2-VL-2B's heads (benchmarks/bench_cpu_attention.py). The
+grouped query heads share their key/value head by a reshape, without copying keys.
 
 `matmul_attention` is registered with transformers' `AttentionInterface`; `cpu_matmul_attention`
 switches a model's text attention to it for one call, and the function itself hands every call it does
@@ -31,8 +31,9 @@ NAME = "stamp_cpu_matmul"
 ENV = "STAMP_CPU_ATTENTION"
 MODES = ("auto", "sdpa", "matmul")
 CHUNK_ELEMENTS = 1 << 19
-"""Scores computed at once per key/value head (query rows x keys). 2^18-2^20 measured alike and 2-3x
-faster than 2^24 (one chunk) at 4,097 queries on the 2-core CPU; 2^19 sits in the middle."""
+"""Scores computed at once per key/value head (query rows x keys), 1 MiB in bf16. In a sweep of 2^17 to
+2^24 on the 2-core CPU, 2^18-2^20 were fastest and one chunk for everything (2^24 at 4,097 queries)
+was 2-3x slower; `python benchmarks/bench_cpu_attention.py --chunk N` measures another value."""
 MIN_QUERIES = 16
 """Fewer queries (a decode step) stay with sdpa: the handful of extra ops cost more than they save there
 (the autoregressive baseline of `stamp bench`, one query per step, ran 15-20% slower through matmuls)."""
