@@ -212,6 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--no-progress", action="store_true")
     _add_model_args(cal, adapters=False, threshold=False)
 
+    cmp_ = sub.add_parser(
+        "compare",
+        help="compare two results.json of stamp eval on the same samples (paired bootstrap intervals)",
+        description="B - A for cIoU, gIoU, N-acc, T-acc, VQA accuracy and their mean, recomputed from the "
+        "per-sample records, with a paired bootstrap interval (the same resampled samples for both).",
+    )
+    cmp_.add_argument("a", metavar="A.json")
+    cmp_.add_argument("b", metavar="B.json")
+    cmp_.add_argument("--resamples", type=int, default=2000, help="bootstrap draws (default 2000)")
+    cmp_.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    cmp_.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    cmp_.add_argument("--json", default=None, metavar="OUT", help="also write the comparison as JSON")
+    cmp_.add_argument("--force", action="store_true", help="overwrite --json OUT")
+
     data = sub.add_parser("data", help="data tools")
     dsub = data.add_subparsers(
         dest="data_command", metavar="DATA_COMMAND", parser_class=_Parser, required=True

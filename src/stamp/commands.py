@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -194,7 +195,36 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from stamp.eval.compare import compare, format_comparison, load_results
+    from stamp.io.outputs import atomic_write_bytes, ensure_writable
+
+    if args.json:
+        ensure_writable([Path(args.json)], args.force)
+    names = (Path(args.a).name, Path(args.b).name)
+    if names[0] == names[1]:
+        names = (args.a, args.b)
+    result = compare(
+        load_results(args.a),
+        load_results(args.b),
+        resamples=args.resamples,
+        seed=args.seed,
+        level=args.level,
+        names=names,
+    )
+    print(f"A = {args.a}\nB = {args.b}")
+    print(format_comparison(result, names=("A", "B")))
+    if args.json:
+        doc = {"schema": "stamp-compare/1", "a": args.a, "b": args.b, **result}
+        atomic_write_bytes(Path(args.json), (json.dumps(doc, indent=1) + "\n").encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
 COMMANDS = {"segment": cmd_segment, "demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "data": cmd_data}
 COMMANDS["calibrate"] = cmd_calibrate
+COMMANDS["compare"] = cmd_compare
 COMMANDS.update(SERVE_COMMANDS)
 COMMANDS["bench"] = cmd_bench

@@ -179,6 +179,7 @@ def evaluate_samples(
                 "union": union,
                 "iou": 1.0 if union == 0 else inter / union,
                 "has_mask": not declined,
+                "mask_nonempty": bool(pred.any()),
                 "has_target": has_target,
                 "seconds": seconds,
             }
