@@ -26,11 +26,11 @@ def _module(training=False, is_causal=True, groups=2):
     return types.SimpleNamespace(training=training, is_causal=is_causal, num_key_value_groups=groups)
 
 
-def _qkv(q_len, k_len, dtype, heads=4, kv_heads=2, dim=16, seed=0):
+def _qkv(q_len, k_len, dtype, heads=4, kv_heads=2, dim=16, seed=0, bsz=1):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(1, heads, q_len, dim, generator=g)
-    k = torch.randn(1, kv_heads, k_len, dim, generator=g)
-    v = torch.randn(1, kv_heads, k_len, dim, generator=g)
+    q = torch.randn(bsz, heads, q_len, dim, generator=g)
+    k = torch.randn(bsz, kv_heads, k_len, dim, generator=g)
+    v = torch.randn(bsz, kv_heads, k_len, dim, generator=g)
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
@@ -43,13 +43,13 @@ def _reference(q, k, v, scaling):
 
 
 @pytest.mark.parametrize("chunk", [1 << 19, 97])  # one chunk; many, with a ragged last one
-@pytest.mark.parametrize("q_len,k_len", [(16, 16), (40, 73), (130, 300)])
-def test_matmul_attention_equals_attention(q_len, k_len, chunk, monkeypatch):
+@pytest.mark.parametrize("q_len,k_len,bsz", [(16, 16, 1), (40, 73, 2), (130, 300, 1)])
+def test_matmul_attention_equals_attention(q_len, k_len, bsz, chunk, monkeypatch):
     monkeypatch.setattr(cpu_attention, "CHUNK_ELEMENTS", chunk)
     monkeypatch.delenv(ENV, raising=False)
-    q, k, v = _qkv(q_len, k_len, torch.bfloat16)
+    q, k, v = _qkv(q_len, k_len, torch.bfloat16, bsz=bsz)
     out, weights = matmul_attention(_module(), q, k, v, None, scaling=0.3, is_causal=False)
-    assert weights is None and out.shape == (1, q_len, 4, 16) and out.dtype == torch.bfloat16
+    assert weights is None and out.shape == (bsz, q_len, 4, 16) and out.dtype == torch.bfloat16
     ref = _reference(q, k, v, 0.3)
     err = (out.float() - ref).abs().max().item()
     sdpa_err = (
