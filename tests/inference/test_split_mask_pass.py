@@ -11,6 +11,7 @@ from helpers import full_recompute_logits, random_image
 from stamp.inference import StampPredictor
 from stamp.inference.generation import (
     CPU_ONE_FORWARD_MAX_N,
+    CPU_PER_ROW_MIN_GFLOP,
     MASK_PASS_ENV,
     GenerationConfig,
     generate,
@@ -135,6 +136,8 @@ def test_mask_pass_form_policy(monkeypatch):
     assert mask_pass_form("cpu", n + 1, masked=False) == "two_forward"
     assert mask_pass_form("cpu", 4 * n, masked=True) == "one_forward"  # a mask either way: one pass
     assert mask_pass_form("cpu", n, masked=True, rows=2) == "per_row"  # a padded batch: row by row
+    assert mask_pass_form("cpu", n, masked=True, rows=2, padded_gflop=CPU_PER_ROW_MIN_GFLOP) == "per_row"
+    assert mask_pass_form("cpu", n, masked=True, rows=2, padded_gflop=0.1) == "one_forward"  # overhead-bound
     assert mask_pass_form("cuda", n, masked=True, rows=2) == "one_forward"
     assert mask_pass_form("cuda", 4 * n, masked=False) == "one_forward"
     monkeypatch.setenv(MASK_PASS_ENV, "two_forward")

@@ -43,21 +43,35 @@ CPU_HALF_ONE_FORWARD_MAX_N = 144
 even at 144 (`stamp bench --preset synth --dtypes bf16 --n 64,100,144,196 --parts mask_pass`)."""
 
 
+CPU_PER_ROW_MIN_GFLOP = 1.0
+"""A padded batch's mask step goes row by row on a CPU when the padded forward would cost at least this
+many GFLOP: per row, each row pays a forward's fixed overhead, which only pays off against real
+arithmetic. On eight SynthRef scenes (`python benchmarks/bench_batch_forms.py`, fp32) the tiny test
+model's padded steps (0.14 GFLOP by `stamp.bench.flops.forward_flops`) took 4 ms in one forward and 9 ms
+per row; the bundled model's (13-30 GFLOP each) 559 ms in one forward and 232 ms per row."""
+
+
 def mask_pass_form(
-    device: torch.device | str, n: int, masked: bool, dtype: torch.dtype | None = None, rows: int = 1
+    device: torch.device | str,
+    n: int,
+    masked: bool,
+    dtype: torch.dtype | None = None,
+    rows: int = 1,
+    padded_gflop: float | None = None,
 ) -> str:
     """ "one_forward", "two_forward" or "per_row": how a `<|seg|>` step with up to `n` placeholders runs.
 
     `masked`: whether the two-forward form would need attention masks anyway (padding, rows of a batch
     not at a `<|seg|>`, different grids, the causal ablation); then one forward is strictly less work
     than two. `dtype`: the model's compute dtype (half precision moves the CPU threshold). `rows`: the
-    batch size.
+    batch size; `padded_gflop`: the work of the padded one-forward step (None: assume it is large).
     STAMP_MASK_PASS=one_forward|two_forward|per_row forces a form; `auto` (default) takes
     - one forward on accelerators (bound by kernel launches, where one wide call wins);
-    - per row on a CPU for a batch that would need masks: the `<|seg|>` tokens of all rows as one
-      decode step, then each row at a `<|seg|>` alone, its placeholders against its own cache without
-      the padding -- no mask, no padded placeholder slots, no work for rows not at a `<|seg|>`
-      (compute-bound, a CPU gains nothing from the wide padded call);
+    - per row on a CPU for a batch that would need masks, when the padded step is real arithmetic
+      (`CPU_PER_ROW_MIN_GFLOP`): the `<|seg|>` tokens of all rows as one decode step, then each row at
+      a `<|seg|>` alone, its placeholders against its own cache without the padding -- no mask, no
+      padded placeholder slots, no work for rows not at a `<|seg|>` (compute-bound, a CPU gains
+      nothing from the wide padded call);
     - otherwise one forward when masked or when n <= CPU_ONE_FORWARD_MAX_N (CPU_HALF_ONE_FORWARD_MAX_N
       in bf16 / fp16 with the CPU matmul attention on), and two forwards above.
     All forms give the same logits up to float rounding (tested).
@@ -70,7 +84,8 @@ def mask_pass_form(
     if torch.device(device).type != "cpu":
         return "one_forward"
     if masked:
-        return "per_row" if rows > 1 else "one_forward"
+        heavy = padded_gflop is None or padded_gflop >= CPU_PER_ROW_MIN_GFLOP
+        return "per_row" if rows > 1 and heavy else "one_forward"
     half = dtype in cpu_attention.HALF and cpu_attention.mode() != "sdpa"
     return (
         "one_forward"
@@ -315,7 +330,10 @@ def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, gr
     if seg_rows:
         ph, ph_pos, ph_block = _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device)
         unmasked = mode == "hybrid" and bool((ph_block == 1).all()) and bool((keys == 0).all())
-        form = mask_pass_form(device, ph.shape[1], masked=not unmasked, dtype=ph.dtype, rows=bsz)
+        work = _padded_gflop(model, bsz, ph.shape[1], hist) if bsz > 1 and not unmasked else None
+        form = mask_pass_form(
+            device, ph.shape[1], masked=not unmasked, dtype=ph.dtype, rows=bsz, padded_gflop=work
+        )
         if form == "one_forward":
             q_block = torch.cat([new_block, ph_block], dim=1)
             q_index = (hist + torch.arange(q_block.shape[1], device=device)).expand(bsz, -1)
@@ -342,6 +360,13 @@ def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, gr
         ph_hidden, cache = _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block, unmasked)
         hidden = torch.cat([hidden, ph_hidden], dim=1)
     return hidden, cache
+
+
+def _padded_gflop(model, bsz: int, n_max: int, hist: int) -> float:
+    """GFLOP of the decoder stack for the padded one-forward mask step: bsz x (1 + n_max) queries."""
+    from stamp.bench.flops import TextDims, forward_flops
+
+    return forward_flops(TextDims.from_model(model), bsz * (1 + n_max), hist + 1 + n_max) / 1e9
 
 
 def _placeholder_pass_row(model, cache, b, row_keys, ph, ph_pos, ph_block):
