@@ -86,18 +86,14 @@ class _Table:
         """Each metric (percent) under sample weights (R, n) -- one row per bootstrap draw."""
         s = self.sums
 
-        def ratio(num, den):
+        def ratio(num, den, empty=np.nan):
             d = weights @ s[den]
             with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(d > 0, 100.0 * (weights @ s[num]) / np.where(d > 0, d, 1), np.nan)
+                return np.where(d > 0, 100.0 * (weights @ s[num]) / np.where(d > 0, d, 1), empty)
 
         out = {}
         if s["seg"].sum():
-            union = weights @ s["union"]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out["ciou"] = np.where(
-                    union > 0, 100.0 * (weights @ s["inter"]) / np.where(union > 0, union, 1), 100.0
-                )
+            out["ciou"] = ratio("inter", "union", empty=100.0)  # every union 0: all empty-vs-empty
             out["giou"] = ratio("iou", "seg")
         if s["nt"].sum():
             out["n_acc"] = ratio("nt_ok", "nt")

@@ -330,7 +330,8 @@ def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, gr
     if seg_rows:
         ph, ph_pos, ph_block = _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device)
         unmasked = mode == "hybrid" and bool((ph_block == 1).all()) and bool((keys == 0).all())
-        work = _padded_gflop(model, bsz, ph.shape[1], hist) if bsz > 1 and not unmasked else None
+        padded_cpu = bsz > 1 and not unmasked and device.type == "cpu"
+        work = _padded_gflop(model, bsz, ph.shape[1], hist) if padded_cpu else None
         form = mask_pass_form(
             device, ph.shape[1], masked=not unmasked, dtype=ph.dtype, rows=bsz, padded_gflop=work
         )
@@ -352,9 +353,8 @@ def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, gr
     if form == "per_row":
         ph_hidden = torch.zeros((bsz, ph.shape[1], hidden.shape[2]), dtype=hidden.dtype, device=device)
         for b in seg_rows:
-            ph_hidden[b, : int((ph_block[b] == 1).sum())] = _placeholder_pass_row(
-                model, cache, b, keys[b], ph[b], ph_pos[:, b], ph_block[b]
-            )
+            row = _placeholder_pass_row(model, cache, b, keys[b], ph[b], ph_pos[:, b], ph_block[b])
+            ph_hidden[b, : row.shape[0]] = row
         return torch.cat([hidden, ph_hidden], dim=1), cache
     if seg_rows:
         ph_hidden, cache = _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block, unmasked)
