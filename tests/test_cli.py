@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from helpers import random_image
 from PIL import Image
 
@@ -127,3 +128,20 @@ def test_data_synth_cli(tmp_path, capsys):
     assert (out / "conversations.json").is_file()
     assert main(["data", "synth", "--out", str(out), "--split", "val", "--n", "3", "--format", "llava"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_segment_cells_sets_the_resolution(tmp_path):
+    """--cells MIN,MAX overrides the checkpoint's sizing (min = max fixes the cell count)."""
+    img = tmp_path / "in.png"
+    random_image(120, 160).save(img)
+    base = ["segment", str(img), "--prompt", "Segment it.", "--answer-prefix", "<|seg|>"]
+    grids = {}
+    for cells in ("12,12", "48,48"):
+        out = tmp_path / cells.replace(",", "_")
+        assert main(base + ["--max-new-tokens", "2", "--out", str(out), "--cells", cells]) == 0
+        gh, gw = json.loads((out / "result.json").read_text())["masks"][0]["grid"]
+        grids[cells] = gh * gw
+    assert grids == {"12,12": 12, "48,48": 48}
+    with pytest.raises(SystemExit) as bad:  # argparse: one line, exit 2, before any model loads
+        main(base + ["--out", str(tmp_path / "bad"), "--cells", "9,3"])
+    assert bad.value.code == 2

@@ -9,6 +9,7 @@ import sys
 
 from stamp.bench.cli import add_parser as add_bench_parser
 from stamp.serve.cli import add_parsers as add_serve_parsers
+from stamp.serve.cli import int_pair as _pair
 
 EXIT_USAGE = 2
 
@@ -33,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, adapters: bool = True, threshold: bool = True) -> None:
-    """--model, --dtype, --device, --refine; and --base-model (LoRA adapters) and --threshold unless
+    """--model, --dtype, --device, --cells, --refine; and --base-model (LoRA adapters) and --threshold unless
     the command has no use for them."""
     p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     if adapters:
@@ -50,22 +51,20 @@ def _add_model_args(p: argparse.ArgumentParser, *, adapters: bool = True, thresh
             help="foreground probability threshold (default: the model's calibrated mask_threshold, else 0.5)",
         )
     p.add_argument(
+        "--cells",
+        type=_pair,
+        default=None,
+        metavar="MIN,MAX",
+        help="image size in 28x28 cells, overriding the checkpoint's processor settings "
+        "(e.g. 1024,1024 for the authors' evaluation)",
+    )
+    p.add_argument(
         "--refine",
         default="auto",
         metavar="auto|none|guided|sam[:PATH]",
         help="sub-patch refinement: image-guided upsampling, or a local SAM directory "
         "(default auto: guided for the bundled model, none for others)",
     )
-
-
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        lo, hi = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two integers), got {text!r}") from None
-    if not 0 < lo <= hi:
-        raise argparse.ArgumentTypeError(f"need 0 < MIN <= MAX, got {text!r}")
-    return lo, hi
 
 
 def _floats(text: str) -> list[float]:
@@ -161,13 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TASK=W,...",
         help="SynthRef task mix, e.g. refer=0.5,vqa=0.3 (default: the split's mix)",
     )
-    ev.add_argument(
-        "--cells",
-        type=_pair,
-        default=None,
-        metavar="MIN,MAX",
-        help="deploy at another resolution: cells per image",
-    )
     _add_model_args(ev)
 
     cal = sub.add_parser(
@@ -193,13 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--image-root", default=None, help="where the images are (default: the LISA layout)")
     cal.add_argument(
         "--synth-size", type=_pair, default=None, metavar="MIN,MAX", help="SynthRef image size range in px"
-    )
-    cal.add_argument(
-        "--cells",
-        type=_pair,
-        default=None,
-        metavar="MIN,MAX",
-        help="deploy at another resolution: cells per image (the chosen threshold is for that resolution)",
     )
     cal.add_argument("--max-new-tokens", type=int, default=64)
     cal.add_argument(

@@ -34,6 +34,8 @@ def _predictor(args):
     from stamp.models import load_model
 
     model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
+    if args.cells is not None:
+        model.processor.set_cell_range(*args.cells)
     from stamp.models import resolve_refine
 
     return StampPredictor(model, threshold=args.threshold, refine=resolve_refine(args.refine, args.model))

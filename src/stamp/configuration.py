@@ -110,29 +110,70 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _list_item_type(tp: Any) -> Any | None:
+    """The item type of a list[...] field (also inside Optional[...]); None if `tp` is not a list."""
+    for t in (tp, *typing.get_args(tp)):
+        if typing.get_origin(t) in (list, tuple):
+            args = typing.get_args(t)
+            return args[0] if args else Any
+    return None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, checking keys against `cls`."""
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, checking keys against `cls`.
+
+    A number addresses an item of a list field: `data.sources.0.path=/data/lisa` sets the path of the
+    first source (the item must exist).
+    """
     data = dict(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node, node_cls, where = data, cls, ""
-        for i, part in enumerate(parts):
-            types_ = _field_types(node_cls)
-            if part not in types_:
-                raise _unknown(part, list(types_), where)
-            if i == len(parts) - 1:
-                node[part] = yaml.safe_load(raw) if raw.strip() else ""
-            else:
-                tp = _dataclass_in(types_[part])
-                if tp is None:
-                    raise ConfigError(f"'{where}{part}' is not a section; cannot set '{key}'")
-                child = dict(node.get(part) or {})
-                node[part] = child
-                node, node_cls, where = child, tp, f"{where}{part}."
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        _set_path(data, key.strip().split("."), value, cls, key.strip())
     return data
+
+
+def _set_path(node: Any, parts: list[str], value: Any, tp: Any, key: str, where: str = "") -> None:
+    """Set `value` at `parts` below `node` (a dict for dataclass `tp`, or a list for a list type),
+    copying the containers it passes through so the caller's data is never changed."""
+    part, rest = parts[0], parts[1:]
+    item_type = _list_item_type(tp) if isinstance(node, list) else None
+    if isinstance(node, list):
+        if not part.isdigit():
+            raise ConfigError(f"'{where.rstrip('.')}' is a list: use an item number, e.g. '{where}0'")
+        index = int(part)
+        if index >= len(node):
+            raise ConfigError(
+                f"'{where}{part}': '{where.rstrip('.')}' has {len(node)} item(s) (numbered from 0)"
+            )
+        child_type = item_type
+    else:
+        types_ = _field_types(tp)
+        if part not in types_:
+            raise _unknown(part, list(types_), where)
+        index, child_type = part, types_[part]
+    if not rest:
+        node[index] = value
+        return
+    section = None if _list_item_type(child_type) is not None else _dataclass_in(child_type)
+    if section is not None:
+        child = dict(node[index] or {}) if isinstance(node, list) else dict(node.get(index) or {})
+        node[index] = child
+        _set_path(child, rest, value, section, key, f"{where}{part}.")
+    elif _list_item_type(child_type) is not None:
+        current = node[index] if isinstance(node, list) else node.get(index)
+        if not isinstance(current, list):
+            raise ConfigError(
+                f"'{where}{part}' has no items in the config to address with '{key}'; "
+                f"set the whole list instead, e.g. {where}{part}=[...]"
+            )
+        child = list(current)
+        node[index] = child
+        _set_path(child, rest, value, child_type, key, f"{where}{part}.")
+    else:
+        raise ConfigError(f"'{where}{part}' is not a section; cannot set '{key}'")
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:

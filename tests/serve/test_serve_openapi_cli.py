@@ -4,6 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from stamp.serve import cli as serve_cli
 from stamp.serve.openapi import render
 
@@ -49,3 +51,19 @@ def test_cli_parsers_and_commands(monkeypatch):
     assert serve_cli.COMMANDS["web"](args) == 0
     assert ran["host"] == "127.0.0.1" and ran["port"] == 0
     assert any(getattr(r, "path", None) == "/" for r in ran["app"].routes)
+
+
+def test_serve_cells_sets_the_resolution(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    parser = argparse.ArgumentParser(prog="stamp")
+    serve_cli.add_parsers(parser.add_subparsers(dest="command"), argparse.ArgumentParser)
+    args = parser.parse_args(["serve", "--cells", "8,16", "--refine", "none"])
+    ran = {}
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app))
+    assert serve_cli.COMMANDS["serve"](args) == 0
+    assert TestClient(ran["app"]).get("/v1/model").json()["image_cells"] == [8, 16]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--cells", "16,8"])

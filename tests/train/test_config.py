@@ -39,6 +39,27 @@ def test_overrides_and_types(tmp_path):
         load_config(TrainConfig, None, ["run.steps=abc"])
 
 
+def test_overrides_address_list_items():
+    recipe = ROOT / "stamp-2b-finetune.yaml"
+    cfg = load_config(TrainConfig, recipe, ["data.sources.0.path=/mnt/lisa", "data.sources.1.weight=0.5"])
+    assert cfg.data.sources[0].path == "/mnt/lisa" and cfg.data.sources[1].weight == 0.5
+    assert load_config(TrainConfig, recipe).data.sources[0].path != "/mnt/lisa"  # the file is untouched
+    cfg = load_config(
+        TrainConfig,
+        None,
+        ["model.mrope_section=[8,12,12]", "model.mrope_section.0=10", "model.mrope_section.1=10"],
+    )
+    assert cfg.model.mrope_section == [10, 10, 12]
+    with pytest.raises(ConfigError, match="set the whole list"):  # only the schema's default exists
+        load_config(TrainConfig, None, ["model.mrope_section.0=4"])
+    with pytest.raises(ConfigError, match="did you mean 'path'"):
+        load_config(TrainConfig, recipe, ["data.sources.0.pth=/x"])
+    with pytest.raises(ConfigError, match="item"):
+        load_config(TrainConfig, recipe, ["data.sources.9.path=/x"])
+    with pytest.raises(ConfigError, match="list"):
+        load_config(TrainConfig, recipe, ["data.sources.path=/x"])
+
+
 def test_unknown_key_suggests_closest(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'lr'"):
         load_config(TrainConfig, None, ["optim.lrr=1"])

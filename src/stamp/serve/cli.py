@@ -44,6 +44,13 @@ def add_serve_arguments(p: argparse.ArgumentParser, default_port: int = 8000) ->
         help="foreground probability threshold (default: the model's calibrated mask_threshold, else 0.5)",
     )
     p.add_argument(
+        "--cells",
+        type=int_pair,
+        default=None,
+        metavar="MIN,MAX",
+        help="image size in 28x28 cells, overriding the checkpoint's processor settings",
+    )
+    p.add_argument(
         "--refine", default="auto", help="auto (guided for the bundled model) | none | guided | sam:PATH"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -85,6 +92,17 @@ def add_serve_arguments(p: argparse.ArgumentParser, default_port: int = 8000) ->
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
+def int_pair(text: str) -> tuple[int, int]:
+    """'1024,1280' -> (1024, 1280), with 0 < MIN <= MAX (an argparse type)."""
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two integers), got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 < MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
 def settings_from_args(args, *, web: bool):
     """`ServeSettings` from parsed arguments (ValueError on a bad value)."""
     from stamp.serve.config import ServeSettings
@@ -118,6 +136,8 @@ def _run(args, *, web: bool) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
+    if args.cells is not None:
+        model.processor.set_cell_range(*args.cells)
     refine = resolve_refine(getattr(args, "refine", "auto"), args.model)
     app = create_app(StampPredictor(model, threshold=args.threshold, refine=refine), settings)
     what = "web demo" if web else "API"
