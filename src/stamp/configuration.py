@@ -122,8 +122,8 @@ def _list_item_type(tp: Any) -> Any | None:
 def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, checking keys against `cls`.
 
-    A number addresses an item of a list field: `data.sources.0.path=/data/lisa` sets the path of the
-    first source (the item must exist).
+    A number addresses an item of a list field, `*` every item: `data.sources.0.path=/data/lisa` sets
+    the path of the first source (the item must exist), `data.sources.*.path=/data/lisa` of all.
     """
     data = dict(data)
     for item in overrides:
@@ -140,9 +140,13 @@ def _set_path(node: Any, parts: list[str], value: Any, tp: Any, key: str, where:
     copying the containers it passes through so the caller's data is never changed."""
     part, rest = parts[0], parts[1:]
     item_type = _list_item_type(tp) if isinstance(node, list) else None
+    if isinstance(node, list) and part == "*":
+        for i in range(len(node)):
+            _set_path(node, [str(i), *rest], value, tp, key, where)
+        return
     if isinstance(node, list):
         if not part.isdigit():
-            raise ConfigError(f"'{where.rstrip('.')}' is a list: use an item number, e.g. '{where}0'")
+            raise ConfigError(f"'{where.rstrip('.')}' is a list: use an item number or *, e.g. '{where}0'")
         index = int(part)
         if index >= len(node):
             raise ConfigError(

@@ -180,15 +180,16 @@ GREFS = [
 
 
 def write_coco_root(root: Path) -> Path:
-    """refcoco (refs(unc).p), refcocog (refs(umd).p), grefcoco (grefs(unc).json) and COCO images."""
+    """refcoco and refcoco+ (refs(unc).p), refcocog (refs(umd).p), grefcoco (grefs(unc).json) and COCO images."""
     for image_id, size in IMAGE_SIZES.items():
         write_image(root / COCO_DIR / coco_file_name(image_id), size, seed=image_id)
     instances = json.dumps(coco_instances())
-    for name in ("refcoco", "refcocog", "grefcoco"):
+    for name in ("refcoco", "refcoco+", "refcocog", "grefcoco"):
         (root / name).mkdir()
         (root / name / "instances.json").write_text(instances)
-    with open(root / "refcoco" / "refs(unc).p", "wb") as f:
-        pickle.dump(REFS, f, protocol=2)
+    for name in ("refcoco", "refcoco+"):
+        with open(root / name / "refs(unc).p", "wb") as f:
+            pickle.dump(REFS, f, protocol=2)
     with open(root / "refcocog" / "refs(umd).p", "wb") as f:
         pickle.dump(REFS, f)
     (root / "grefcoco" / "grefs(unc).json").write_text(json.dumps(GREFS))

@@ -52,6 +52,8 @@ def test_overrides_address_list_items():
     assert cfg.model.mrope_section == [10, 10, 12]
     with pytest.raises(ConfigError, match="set the whole list"):  # only the schema's default exists
         load_config(TrainConfig, None, ["model.mrope_section.0=4"])
+    cfg = load_config(TrainConfig, recipe, ["data.sources.*.path=/mnt/all"])
+    assert {s.path for s in cfg.data.sources} == {"/mnt/all"} and len(cfg.data.sources) == 3
     with pytest.raises(ConfigError, match="did you mean 'path'"):
         load_config(TrainConfig, recipe, ["data.sources.0.pth=/x"])
     with pytest.raises(ConfigError, match="item"):

@@ -58,7 +58,11 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     if m.freeze_vision:
         model.model.visual.requires_grad_(False)
     if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # the name transformers keeps
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if m.lora is not None:
         model = _apply_lora(model, cfg, weights_from)
     return model.train()
