@@ -61,8 +61,10 @@ def _add_model_args(p: argparse.ArgumentParser, *, adapters: bool = True, thresh
     p.add_argument(
         "--refine",
         default="auto",
-        metavar="auto|none|guided|sam[:PATH]",
-        help="sub-patch refinement: image-guided upsampling, or a local SAM directory "
+        metavar="auto|none|guided|sam[:PATH]|sam-authors[:PATH]",
+        help="sub-patch refinement: image-guided upsampling, or SAM from a local transformers SAM folder "
+        "or an original checkpoint file (sam_vit_h_4b8939.pth): 'sam' is the project's refiner, "
+        "'sam-authors' the authors' evaluation procedure (seeded points) "
         "(default auto: guided for the bundled model, none for others)",
     )
 
@@ -147,7 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
         help='force answers to start with "Sure, it is <|seg|>" (as the literature does)',
     )
     ev.add_argument("--save-masks", default=None, help="write each predicted mask as a PNG into this folder")
-    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument(
+        "--max-new-tokens", type=int, default=None, help="answer token budget (default: the protocol's)"
+    )
+    ev.add_argument(
+        "--protocol",
+        default="stamp",
+        choices=["stamp", "authors"],
+        help="how to ask and score: stamp (default) or authors (the paper's: their question templates, "
+        "1024 cells, 1024 answer tokens, logit 0, nearest upsampling; see docs/EVALUATION.md)",
+    )
     ev.add_argument("--force", action="store_true", help="overwrite --out")
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument(

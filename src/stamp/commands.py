@@ -148,6 +148,8 @@ def cmd_eval(args) -> int:
         synth_size=args.synth_size,
         cells=args.cells,
         synth_tasks=args.synth_tasks,
+        protocol=args.protocol,
+        base_model=args.base_model,
     )
     several = _several_ranks()
     results = run_eval(job, progress=not args.no_progress, teardown=not several)

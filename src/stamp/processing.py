@@ -1,7 +1,16 @@
 """`StampProcessor`: images -> Qwen2-VL pixel tensors, conversations -> token ids, batches -> tensors.
 
-Built on `Qwen2VLImageProcessorPil` and a tokenizer (transformers' `Qwen2VLProcessor` needs torchvision
-for its video part, which this project does not depend on). The chat format is Qwen2-VL's:
+Built on a tokenizer and one of two image resizes (transformers' `Qwen2VLProcessor` needs torchvision
+for its video part, which this project does not depend on), chosen by `ProcessorSettings.resize`:
+
+    "pil"   `Qwen2VLImageProcessorPil`: PIL bicubic resize (stamp-seg checkpoints saved before the
+            field existed, and the bundled model);
+    "fast"  `stamp.image_resize`: the resize of transformers' fast (torchvision) processor, bicubic with
+            antialias on uint8 tensors, equal to it bit for bit without torchvision (the authors'
+            checkpoints: their environment loads the fast processor).
+
+Wherever an image is resized the two differ: on photos by one or two uint8 levels (up to 0.03 in pixel
+values) on 0.2-0.4% of the values; more on synthetic hard edges and noise. The chat format is Qwen2-VL's:
 
     <|im_start|>system\n{system}<|im_end|>\n                        (omitted when system is None)
     <|im_start|>user\n<|vision_start|><|image_pad|>*N<|vision_end|>{prompt}<|im_end|>\n
@@ -13,7 +22,7 @@ with N = gh * gw merged cells. Labels cover the assistant answers and their `<|i
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import Qwen2VLImageProcessorPil
 
 from stamp.data.sample import StampSample, Turn
+from stamp.image_resize import qwen2vl_fast_pixels
 from stamp.images import ImageLike, load_image
 from stamp.model.losses import patch_targets
 from stamp.model.tokens import (
@@ -38,6 +48,7 @@ from stamp.model.tokens import (
 PROCESSOR_FILE = "stamp_processor.json"
 DEFAULT_SYSTEM = "You are a helpful assistant."
 CELL = 28  # pixels per merged cell (ViT patch 14 x spatial merge 2)
+RESIZE_MODES = ("pil", "fast")
 
 
 @dataclass
@@ -52,12 +63,23 @@ class ProcessorSettings:
     """System message of the chat template; None omits the system turn."""
     target_threshold: float | None = 0.5
     """Cells whose foreground area fraction is >= this are positive targets; None keeps soft targets."""
+    resize: str = "pil"
+    """How images are resized: "pil" (PIL bicubic; files saved before this field existed load as "pil")
+    or "fast" (as transformers' fast image processor, see `stamp.image_resize`)."""
+
+    @classmethod
+    def authors(cls) -> ProcessorSettings:
+        """The sizing the authors train and evaluate their checkpoints with (1024..1280 cells), resized
+        as in their environment (the fast processor)."""
+        return cls(min_pixels=1024 * CELL * CELL, max_pixels=1280 * CELL * CELL, resize="fast")
 
     def __post_init__(self) -> None:
         if not (0 < self.min_pixels <= self.max_pixels):
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
         if self.target_threshold is not None and not (0.0 < self.target_threshold <= 1.0):
             raise ValueError(f"target_threshold must be in (0, 1] or None, got {self.target_threshold}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
 
 
 @dataclass
@@ -90,9 +112,7 @@ class StampProcessor:
     def __init__(self, tokenizer, settings: ProcessorSettings | None = None):
         self.tokenizer = tokenizer
         self.settings = settings or ProcessorSettings()
-        self.image_processor = Qwen2VLImageProcessorPil(
-            min_pixels=self.settings.min_pixels, max_pixels=self.settings.max_pixels
-        )
+        self.image_processor = _pil_image_processor(self.settings)
         self.image_token_id = token_id(tokenizer, IMAGE_PAD)
         self.vision_start_id = token_id(tokenizer, VISION_START)
         self.vision_end_id = token_id(tokenizer, VISION_END)
@@ -110,10 +130,8 @@ class StampProcessor:
 
     def set_pixel_range(self, min_pixels: int, max_pixels: int) -> None:
         """Change the dynamic-resolution bounds (e.g. to deploy a model at another resolution)."""
-        self.settings = ProcessorSettings(
-            min_pixels, max_pixels, self.settings.system_prompt, self.settings.target_threshold
-        )
-        self.image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+        self.settings = replace(self.settings, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.image_processor = _pil_image_processor(self.settings)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path) -> None:
@@ -129,23 +147,23 @@ class StampProcessor:
         settings = ProcessorSettings()
         if (path / PROCESSOR_FILE).is_file():
             settings = ProcessorSettings(**json.loads((path / PROCESSOR_FILE).read_text()))
-        elif (path / "preprocessor_config.json").is_file():  # a stock Qwen2-VL directory
+        elif (path / "preprocessor_config.json").is_file():  # a stock Qwen2-VL or the authors' directory
             pre = json.loads((path / "preprocessor_config.json").read_text())
-            size = pre.get("size") or {}
-            settings.min_pixels = int(
-                pre.get("min_pixels") or size.get("shortest_edge") or settings.min_pixels
-            )
-            settings.max_pixels = int(
-                pre.get("max_pixels") or size.get("longest_edge") or settings.max_pixels
-            )
+            settings = settings_from_preprocessor_config(pre, settings)
         return cls(tokenizer, settings)
 
     # ------------------------------------------------------------------ images
     def encode_image(self, image: ImageLike) -> EncodedImage:
         """Load (any mode, EXIF-rotated) and resize dynamically within [min_pixels, max_pixels]."""
         pil = load_image(image)
-        out = self.image_processor(images=[pil], return_tensors="pt")
-        return EncodedImage(out["pixel_values"], out["image_grid_thw"][0].long(), pil.size, pil)
+        if self.settings.resize == "fast":
+            pixel_values, grid_thw = qwen2vl_fast_pixels(
+                pil, self.settings.min_pixels, self.settings.max_pixels
+            )
+        else:
+            out = self.image_processor(images=[pil], return_tensors="pt")
+            pixel_values, grid_thw = out["pixel_values"], out["image_grid_thw"]
+        return EncodedImage(pixel_values, grid_thw[0].long(), pil.size, pil)
 
     # ------------------------------------------------------------------ text
     def _text_ids(self, text: str) -> list[int]:
@@ -254,6 +272,54 @@ class StampProcessor:
         return batch
 
 
+def _pil_image_processor(settings: ProcessorSettings) -> Qwen2VLImageProcessorPil | None:
+    """transformers' PIL processor for the "pil" resize; None for "fast" (done by `stamp.image_resize`)."""
+    if settings.resize != "pil":
+        return None
+    return Qwen2VLImageProcessorPil(min_pixels=settings.min_pixels, max_pixels=settings.max_pixels)
+
+
+def resize_mode_for(image_processor_type: str | None) -> str:
+    """The resize a checkpoint folder's `image_processor_type` (preprocessor_config.json) gets in the
+    authors' environment (transformers 4.57 with torchvision, where `AutoProcessor` picks the class):
+
+        "Qwen2VLImageProcessorFast" (any "...Fast")  -> "fast"
+        "Qwen2VLImageProcessor" (the 4.x slow name)  -> "fast": 4.57 loads it as the fast class anyway
+                                                        (its FORCE_FAST_IMAGE_PROCESSOR list)
+        "Qwen2VLImageProcessorPil" (5.x PIL class)   -> "pil"
+        other names                                  -> "pil" (4.57 loads their slow class)
+        None (no image_processor_type)               -> "pil": 4.57 then takes the class from the model
+                                                        config and picks the slow one, which computes
+                                                        exactly what "pil" computes
+    """
+    if image_processor_type is None:
+        return "pil"
+    if image_processor_type.endswith("Fast") or image_processor_type == "Qwen2VLImageProcessor":
+        return "fast"
+    return "pil"
+
+
+def settings_from_preprocessor_config(
+    pre: dict, settings: ProcessorSettings | None = None
+) -> ProcessorSettings:
+    """`settings` (default: `ProcessorSettings()`) with the pixel range and resize of a transformers
+    preprocessor_config.json (its `min_pixels`/`max_pixels`, else `size`; `image_processor_type`)."""
+    settings = settings or ProcessorSettings()
+    size = pre.get("size") or {}
+    return replace(
+        settings,
+        min_pixels=int(pre.get("min_pixels") or size.get("shortest_edge") or settings.min_pixels),
+        max_pixels=int(pre.get("max_pixels") or size.get("longest_edge") or settings.max_pixels),
+        resize=resize_mode_for(pre.get("image_processor_type")),
+    )
+
+
+def has_processor_files(path: str | Path) -> bool:
+    """Whether a checkpoint folder says how to size images (stamp_processor.json or a stock
+    preprocessor_config.json)."""
+    return (Path(path) / PROCESSOR_FILE).is_file() or (Path(path) / "preprocessor_config.json").is_file()
+
+
 def reserved_tokens(tokenizer) -> list[str]:
     """Every `<|...|>` control token the tokenizer knows (chat, vision, STAMP): user text may not contain
     them, and decoded answers drop all but `<|seg|>`. Read from the added-token table, because
@@ -271,4 +337,11 @@ def resized_size(width: int, height: int, min_pixels: int, max_pixels: int) -> t
     return w, h
 
 
-__all__ = ["StampProcessor", "ProcessorSettings", "EncodedImage", "resized_size"]
+__all__ = [
+    "StampProcessor",
+    "ProcessorSettings",
+    "EncodedImage",
+    "resized_size",
+    "resize_mode_for",
+    "settings_from_preprocessor_config",
+]

@@ -2,10 +2,12 @@
 
     stamp eval --data refcoco:/data/lisa --split val --model /models/stamp-2b --out results.json
     stamp eval --data synthref --split val --limit 200 --out synth.json        # the bundled model
+    stamp eval --data refcoco:/data/lisa --split val --model DIR --protocol authors   # the paper's protocol
     accelerate launch --num_processes 2 -m stamp.cli eval ...                  # sharded across ranks
 
 results.json (schema version 1):
-    {"schema": 1, "data": "refcoco:/data/lisa", "split": "val", "model": "...", "force_seg": false,
+    {"schema": 1, "data": "refcoco:/data/lisa", "split": "val", "model": "...", "protocol": "stamp",
+     "max_new_tokens": 64, "upsample": "prob", "force_seg": false,
      "metrics": {"ciou", "giou", "precision@0.5" ... "precision@0.9", "n_acc", "t_acc", "vqa_acc",
                  "patch_ciou", "patch_giou", "n_samples"}   -- percentages 0-100, those that apply
      "samples": [{"id", "image", "prompt", "answer", "intersection", "union", "iou", "has_mask",
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from stamp.eval.evaluate import EvalReport, evaluate_samples, merge_reports
+from stamp.eval.protocols import get_protocol
 from stamp.io.outputs import atomic_write_bytes, ensure_writable
 
 DEFAULT_FORCE_PREFIX = "Sure, it is <|seg|>"
@@ -38,7 +41,8 @@ class EvalJob:
     seed: int = 0
     force_seg: bool = False
     save_masks: str | None = None
-    max_new_tokens: int = 64
+    max_new_tokens: int | None = None
+    """Answer token budget (None: the protocol's)."""
     overwrite: bool = False
     dtype: str | None = None
     device: str = "cpu"
@@ -52,6 +56,11 @@ class EvalJob:
     """Override the model's dynamic resolution: (min, max) merged 28x28 cells per image."""
     synth_tasks: dict[str, float] | None = None
     """SynthRef task mix, e.g. {"refer": 1.0} (None: the split's default mix)."""
+    protocol: str = "stamp"
+    """How to ask and score (`stamp.eval.protocols`): "stamp" or "authors" (the paper's evaluation).
+    Its answer budget, cells and threshold apply where the job leaves them None."""
+    base_model: str | None = None
+    """Base model folder of a LoRA adapter checkpoint."""
 
 
 def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict:
@@ -65,6 +74,7 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
 
     out = Path(job.out)
     ensure_writable([out], job.overwrite)
+    protocol = get_protocol(job.protocol)
     kind, path = parse_data_spec(job.data)
     dataset = open_dataset(
         kind,
@@ -78,20 +88,25 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     rank, world = _distributed()
     torch.manual_seed(job.seed)
-    model = load_model(job.model, dtype=job.dtype, device=job.device)
-    if job.cells is not None:
-        model.processor.set_cell_range(*job.cells)
+    model = load_model(job.model, dtype=job.dtype, device=job.device, base_model=job.base_model)
+    cells = job.cells or protocol.cells
+    if cells is not None:
+        model.processor.set_cell_range(*cells)
     from stamp.models import resolve_refine
 
+    if protocol.name == "authors" and job.refine == "auto":
+        job.refine = "none"  # their raw masks; their SAM step is --refine sam-authors:PATH
     job.refine = resolve_refine(job.refine, job.model)
-    predictor = StampPredictor(model, threshold=job.threshold, refine=job.refine)
+    threshold = job.threshold if job.threshold is not None else protocol.threshold
+    predictor = StampPredictor(model, threshold=threshold, refine=job.refine, upsample=protocol.upsample)
     indices = range(rank, n, world)
+    max_new_tokens = job.max_new_tokens or protocol.max_new_tokens
     report = evaluate_samples(
         predictor,
-        (dataset[i] for i in indices),
+        (protocol.question(dataset[i], i, job.seed) for i in indices),
         total=len(indices),
         answer_prefix=DEFAULT_FORCE_PREFIX if job.force_seg else None,
-        max_new_tokens=job.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         progress=progress and rank == 0,
         save_masks=Path(job.save_masks) if job.save_masks else None,
     )
@@ -102,11 +117,14 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
         "split": job.split,
         "model": job.model or "bundled",
         "dtype": str(model.dtype).removeprefix("torch."),  # what the model computed in
+        "protocol": protocol.name,
+        "max_new_tokens": max_new_tokens,
+        "upsample": protocol.upsample,
         "force_seg": job.force_seg,
         "refine": job.refine,
         "threshold": predictor.threshold,
         "synth_size": list(job.synth_size) if job.synth_size else None,
-        "cells": list(job.cells) if job.cells else None,
+        "cells": list(cells) if cells else None,
         "metrics": report.metrics,
         "samples": report.samples,
     }

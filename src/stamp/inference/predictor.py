@@ -24,7 +24,7 @@ from stamp.model.config import check_probability
 from stamp.model.tokens import PAD
 from stamp.processing import EncodedImage, StampProcessor
 
-UPSAMPLE_SPACES = ("prob", "logit")
+UPSAMPLE_SPACES = ("prob", "logit", "nearest")
 
 
 @dataclass
@@ -91,16 +91,20 @@ class ChatRequest:
 def logits_to_mask(
     logits: torch.Tensor, size_hw: tuple[int, int], threshold: float = 0.5, space: str = "prob"
 ) -> StampMask:
-    """Upsample (gh, gw) logits to the original (H, W) bilinearly and threshold.
+    """Upsample (gh, gw) logits to the original (H, W) and threshold.
 
-    space="prob" interpolates sigmoid probabilities (default: keeps thin regions that weak positive
-    logits would lose); "logit" interpolates the raw logits and thresholds at logit(threshold).
+    space="prob" interpolates sigmoid probabilities bilinearly (default: keeps thin regions that weak
+    positive logits would lose); "logit" interpolates the raw logits bilinearly and thresholds at
+    logit(threshold); "nearest" thresholds each cell, then copies it to the pixels it covers
+    (`F.interpolate(mode="nearest")`: the authors' evaluation, with threshold 0.5 = logit 0).
     """
     if space not in UPSAMPLE_SPACES:
         raise ValueError(f"upsample space must be one of {UPSAMPLE_SPACES}, got {space!r}")
     lg = logits.float()[None, None]
     if space == "prob":
         probs = F.interpolate(lg.sigmoid(), size=size_hw, mode="bilinear", align_corners=False)[0, 0]
+    elif space == "nearest":  # a copy of each cell's probability: thresholding it thresholds the cell
+        probs = F.interpolate(lg.sigmoid(), size=size_hw, mode="nearest")[0, 0]
     else:
         probs = F.interpolate(lg, size=size_hw, mode="bilinear", align_corners=False)[0, 0].sigmoid()
     mask = probs > threshold
@@ -135,7 +139,8 @@ class StampPredictor:
         Args:
             threshold: foreground probability threshold; None: the model's own (`mask_threshold` of its
                 STAMP settings, 0.5 unless calibrated).
-            upsample: "prob" (bilinear on probabilities, default) or "logit" (bilinear on logits).
+            upsample: "prob" (bilinear on probabilities, default), "logit" (bilinear on logits) or
+                "nearest" (threshold the cells, then nearest: the authors' evaluation).
             refine: "none", "guided" (image-guided upsampling), "sam:PATH" (a local SAM directory), or
                 any object with `refine(image, coarse_probs, coarse_mask) -> RefineResult`.
         """

@@ -11,6 +11,13 @@ Accepted layouts of `load_stamp_model(path)`:
      initialised), and a new classifier initialised -- a starting point for training;
   4. a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) on a base model
      of layout 3, given by `base_model=` or the adapter's `base_model_name_or_path`; merged on load.
+     peft writes, beside each canonical `modules_to_save` tensor (`...embed_tokens.weight`), copies
+     named `...modules_to_save.weight` (the same trained tensor) and `...original_module.weight` (the
+     base model's inactive copy) when the embeddings were resized. peft loads the canonical tensor into
+     the active copy, so that one is used; a `modules_to_save` copy that differs from it is an error,
+     and an `original_module` copy, which never reaches the outputs, only has to have its shape.
+Image sizing comes from the checkpoint folder's own processor files (an adapter's before its base's);
+an authors' checkpoint without one gets their 1024..1280 cells.
 Missing or unexpected weights are an error, never a warning. Nothing is unpickled.
 """
 
@@ -96,7 +103,7 @@ def load_stamp_model(
     from transformers import AutoConfig, AutoTokenizer
 
     from stamp.model.modeling import MODEL_CLASSES, StampModel
-    from stamp.processing import StampProcessor
+    from stamp.processing import ProcessorSettings, StampProcessor, has_processor_files
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     if config.model_type not in MODEL_CLASSES:
@@ -107,6 +114,7 @@ def load_stamp_model(
     if not keys:
         raise StampModelError(f"{path} has no *.safetensors weights")
     has_head = CLASSIFIER_KEYS <= keys
+    authors_layout = has_head and not hasattr(config, "stamp")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if not hasattr(config, "stamp"):
         seg_id, mask_id = add_stamp_tokens(tokenizer)
@@ -134,7 +142,10 @@ def load_stamp_model(
     )
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    model.processor = StampProcessor.from_pretrained(path, tokenizer)
+    if authors_layout and not has_processor_files(path):
+        model.processor = StampProcessor(tokenizer, ProcessorSettings.authors())
+    else:
+        model.processor = StampProcessor.from_pretrained(path, tokenizer)
     return model.to(device).eval()
 
 
@@ -166,24 +177,37 @@ def _load_adapter(path: Path, base_model, *, dtype, device, attn_implementation)
     cfg = json.loads((path / "adapter_config.json").read_text())
     base = Path(base_model or cfg.get("base_model_name_or_path") or "")
     if not base.is_dir():
+        named = cfg.get("base_model_name_or_path")
+        hint = (
+            f" (the adapter names {named!r}: models are local folders, nothing is downloaded)"
+            if named
+            else ""
+        )
         raise StampModelError(
-            f"adapter {path}: base model directory {str(base) or '(none)'} not found; pass base_model="
+            f"adapter {path}: base model directory {str(base) or '(none)'} not found{hint}; "
+            "pass base_model= (CLI: --base-model) with a local copy of the base model"
         )
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         raise StampModelError(f"adapter {path}: adapter_model.safetensors not found")
     model = load_stamp_model(base, dtype=dtype, device="cpu", attn_implementation=attn_implementation)
+    from stamp.processing import PROCESSOR_FILE, ProcessorSettings, StampProcessor, has_processor_files
+
+    tok = model.processor.tokenizer
     if (path / "tokenizer_config.json").is_file():  # the adapter's tokenizer fixes the ids of the new tokens
         from transformers import AutoTokenizer
-
-        from stamp.processing import StampProcessor
 
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         seg_id, mask_id = add_stamp_tokens(tok)
         model.stamp = StampSettings(seg_id, mask_id, position_mode="text")
         model.config.stamp = model.stamp.to_dict()
+    if has_processor_files(path):
+        model.processor = StampProcessor.from_pretrained(path, tok)
+    elif (base / PROCESSOR_FILE).is_file():  # a stamp-seg base carries the sizing it was trained with
         model.processor = StampProcessor(tok, model.processor.settings)
-    state = {_rename_adapter_key(k): v for k, v in load_file(str(weights)).items()}
+    else:  # a stock base's sizing is for chat; the authors trained and evaluate at theirs
+        model.processor = StampProcessor(tok, ProcessorSettings.authors())
+    state = _drop_peft_copies(path, {_rename_adapter_key(k): v for k, v in load_file(str(weights)).items()})
     rows = next((v.shape[0] for k, v in state.items() if k.endswith("embed_tokens.weight")), None)
     if rows and rows != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(rows, mean_resizing=False)
@@ -206,6 +230,34 @@ def _load_adapter(path: Path, base_model, *, dtype, device, attn_implementation)
     merged = peft_model.merge_and_unload()
     merged.processor = model.processor
     return merged.to(device).eval()
+
+
+def _drop_peft_copies(path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove peft's `modules_to_save` / `original_module` copies of canonical tensors (see the module
+    docstring); StampModelError when a copy disagrees with the tensor peft actually loads."""
+    kept = {}
+    for key, value in state.items():
+        for part in (".modules_to_save.", ".original_module."):
+            if part in key:
+                canonical = key.replace(part, ".")
+                break
+        else:
+            kept[key] = value
+            continue
+        if canonical not in state:
+            kept[key] = value  # not a copy: left for the strict key check
+            continue
+        if part == ".original_module." and value.shape != state[canonical].shape:
+            raise StampModelError(
+                f"adapter {path}: {key} has shape {tuple(value.shape)}, the canonical tensor "
+                f"{tuple(state[canonical].shape)}: the file is inconsistent"
+            )
+        if part == ".modules_to_save." and not torch.equal(value, state[canonical]):
+            raise StampModelError(
+                f"adapter {path}: {key} and {canonical} disagree; peft would load {canonical}, "
+                "so the file is inconsistent"
+            )
+    return kept
 
 
 def _rename_adapter_key(key: str) -> str:

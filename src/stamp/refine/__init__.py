@@ -1,7 +1,8 @@
 """Refinement of STAMP's per-cell masks: bilinear and image-guided upsampling, SAM refinement.
 
-`build_refiner("none" | "guided" | "sam" | "sam:PATH")` returns an object with
-`refine(image, coarse_probs, coarse_mask) -> RefineResult`.
+`build_refiner("none" | "guided" | "sam[:PATH]" | "sam-authors[:PATH]")` returns an object with
+`refine(image, coarse_probs, coarse_mask) -> RefineResult`. PATH: a transformers SAM directory or an
+original segment-anything checkpoint file (`sam_vit_h_4b8939.pth`).
 """
 
 from stamp.refine.base import (
@@ -15,6 +16,8 @@ from stamp.refine.base import (
 from stamp.refine.guided import default_radius, guided_upsample
 from stamp.refine.prompts import SamFrame, SamPrompts, build_prompts, mask_box, mask_prompt, select_points
 from stamp.refine.sam import SamRefiner, build_refiner
+from stamp.refine.sam_authors import SamAuthorsRefiner
+from stamp.refine.sam_checkpoint import load_original_sam
 from stamp.refine.upsample import upsample_probs
 
 __all__ = [
@@ -24,12 +27,14 @@ __all__ = [
     "RefineResult",
     "Refiner",
     "SamFrame",
+    "SamAuthorsRefiner",
     "SamPrompts",
     "SamRefiner",
     "build_prompts",
     "build_refiner",
     "default_radius",
     "guided_upsample",
+    "load_original_sam",
     "mask_agreement",
     "mask_box",
     "mask_prompt",

@@ -1,8 +1,13 @@
 """SAM refinement of STAMP's coarse masks, and `build_refiner` for all refiners.
 
-`SamRefiner` loads a transformers `SamModel` (or `Sam2Model`, when the installed transformers has it)
-from a LOCAL directory, frozen and in eval mode, and refines a coarse mask in one image encoding plus
-a few cheap decoder passes:
+Both SAM refiners (`SamRefiner` here, `SamAuthorsRefiner` in `stamp.refine.sam_authors`) hold a frozen,
+eval-mode transformers `SamModel` (or `Sam2Model`, when the installed transformers has it) loaded from
+  - a LOCAL directory written by `save_pretrained` (e.g. a copy of facebook/sam-vit-huge), or
+  - an original segment-anything checkpoint FILE such as `sam_vit_h_4b8939.pth` (what the STAMP authors'
+    README points to), mapped strictly onto `SamModel` by `stamp.refine.sam_checkpoint`.
+Nothing is downloaded.
+
+`SamRefiner` refines a coarse mask in one image encoding plus a few cheap decoder passes:
   1. prompts derived deterministically from the coarse mask (`stamp.refine.prompts`): positive points
      deep inside it, negative points on confident background, its bounding box, and the cell
      probabilities as a mask prompt with a negative-logit padding;
@@ -14,7 +19,8 @@ The image embedding of the last image is cached, so several masks on one image e
 
 Pre-processing is done here (no torchvision): SAM v1 resizes the longest side to the model's input size
 (1024) and pads bottom/right with zeros after normalisation; SAM 2 resizes to a square. Mean/std come
-from the directory's preprocessor_config.json when present, else the ImageNet values SAM uses.
+from the directory's preprocessor_config.json (or a checkpoint's pixel_mean / pixel_std) when present,
+else the ImageNet values SAM uses.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from stamp.refine.base import (
     to_rgb_image,
 )
 from stamp.refine.prompts import SamFrame, SamPrompts, build_prompts
+from stamp.refine.sam_checkpoint import is_sam_checkpoint_file, load_original_sam
 
 SAM_PATH_ENV = "STAMP_SAM_PATH"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,12 +55,93 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MODEL_CLASSES = {"sam": "SamModel", "sam2": "Sam2Model"}
 
 
-class SamRefiner:
-    """Refine coarse masks with a frozen SAM / SAM 2 loaded from a local directory.
+class SamBase:
+    """A frozen SAM / SAM 2 with what both SAM refiners share: the input frame, pre-processing, the
+    cached image embedding, one decoder pass and the mask post-processing.
 
     Args:
-        model_dir: directory written by `save_pretrained` (config.json + weights), e.g. a local copy of
-            facebook/sam-vit-huge. Nothing is downloaded.
+        model_dir: a transformers SAM directory (config.json + weights) or an original segment-anything
+            checkpoint file (.pth / .pt / .bin / .safetensors). Nothing is downloaded.
+        device: torch device for SAM.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        self.model_dir = Path(model_dir)
+        self.device = torch.device(device)
+        self.model, self.model_type, (self.mean, self.std) = _load_sam(self.model_dir, self.device)
+        prompt_cfg = self.model.config.prompt_encoder_config
+        self.input_size = _as_int(prompt_cfg.image_size)  # square frame side (1024)
+        self.mask_input_size = 4 * (self.input_size // _as_int(prompt_cfg.patch_size))  # 256
+        self._cache_key: str | None = None
+        self._cache_embeddings = None
+
+    def frame(self, image_size: tuple[int, int]) -> SamFrame:
+        """The mapping of an (H, W) image into this model's input frame."""
+        if self.model_type == "sam2":
+            return SamFrame.stretch(image_size, self.input_size)
+        return SamFrame.letterbox(image_size, self.input_size)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """(1, 3, S, S) float32 pixel values for an RGB image (see `sam_pixel_values`)."""
+        return sam_pixel_values(image, self.frame((image.height, image.width)), self.mean, self.std)
+
+    def postprocess(self, low_res: torch.Tensor, frame: SamFrame) -> np.ndarray:
+        """(k, m, m) low-resolution logits -> (k, H, W) bool masks at the original size (logit > 0)."""
+        x = F.interpolate(
+            low_res[None].float(), size=(frame.target, frame.target), mode="bilinear", align_corners=False
+        )
+        h, w = frame.resized_size
+        x = F.interpolate(x[..., :h, :w], size=frame.orig_size, mode="bilinear", align_corners=False)
+        return (x[0] > 0).cpu().numpy()
+
+    def _embed(self, image: Image.Image):
+        """Image embeddings (a tensor for SAM, a list of tensors for SAM 2), cached for the last image."""
+        key = f"{image.size}:{hashlib.sha1(image.tobytes()).hexdigest()}"
+        if key != self._cache_key:
+            pixels = self.preprocess(image).to(self.device, dtype=self.model.dtype)
+            self._cache_embeddings = self.model.get_image_embeddings(pixels)
+            self._cache_key = key
+        return self._cache_embeddings
+
+    def _predict(
+        self,
+        embeddings,
+        *,
+        points: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt-encoder + mask-decoder pass on cached embeddings.
+
+        Args:
+            points: (1, 1, N, 2) x, y in the frame; labels: (1, 1, N) 1 / 0; boxes: (1, 1, 4) in the frame;
+            masks: (1, 1, m, m) mask-prompt logits. Each may be None.
+
+        Returns:
+            ((k, m, m) float32 low-resolution logits, (k,) float32 predicted IoU), on the CPU; k = 3 with
+            `multimask`, else 1.
+        """
+        dtype = self.model.dtype
+        out = self.model(
+            image_embeddings=embeddings,
+            input_points=None if points is None else points.to(self.device, dtype=dtype),
+            input_labels=None if labels is None else labels.to(self.device),
+            input_boxes=None if boxes is None else boxes.to(self.device, dtype=dtype),
+            input_masks=None if masks is None else masks.to(self.device, dtype=dtype),
+            multimask_output=multimask,
+        )
+        return out.pred_masks[0, 0].float().cpu(), out.iou_scores[0, 0].float().cpu()
+
+
+class SamRefiner(SamBase):
+    """Refine coarse masks with a frozen SAM / SAM 2 (the module docstring describes the procedure).
+
+    Args:
+        model_dir: a transformers SAM directory written by `save_pretrained` (e.g. a local copy of
+            facebook/sam-vit-huge) or an original segment-anything checkpoint file such as
+            `sam_vit_h_4b8939.pth`. Nothing is downloaded.
         device: torch device for SAM.
         n_points: positive points and (up to) as many negative points.
         seed: seeds the tie-breaking between equally good point candidates.
@@ -77,24 +165,10 @@ class SamRefiner:
     ) -> None:
         if pad_logit >= 0:
             raise ValueError(f"pad_logit must be negative, got {pad_logit}")
-        self.model_dir = Path(model_dir)
-        self.device = torch.device(device)
+        super().__init__(model_dir, device)
         self.n_points, self.seed = int(n_points), int(seed)
         self.min_agreement, self.extra_passes = float(min_agreement), int(extra_passes)
         self.pad_logit, self.use_box = float(pad_logit), bool(use_box)
-        self.model, self.model_type = _load_sam(self.model_dir, self.device)
-        prompt_cfg = self.model.config.prompt_encoder_config
-        self.input_size = _as_int(prompt_cfg.image_size)  # square frame side (1024)
-        self.mask_input_size = 4 * (self.input_size // _as_int(prompt_cfg.patch_size))  # 256
-        self.mean, self.std = _load_mean_std(self.model_dir)
-        self._cache_key: str | None = None
-        self._cache_embeddings = None
-
-    def frame(self, image_size: tuple[int, int]) -> SamFrame:
-        """The mapping of an (H, W) image into this model's input frame."""
-        if self.model_type == "sam2":
-            return SamFrame.stretch(image_size, self.input_size)
-        return SamFrame.letterbox(image_size, self.input_size)
 
     def prompts(
         self, image_size: tuple[int, int], coarse_probs: np.ndarray, coarse_mask: np.ndarray
@@ -109,10 +183,6 @@ class SamRefiner:
             seed=self.seed,
             pad_logit=self.pad_logit,
         )
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """(1, 3, S, S) float32 pixel values for an RGB image (see `sam_pixel_values`)."""
-        return sam_pixel_values(image, self.frame((image.height, image.width)), self.mean, self.std)
 
     @torch.no_grad()
     def refine(
@@ -152,38 +222,19 @@ class SamRefiner:
             return RefineResult(mask=mask.copy(), score=1.0, used_fallback=True, warning=warning)
         return RefineResult(mask=refined, score=score)
 
-    def postprocess(self, low_res: torch.Tensor, frame: SamFrame) -> np.ndarray:
-        """(k, m, m) low-resolution logits -> (k, H, W) bool masks at the original size (logit > 0)."""
-        x = F.interpolate(
-            low_res[None].float(), size=(frame.target, frame.target), mode="bilinear", align_corners=False
-        )
-        h, w = frame.resized_size
-        x = F.interpolate(x[..., :h, :w], size=frame.orig_size, mode="bilinear", align_corners=False)
-        return (x[0] > 0).cpu().numpy()
-
-    def _embed(self, image: Image.Image):
-        """Image embeddings (a tensor for SAM, a list of tensors for SAM 2), cached for the last image."""
-        key = f"{image.size}:{hashlib.sha1(image.tobytes()).hexdigest()}"
-        if key != self._cache_key:
-            pixels = self.preprocess(image).to(self.device, dtype=self.model.dtype)
-            self._cache_embeddings = self.model.get_image_embeddings(pixels)
-            self._cache_key = key
-        return self._cache_embeddings
-
     def _decode(
         self, embeddings, prompts: SamPrompts, mask_input: torch.Tensor, *, multimask: bool
     ) -> torch.Tensor:
         """One mask-decoder pass -> (k, m, m) float32 low-resolution logits on the CPU."""
-        dtype = self.model.dtype
-        out = self.model(
-            image_embeddings=embeddings,
-            input_points=prompts.input_points.to(self.device, dtype=dtype),
-            input_labels=prompts.input_labels.to(self.device),
-            input_boxes=prompts.input_boxes.to(self.device, dtype=dtype) if self.use_box else None,
-            input_masks=mask_input.to(self.device, dtype=dtype),
-            multimask_output=multimask,
+        low_res, _ = self._predict(
+            embeddings,
+            points=prompts.input_points,
+            labels=prompts.input_labels,
+            boxes=prompts.input_boxes if self.use_box else None,
+            masks=mask_input,
+            multimask=multimask,
         )
-        return out.pred_masks[0, 0].float().cpu()  # (k, m, m)
+        return low_res
 
     def _reset_padding(self, low_res: torch.Tensor, frame: SamFrame) -> torch.Tensor:
         """(m, m) logits with the frame's padding region set back to `pad_logit`."""
@@ -212,15 +263,18 @@ def sam_pixel_values(
 
 
 def build_refiner(spec: str, device: str | torch.device = "cpu", threshold: float = 0.5) -> Refiner:
-    """A refiner from a spec string: "none" | "guided" | "sam" | "sam:PATH".
+    """A refiner from a spec string: "none" | "guided" | "sam" | "sam:PATH" | "sam-authors" | "sam-authors:PATH".
+
+    PATH is a transformers SAM directory or an original segment-anything checkpoint file
+    (`sam_vit_h_4b8939.pth`); "sam" and "sam-authors" alone read it from the STAMP_SAM_PATH environment
+    variable. "sam" is the project's refiner (`SamRefiner`), "sam-authors" the authors' evaluation
+    procedure (`stamp.refine.sam_authors.SamAuthorsRefiner`, seed 0).
 
     `threshold` is the foreground probability threshold of the guided refiner (the predictor passes
     its own, so refined and unrefined masks cut the probabilities at the same level).
 
-    "sam" alone reads the model directory from the STAMP_SAM_PATH environment variable.
-
     Raises:
-        RefineError: unknown spec, no SAM path, or a missing/invalid SAM directory.
+        RefineError: unknown spec, no SAM path, or a missing/invalid SAM directory or checkpoint.
     """
     name, _, arg = str(spec).strip().partition(":")
     name = name.lower()
@@ -228,21 +282,36 @@ def build_refiner(spec: str, device: str | torch.device = "cpu", threshold: floa
         return NoRefiner()
     if name == "guided" and not arg:
         return GuidedRefiner(threshold=threshold)
-    if name == "sam":
+    if name in ("sam", "sam-authors"):
         path = arg or os.environ.get(SAM_PATH_ENV, "")
         if not path:
-            raise RefineError(f"refiner 'sam' needs a model directory: use 'sam:PATH' or set {SAM_PATH_ENV}")
-        return SamRefiner(path, device=device)
-    raise RefineError(f"unknown refiner {spec!r}; use 'none', 'guided', 'sam' or 'sam:PATH'")
+            raise RefineError(
+                f"refiner {name!r} needs a SAM directory or checkpoint file: use '{name}:PATH' or set {SAM_PATH_ENV}"
+            )
+        if name == "sam":
+            return SamRefiner(path, device=device)
+        from stamp.refine.sam_authors import SamAuthorsRefiner  # it builds on this module
+
+        return SamAuthorsRefiner(path, device=device)
+    raise RefineError(
+        f"unknown refiner {spec!r}; use 'none', 'guided', 'sam', 'sam:PATH', 'sam-authors' or 'sam-authors:PATH'"
+    )
 
 
-def _load_sam(model_dir: Path, device: torch.device) -> tuple[torch.nn.Module, str]:
-    """Load a frozen, eval-mode SAM / SAM 2 from a local directory; RefineError on any problem."""
-    config_path = model_dir / "config.json"
-    if not model_dir.is_dir():
-        raise RefineError(f"SAM model directory not found: {model_dir}")
+def _load_sam(
+    path: Path, device: torch.device
+) -> tuple[torch.nn.Module, str, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """A frozen, eval-mode SAM / SAM 2 from a local directory or an original checkpoint file, with its
+    normalisation (mean, std); RefineError on any problem."""
+    if is_sam_checkpoint_file(path) or path.is_file():
+        model, mean_std = load_original_sam(path)
+        model.to(device)
+        return model, "sam", mean_std or (IMAGENET_MEAN, IMAGENET_STD)
+    config_path = path / "config.json"
+    if not path.is_dir():
+        raise RefineError(f"SAM model directory not found: {path}")
     if not config_path.is_file():
-        raise RefineError(f"not a SAM model directory (no config.json): {model_dir}")
+        raise RefineError(f"not a SAM model directory (no config.json): {path}")
     try:
         model_type = json.loads(config_path.read_text()).get("model_type")
     except (OSError, ValueError) as exc:
@@ -254,12 +323,12 @@ def _load_sam(model_dir: Path, device: torch.device) -> tuple[torch.nn.Module, s
             f"unsupported SAM model_type {model_type!r} in {config_path}; supported: {supported}"
         )
     try:
-        model = getattr(transformers, cls_name).from_pretrained(str(model_dir), local_files_only=True)
+        model = getattr(transformers, cls_name).from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RefineError(f"cannot load {cls_name} from {model_dir}: {first_line}") from None
+        raise RefineError(f"cannot load {cls_name} from {path}: {first_line}") from None
     model.to(device).eval().requires_grad_(False)
-    return model, model_type
+    return model, model_type, _load_mean_std(path)
 
 
 def _load_mean_std(model_dir: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -51,7 +51,10 @@ def add_serve_arguments(p: argparse.ArgumentParser, default_port: int = 8000) ->
         help="image size in 28x28 cells, overriding the checkpoint's processor settings",
     )
     p.add_argument(
-        "--refine", default="auto", help="auto (guided for the bundled model) | none | guided | sam:PATH"
+        "--refine",
+        default="auto",
+        help="auto (guided for the bundled model) | none | guided | sam:PATH | sam-authors:PATH "
+        "(PATH: a transformers SAM folder or an original SAM checkpoint file)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=default_port, help=f"port (default {default_port})")
