@@ -96,3 +96,28 @@ def test_authors_recipe_runs_as_written(name, tmp_path, monkeypatch):
     seg += ["--base-model", str(STOCK_QWEN2VL)] if adapter else []
     assert main(seg + ["--answer-prefix", "<|seg|>", "--max-new-tokens", "2", "--refine", "none"]) == 0
     assert (out / "result.json").is_file()
+
+
+def test_paper_reproduction_commands_expand_and_parse(tmp_path):
+    """docs/EVALUATION.md's "Reproducing the paper" block, run by bash with `stamp` recording its
+    arguments: every command it issues parses, with the authors' protocol, and names an existing flag."""
+    import subprocess
+
+    text = (ROOT / "docs" / "EVALUATION.md").read_text()
+    section = text.split("## Reproducing the paper", 1)[1]
+    script = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    log = tmp_path / "calls"
+    stub = f'stamp() {{ printf "%s\\0" "$@" >> {log}; printf "\\n" >> {log}; }}\n'
+    subprocess.run(["bash", "-euc", stub + script], check=True)
+    calls = [c.rstrip("\0").split("\0") for c in log.read_text().split("\0\n") if c.strip("\0\n")]
+    assert len(calls) == 32  # 2 models x 8 splits x (raw, SAM)
+    for argv in calls:
+        args = build_parser().parse_args(argv)
+        assert (
+            args.command == "eval"
+            and args.protocol == "authors"
+            and args.split in {"val", "testA", "testB", "test"}
+        )
+        assert args.data.split(":")[0] in {"refcoco", "refcoco+", "refcocog"}
+        assert args.refine == "auto" or args.refine.startswith("sam-authors:")
+        assert ("7B" in args.model) == (args.base_model is not None)
