@@ -94,11 +94,12 @@ def test_accelerate_configs_parse():
 def test_vqa_kind_weights_reach_the_synthref_stream():
     from stamp.train.data import open_source
 
-    cfg = load_config(TrainConfig, ROOT / "experiments" / "stage14-vqa-kinds-cpu.yaml")
+    kinds = "data.vqa_kind_weights={count: 1, colour: 1, shape: 3, exists: 1, position: 2}"
+    cfg = load_config(TrainConfig, ROOT / "tiny-synth.yaml", [kinds])
     assert cfg.data.vqa_kind_weights == {"count": 1, "colour": 1, "shape": 3, "exists": 1, "position": 2}
     ds = open_source(cfg.data.sources[0], cfg.data)
     assert ds.vqa_kind_probs == (0.125, 0.125, 0.375, 0.125, 0.25)
-    control = load_config(TrainConfig, ROOT / "experiments" / "stage14-vqa-control-cpu.yaml")
+    control = load_config(TrainConfig, ROOT / "tiny-synth.yaml")
     assert open_source(control.data.sources[0], control.data).vqa_kind_probs is None
     with pytest.raises(ValueError, match="unknown SynthRef VQA kind"):
         bad = load_config(TrainConfig, None, ["data.vqa_kind_weights={shapes: 1}"])
