@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import Qwen2VLImageProcessorPil
 
 from stamp.data.sample import StampSample, Turn
-from stamp.image_resize import qwen2vl_fast_pixels
+from stamp.image_resize import MERGE, PATCH, qwen2vl_fast_pixels
 from stamp.images import ImageLike, load_image
 from stamp.model.losses import patch_targets
 from stamp.model.tokens import (
@@ -47,7 +47,7 @@ from stamp.model.tokens import (
 
 PROCESSOR_FILE = "stamp_processor.json"
 DEFAULT_SYSTEM = "You are a helpful assistant."
-CELL = 28  # pixels per merged cell (ViT patch 14 x spatial merge 2)
+CELL = PATCH * MERGE  # pixels per merged cell (one LM token): 28
 RESIZE_MODES = ("pil", "fast")
 
 
@@ -98,7 +98,7 @@ class EncodedImage:
     @property
     def grid_hw(self) -> tuple[int, int]:
         """(gh, gw): merged cells, i.e. placeholders per `<|seg|>` = gh * gw."""
-        return int(self.grid_thw[1]) // 2, int(self.grid_thw[2]) // 2
+        return int(self.grid_thw[1]) // MERGE, int(self.grid_thw[2]) // MERGE
 
     @property
     def num_cells(self) -> int:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from stamp.data.sample import SEG_TOKEN, StampSample
 from stamp.eval.metrics import SegMetrics, VQAAccuracy, mask_iou_stats, normalize_answer
-from stamp.model.losses import patch_targets
+from stamp.model.losses import IGNORE_VALUE, patch_targets
 
 
 @dataclass
@@ -147,7 +147,7 @@ def evaluate_samples(
         for k, gt in enumerate(gt_masks):
             declined = k >= len(result.masks)
             pred = np.zeros(gt.shape, bool) if declined else result.masks[k].mask
-            has_target = bool(((gt != 0) & (gt != 255)).any())
+            has_target = bool(((gt != 0) & (gt != IGNORE_VALUE)).any())
             seg.generalized |= not has_target
             inter, union = mask_iou_stats(pred, gt)
             for acc in accumulators:
@@ -161,7 +161,7 @@ def evaluate_samples(
             # the same expression on the model's own cell grid (counts of cells, never of pixels)
             grid = predictor.grid_hw
             frac, valid = patch_targets(gt, grid)
-            gt_cells = np.where(valid.numpy() > 0, (frac.numpy() >= 0.5).astype(np.uint8), 255)
+            gt_cells = np.where(valid.numpy() > 0, (frac.numpy() >= 0.5).astype(np.uint8), IGNORE_VALUE)
             p_pred = np.zeros(grid, bool) if declined else result.masks[k].patch_mask
             p_i, p_u = mask_iou_stats(p_pred, gt_cells)
             patch.update(
