@@ -1,7 +1,7 @@
 import torch
 from helpers import random_image
 
-from stamp.data.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
+from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
 from stamp.model.tokens import MASK_TOKEN, QWEN_SPECIAL_TOKENS, SEG_TOKEN
 
 

@@ -16,7 +16,9 @@ import numpy as np
 from PIL import Image
 
 SEG_TOKEN = "<|seg|>"
+"""Where a mask belongs in an answer, in the data's text format (the same text as the model's token)."""
 MASK_TOKEN = "<|mask|>"
+"""The model's placeholder token, reserved: data text must not contain it."""
 IGNORE_INDEX = 255
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from stamp.data.sample import MASK_TOKEN, SEG_TOKEN
-
+SEG_TOKEN = "<|seg|>"  # STAMP's trigger: the model emits it where a mask belongs
+MASK_TOKEN = "<|mask|>"  # the placeholder, one per image cell, in the mask pass
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"

@@ -23,7 +23,7 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
         model.processor.settings.target_threshold = cfg.loss.target_threshold
         _set_cells(model, m)
     elif m.init == "scratch":
-        from stamp.data.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
+        from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
         from stamp.model.tiny import build_model_from_scratch
 
         settings = ProcessorSettings(

@@ -5,7 +5,7 @@ fixed ids 0..k-1 before training, so the trainer cannot re-assign them (a word-l
 sees `<|seg|>` in the corpus would otherwise turn it into an ordinary word).
 
 Rebuild the shipped one with:
-    python -m stamp.data.tokenizer --out src/stamp/assets/tokenizer-synth
+    python -m stamp.train.tokenizer --out src/stamp/assets/tokenizer-synth
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Training: configs, data streams, the trainer loop, checkpoints."""
