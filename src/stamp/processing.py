@@ -9,8 +9,8 @@ for its video part, which this project does not depend on), chosen by `Processor
             antialias on uint8 tensors, equal to it bit for bit without torchvision (the authors'
             checkpoints: their environment loads the fast processor).
 
-Wherever an image is resized the two differ: on photos by one or two uint8 levels (up to 0.03 in pixel
-values) on 0.2-0.4% of the values; more on synthetic hard edges and noise. The chat format is Qwen2-VL's:
+Wherever an image is resized the two differ by a uint8 level or so on a small share of the values
+(more on hard edges and noise), enough to move mask logits slightly. The chat format is Qwen2-VL's:
 
     <|im_start|>system\n{system}<|im_end|>\n                        (omitted when system is None)
     <|im_start|>user\n<|vision_start|><|image_pad|>*N<|vision_end|>{prompt}<|im_end|>\n

@@ -41,8 +41,8 @@ from stamp.data.synth_tasks import (
 SPLITS = ("train", "val", "test", "compositional")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "compositional": 3}
 DEFAULT_LENGTHS = {"val": 1000, "test": 2000, "compositional": 1000}
-# No-target requests are 12 / (30 + 12 + 12) = 22% of the single-mask referring requests: the
-# calibration run never learned to decline at 10%. Multi-turn dialogues add more of them.
+# No-target requests are 12 / (30 + 12 + 12) = 22% of the single-mask referring requests: a model
+# needs that many to learn to decline. Multi-turn dialogues add more of them.
 DEFAULT_TASK_WEIGHTS: dict[str, float] = {
     "refer": 0.30,
     "grefer": 0.12,

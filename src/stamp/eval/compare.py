@@ -11,8 +11,8 @@ in which B is ahead. A sample (an `id`) is drawn whole: every mask and answer of
 multi-turn sample goes together.
 
 Metrics: `ciou`, `giou`, `n_acc`, `t_acc` (when the data has no-target expressions; T-acc needs the
-`mask_nonempty` field that results files carry since 2026-11-27), `vqa_acc`, and `mean` (of those
-present: for SynthRef, the mean of five that the bundled model's stages were selected by).
+`mask_nonempty` field of the results records; older files lack it), `vqa_acc`, and `mean` (of those
+present: for SynthRef, the mean of the five target metrics).
 """
 
 from __future__ import annotations

@@ -473,7 +473,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if trainer.accel.num_processes > 1:
         # Freeing the DDP model frees its gloo process group, whose destructor joins the group's worker
         # thread while holding the GIL; that thread may still need the GIL to free the tensors of the last
-        # collective, and the two wait for each other forever (seen once in CI, 2026-11-26). So the trainer
+        # collective, and the two can wait for each other forever. So the trainer
         # is kept, and `stamp train` ends such a process with os._exit once everything is written.
         _FINISHED_DISTRIBUTED.append(trainer)
     return last
