@@ -9,7 +9,7 @@ import pytest
 from helpers import random_image
 from PIL import Image
 
-from stamp.cli import main
+from stamp.cli import build_parser, main
 
 
 def test_help_runs():
@@ -145,3 +145,252 @@ def test_segment_cells_sets_the_resolution(tmp_path):
     with pytest.raises(SystemExit) as bad:  # argparse: one line, exit 2, before any model loads
         main(base + ["--out", str(tmp_path / "bad"), "--cells", "9,3"])
     assert bad.value.code == 2
+
+
+# --------------------------------------------------------------------------- issue 23: the first hour
+
+
+def _no_model(monkeypatch):
+    """Make any model load fail loudly: a check that runs after it would be too late."""
+    import stamp.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(stamp.models, "load_model", refuse)
+
+
+def _exit_code(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        return exc.code
+
+
+def test_argument_errors_come_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    _no_model(monkeypatch)
+    img = tmp_path / "in.png"
+    random_image(32, 32).save(img)
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    (tmp_path / "empty").mkdir()
+    seg = ["segment", str(img), "--prompt", "x"]
+    cases = [
+        (seg + ["--out", str(tmp_path / "o"), "--threshold", "1.5"], "(0, 1)"),
+        (seg + ["--out", str(a_file)], "is a file"),
+        (seg + ["--out", str(tmp_path / "o"), "--cells", "9,3"], "MIN <= MAX"),
+        (seg + ["--out", str(tmp_path / "o"), "--refine", "bogus"], "unknown refinement"),
+        (seg + ["--out", str(tmp_path / "o"), "--refine", f"sam:{tmp_path / 'no-sam'}"], "not found"),
+        (["segment", str(tmp_path / "gone.png"), "--prompt", "x", "--out", str(tmp_path / "o")], "not found"),
+        (
+            ["segment", str(tmp_path / "empty"), "--prompt", "x", "--out", str(tmp_path / "o")],
+            "no image files",
+        ),
+        (["demo", "--out", str(a_file)], "is a file"),
+        (["eval", "--data", "synthref", "--out", str(tmp_path / "r.json"), "--threshold", "0"], "(0, 1)"),
+        (["eval", "--data", "synthref", "--out", str(tmp_path / "r.json"), "--limit", "0"], ">= 1"),
+        (["serve", "--threshold", "2"], "(0, 1)"),
+        (["serve", "--refine", "sam"], "needs a SAM"),
+    ]
+    monkeypatch.delenv("STAMP_SAM_PATH", raising=False)
+    for argv, needle in cases:
+        assert _exit_code(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err, (argv, err)
+        assert len([ln for ln in err.splitlines() if "error:" in ln]) == 1, err
+
+
+def test_segment_several_images_and_a_folder(tmp_path, monkeypatch, capsys):
+    """Several images: one folder per image and summary.json, answered in batches (chat_batch)."""
+    from stamp.inference import StampPredictor
+
+    sizes = []
+    real = StampPredictor.chat_batch
+
+    def spy(self, requests, **kwargs):
+        sizes.append(len(requests))
+        return real(self, requests, **kwargs)
+
+    monkeypatch.setattr(StampPredictor, "chat_batch", spy)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k, name in enumerate(("a.png", "b.png", "a.jpg")):
+        random_image(40 + 8 * k, 56, seed=k).save(photos / name)
+    (photos / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    argv = ["segment", str(photos), "--prompt", "Segment it.", "--answer-prefix", "<|seg|>"]
+    argv += ["--max-new-tokens", "1", "--batch-size", "2", "--out", str(out)]
+    assert main(argv) == 0
+    assert sizes == [2, 1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["out"] for e in summary["images"]] == ["a", "a-2", "b"]  # name order; a repeated name gets -2
+    for entry in summary["images"]:
+        result = json.loads((out / entry["out"] / "result.json").read_text())
+        assert result["image"] == entry["image"] and len(result["masks"]) == entry["masks"] == 1
+        assert (out / entry["out"] / "overlay.png").is_file() and (
+            out / entry["out"] / "mask_0.png"
+        ).is_file()
+    capsys.readouterr()
+    assert main(argv) == 2 and "already exists" in capsys.readouterr().err  # never overwritten...
+    assert main(argv + ["--force"]) == 0  # ...unless --force
+    # several files given one by one: the same layout
+    two = tmp_path / "two"
+    assert main(["segment", str(photos / "a.png"), str(photos / "b.png")] + argv[2:-1] + [str(two)]) == 0
+    assert sorted(p.name for p in two.iterdir()) == ["a", "b", "summary.json"]
+
+
+def test_result_json_holds_the_mask_record(tmp_path):
+    """result.json's masks are the shared record (the HTTP API returns the same, tests/serve)."""
+    from stamp.io.records import MASK_RECORD_KEYS
+
+    img = tmp_path / "in.png"
+    random_image(60, 80).save(img)
+    out = tmp_path / "out"
+    argv = ["segment", str(img), "--prompt", "Find it.", "--answer-prefix", "The red circle <|seg|>"]
+    assert main(argv + ["--max-new-tokens", "1", "--out", str(out)]) == 0
+    entry = json.loads((out / "result.json").read_text())["masks"][0]
+    assert set(entry) == set(MASK_RECORD_KEYS)
+    assert entry["phrase"] == "The red circle" and entry["span"] == [0, 14] and entry["color"] == "#e69f00"
+    assert entry["file"] == "mask_0.png"
+    overlay = Image.open(out / "overlay.png")
+    assert overlay.width >= 80 and overlay.height > 60  # the legend below the image
+
+
+def test_same_defaults_in_the_predictor_the_cli_and_the_server(monkeypatch):
+    """The bundled model refines with `guided` and uses its calibrated threshold everywhere."""
+    from argparse import Namespace
+
+    from stamp.commands import _predictor
+    from stamp.inference import StampPredictor
+    from stamp.model.modeling import StampModel
+    from stamp.models import bundled_model_path, load_model
+    from stamp.refine import GuidedRefiner
+    from stamp.serve import cli as serve_cli
+
+    if bundled_model_path() is None:
+        pytest.skip("no bundled model in this installation")
+    model = load_model()
+    api = StampPredictor(model)
+    assert isinstance(api.refiner, GuidedRefiner) and api.threshold == model.stamp.mask_threshold
+    assert StampPredictor(StampModel.tiny(seed=0)).refiner is None  # other models: no refinement
+    args = Namespace(model=None, dtype=None, device="cpu", base_model=None, cells=None)
+    cli = _predictor(Namespace(**vars(args), threshold=None, refine="auto"))
+    assert isinstance(cli.refiner, GuidedRefiner) and cli.threshold == api.threshold
+    import uvicorn
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app))
+    parser = build_parser()
+    assert serve_cli.COMMANDS["serve"](parser.parse_args(["serve", "--port", "0"])) == 0
+    served = ran["app"].state.service.predictor
+    assert isinstance(served.refiner, GuidedRefiner) and served.threshold == api.threshold
+
+
+def test_hub_id_is_a_one_line_error(tmp_path, capsys):
+    img = tmp_path / "in.png"
+    random_image(32, 32).save(img)
+    argv = ["segment", str(img), "--prompt", "x", "--out", str(tmp_path / "o")]
+    assert main(argv + ["--model", "Qwen/Qwen2-VL-2B-Instruct"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "models are local folders" in err
+    assert "huggingface-cli download Qwen/Qwen2-VL-2B-Instruct --local-dir" in err
+
+
+def test_python_dash_m_stamp():
+    proc = subprocess.run([sys.executable, "-m", "stamp", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "segment" in proc.stdout and proc.stdout.startswith("usage: stamp")
+
+
+def test_every_command_has_an_example_and_every_option_is_documented():
+    import argparse
+
+    from stamp.cli import build_parser
+
+    parser = build_parser()
+    commands = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            commands.update(action.choices)
+    commands["data synth"] = commands["data"]._subparsers._group_actions[0].choices["synth"]
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "examples:" in text, name
+        for action in sub._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS:
+                assert action.help, f"stamp {name} {action.option_strings[0]} has no help"
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"stamp {name} {action.dest} has no help"
+    bench = commands["bench"].format_help()
+    assert "add_parser" not in bench and "cmd_bench" not in bench  # no internal docstring
+    assert "expressions" in commands["eval"].format_help()  # --limit says what it counts
+
+
+def test_quiet_by_default_verbose_shows_library_output(tmp_path):
+    import os
+
+    img = tmp_path / "in.png"
+    random_image(40, 40).save(img)
+    base = [sys.executable, "-m", "stamp", "segment", str(img), "--prompt", "x", "--max-new-tokens", "1"]
+    hidden = ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}  # as a user's shell has it
+    run = dict(capture_output=True, text=True, env=env)
+    quiet = subprocess.run(base + ["--out", str(tmp_path / "q")], **run)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr
+    loud = subprocess.run(base + ["--out", str(tmp_path / "v"), "--verbose"], **run)
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr
+
+
+def test_quiet_hides_deepspeeds_accelerator_notice():
+    pytest.importorskip("deepspeed")
+    code = "from stamp.cli import quiet_third_parties; quiet_third_parties(); import deepspeed"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "WARNING" not in proc.stdout and "Setting accelerator" not in proc.stdout
+
+
+def test_train_finds_shipped_recipes_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    from stamp.configuration import ConfigError
+    from stamp.recipes import PACKAGE_DIR, find_recipe
+
+    monkeypatch.chdir(tmp_path)
+    path = find_recipe("tiny-synth")
+    assert path.name == "tiny-synth.yaml" and path.is_file()
+    assert (PACKAGE_DIR / "tiny-synth.yaml").is_file()  # shipped in the package (a wheel has it too)
+    assert find_recipe("configs/tiny-synth.yaml") == path
+    (tmp_path / "mine.yaml").write_text("run:\n  steps: 1\n")
+    assert find_recipe("mine.yaml").resolve() == tmp_path / "mine.yaml"  # paths are still accepted
+    with pytest.raises(ConfigError, match="tiny-synth"):
+        find_recipe("no-such-recipe")
+    assert main(["train", "no-such-recipe"]) == 2
+    assert "shipped recipe" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_training_names_the_checkpoint_and_the_resume_command(tmp_path, monkeypatch, capsys):
+    import stamp.train.trainer
+    from stamp.train.checkpoint import STATE_FILE, checkpoint_dir
+
+    run = tmp_path / "run"
+    done = checkpoint_dir(run) / "step_0000004"
+    done.mkdir(parents=True)
+    (done / STATE_FILE).write_text("{}")
+
+    def interrupted(cfg, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stamp.train.trainer, "train", interrupted)
+    assert main(["train", "tiny-synth", f"run.out_dir={run}", "run.steps=8"]) == 130
+    err = capsys.readouterr().err
+    assert str(done) in err
+    assert f"stamp train tiny-synth run.out_dir={run} run.steps=8 --resume" in err
+
+
+def test_data_synth_says_force_and_the_eval_command(tmp_path, capsys):
+    out = tmp_path / "d"
+    argv = ["data", "synth", "--out", str(out), "--n", "2", "--format", "refer", "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"stamp eval --data refcoco:{out} --split val" in printed
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and "overwrite=True" not in err
+    assert main(argv + ["--force"]) == 0

@@ -29,16 +29,20 @@ USER_ERRORS = (
 )
 
 
-def _predictor(args):
-    from stamp.inference import StampPredictor
-    from stamp.models import load_model
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 
+
+def _predictor(args):
+    """The model and predictor a command asked for (the SAM file of `--refine` checked first)."""
+    from stamp.arguments import check_refine_source
+    from stamp.inference import StampPredictor
+    from stamp.models import load_model, resolve_refine
+
+    check_refine_source(args.refine)
     model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
     if args.cells is not None:
         model.processor.set_cell_range(*args.cells)
-    from stamp.models import resolve_refine
-
-    return StampPredictor(model, threshold=args.threshold, refine=resolve_refine(args.refine, args.model))
+    return StampPredictor(model, threshold=args.threshold, refine=resolve_refine(args.refine, model))
 
 
 def _print_result(title: str, result) -> None:
@@ -49,20 +53,103 @@ def _print_result(title: str, result) -> None:
     print("  timings (ms): " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in t.items()))
 
 
-def cmd_segment(args) -> int:
-    from stamp.io import ensure_writable, write_result
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
 
-    image = load_image(args.image)
+
+def segment_inputs(paths: list[str]) -> list[Path]:
+    """The image files named by `stamp segment`'s arguments: files as given, folders' image files
+    (by suffix) in name order. ImageError for a missing path or a folder without images."""
+    files: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ImageError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ImageError(f"image file not found: {path}")
+    return files
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """One output folder name per image: its file name without the suffix; a name already taken gets
+    -2, -3, ... (a.png and a.jpg -> a, a-2)."""
+    names: list[str] = []
+    for f in files:
+        name, k = f.stem, 2
+        while name in names:
+            name, k = f"{f.stem}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _check_image(path: Path) -> None:
+    """Refuse a file that is not an image (format from its header; nothing decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            pass
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image file (cannot identify format): {path}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image {path}: {exc}") from None
+
+
+def cmd_segment(args) -> int:
+    """One image file: its outputs directly in --out. Several images or a folder: --out/<name>/ per
+    image and --out/summary.json, answered in batches of --batch-size (`StampPredictor.chat_batch`)."""
+    from stamp.inference import ChatRequest
+    from stamp.io import atomic_write_bytes, ensure_writable, write_result
+
     out = Path(args.out)
-    ensure_writable([out / "result.json", out / "overlay.png"], args.force)  # fail before the slow part
+    _check_out_dir(out)
+    files = segment_inputs(args.images)
+    flat = len(args.images) == 1 and Path(args.images[0]).is_file()
+    names = output_names(files)
+    folders = [out] if flat else [out / n for n in names]
+    for folder in folders:  # everything is checked before the slow part
+        _check_out_dir(folder)
+        ensure_writable([folder / "result.json", folder / "overlay.png"], args.force)
+    if not flat:
+        ensure_writable([out / "summary.json"], args.force)
+    if flat:
+        load_image(files[0])
+    else:
+        for f in files:
+            _check_image(f)
     predictor = _predictor(args)
-    predictor.set_image(image)
-    result = predictor.chat(args.prompt, max_new_tokens=args.max_new_tokens, answer_prefix=args.answer_prefix)
-    paths = write_result(
-        result, image, out, force=args.force, extra={"image": str(args.image), "prompt": args.prompt}
-    )
-    _print_result(f"{args.image}: {args.prompt}", result)
-    print(f"wrote {', '.join(str(p) for p in paths)}")
+    summary = []
+    for start in range(0, len(files), args.batch_size):
+        batch = files[start : start + args.batch_size]
+        images = [load_image(f) for f in batch]
+        requests = [
+            ChatRequest(im, args.prompt, answer_prefix=args.answer_prefix, max_new_tokens=args.max_new_tokens)
+            for im in images
+        ]
+        results = predictor.chat_batch(requests)
+        for k, (f, image, result) in enumerate(zip(batch, images, results)):
+            folder = folders[start + k]
+            paths = write_result(
+                result, image, folder, force=args.force, extra={"image": str(f), "prompt": args.prompt}
+            )
+            if flat:
+                _print_result(f"{f}: {args.prompt}", result)
+                print(f"wrote {', '.join(str(p) for p in paths)}")
+            else:
+                print(f"{f} -> {folder}/: {result.text!r} ({len(result.masks)} mask(s))")
+            summary.append(
+                {"image": str(f), "out": folder.name, "text": result.text, "masks": len(result.masks)}
+            )
+    if not flat:
+        doc = {"prompt": args.prompt, "model": args.model or "bundled", "images": summary}
+        atomic_write_bytes(out / "summary.json", (json.dumps(doc, indent=2) + "\n").encode())
+        print(f"wrote {len(files)} result folders and {out / 'summary.json'}")
     return 0
 
 
@@ -70,6 +157,7 @@ def cmd_demo(args) -> int:
     from stamp.io import ensure_writable, write_result
 
     out = Path(args.out)
+    _check_out_dir(out)
     ensure_writable([out / "result.json", out / "overlay.png"], args.force)  # fail before the slow part
     if args.image:
         image, prompt = load_image(args.image), args.prompt or "Please segment the main object."
@@ -94,19 +182,37 @@ def cmd_demo(args) -> int:
         image,
         out,
         force=args.force,
-        extra={"prompt": prompt, "question": args.question, "answer": answer.text},
+        extra={
+            "image": str(args.image) if args.image else None,
+            "prompt": prompt,
+            "question": args.question,
+            "answer": answer.text,
+        },
     )
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 
 def cmd_train(args) -> int:
+    import shlex
+
     from stamp.configuration import load_config
+    from stamp.recipes import find_recipe
+    from stamp.train.checkpoint import latest_checkpoint
     from stamp.train.config import TrainConfig
     from stamp.train.trainer import train
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
-    last = train(cfg, resume=args.resume, progress=not args.no_progress)
+    cfg = load_config(TrainConfig, find_recipe(args.config), args.overrides)
+    try:
+        last = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        done = latest_checkpoint(Path(cfg.run.out_dir))
+        resume = "stamp train " + shlex.join([args.config, *args.overrides, "--resume"])
+        if done is None:
+            print("stamp: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
+        else:
+            print(f"stamp: interrupted; last checkpoint: {done}; resume with: {resume}", file=sys.stderr)
+        return 130
     if last is not None:
         print(f"last checkpoint: {last} (model: {last / 'model'})")
     if _several_ranks():  # one rank of several: skip the teardown (see train())
@@ -158,6 +264,7 @@ def cmd_eval(args) -> int:
             f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in results["metrics"].items()
         )
     )
+    print(f"{results['n_samples']} samples, {results['n_expressions']} expressions scored")
     print(f"wrote {args.out}")
     if several:  # one rank of several: end without tearing gloo down (see run_eval, train)
         _exit_now()
@@ -165,10 +272,26 @@ def cmd_eval(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from stamp.data.export import export_synthref
+    import shlex
 
-    out = export_synthref(args.out, args.split, args.n, args.format, seed=args.seed, overwrite=args.force)
+    from stamp.data.export import EVAL_KINDS, export_synthref
+
+    out = Path(args.out)
+    if out.exists() and not args.force and (out.is_file() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty; use --force to replace it")
+    out = export_synthref(
+        out,
+        args.split,
+        args.n,
+        args.format,
+        seed=args.seed,
+        overwrite=args.force,
+        progress=not args.no_progress,
+    )
     print(f"wrote {args.n} SynthRef {args.split} samples in {args.format} format to {out}")
+    kind = EVAL_KINDS[args.format]
+    where = out / "conversations.json" if args.format == "llava" else out
+    print(f"evaluate with: stamp eval --data {shlex.quote(f'{kind}:{where}')} --split {args.split}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The mask-pass benchmark compares equal work: its cached, one-forward and uncached passes give the
-same logits, which are those of the production generation path. No timing assertions."""
+"""The mask-pass benchmark compares equal work: its cached and uncached passes give the same logits,
+which are those of the production generation path. No timing assertions."""
 
 import pytest
 import torch
@@ -12,15 +12,15 @@ from stamp.bench.flops import (
     no_cache_flops,
 )
 from stamp.bench.mask_pass import MaskPassBench, check_equal_work, grid_for, plain_token_ids
-from stamp.bench.timing import Timing, measure, peak_memory
-from stamp.inference.generation import MASK_PASS_ENV, GenerationConfig, GenerationRequest, generate
+from stamp.bench.timing import Timing, measure, measure_alternating, peak_memory
+from stamp.inference.generation import GenerationConfig, GenerationRequest, generate
 from stamp.model.modeling import StampModel
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("position_mode", ["grid", "text"])
 @pytest.mark.parametrize("attention_mode", ["hybrid", "causal"])
-def test_cached_one_forward_and_uncached_passes_agree(attn, position_mode, attention_mode):
+def test_cached_and_uncached_passes_agree(attn, position_mode, attention_mode):
     model = StampModel.tiny(
         seed=3, attn_implementation=attn, position_mode=position_mode, attention_mode=attention_mode
     )
@@ -29,14 +29,11 @@ def test_cached_one_forward_and_uncached_passes_agree(attn, position_mode, atten
     assert bench.cache.get_seq_length() == 40  # every pass leaves the history cache as it was
 
 
-@pytest.mark.parametrize("form", ["one_forward", "two_forward"])
-def test_stamp_pass_equals_production_generation(form, monkeypatch):
-    monkeypatch.setenv(MASK_PASS_ENV, form)
+def test_stamp_pass_equals_production_generation(monkeypatch):
     model = StampModel.tiny(seed=4)
     bench = MaskPassBench(model, history=24, grid=(4, 4))
     # the bench's history is text only; let generate() take the same prompt with the image's features
     monkeypatch.setattr(model, "embed_conversation", lambda ids, feats: model.get_input_embeddings()(ids))
-    assert bench.form == form
     logits, next_logits = bench.stamp()
     req = GenerationRequest(
         bench.history_ids[0].tolist(), bench.features, torch.tensor([1, 8, 8]), [model.stamp.seg_token_id]
@@ -63,6 +60,24 @@ def test_autoregressive_baseline_labels_and_cache():
     assert len(labels) == 6 and set(labels) <= set(bench.label_ids.tolist())
     assert bench.cache.get_seq_length() == 10
     assert bench.autoregressive(steps=3) == labels[:3]  # deterministic, restarts from the history
+
+
+def test_scaled_baseline_times_both_ends(monkeypatch):
+    """With ar_steps < N the baseline runs ar_steps at the start and ar_steps at the end (a cache of
+    H + N - ar_steps), scales the mean step to N, and says so in the record."""
+    from stamp.bench.mask_pass import MaskPassSettings, mask_pass_record
+
+    model = StampModel.tiny(seed=6)
+    bench = MaskPassBench(model, history=10, grid=(3, 4))
+    end = bench.end_cache(5)
+    assert end.get_seq_length() == 10 + 12 - 5
+    assert len(bench.autoregressive(5, end)) == 5 and end.get_seq_length() == 17  # cropped back
+    settings = MaskPassSettings(repeats=1, warmup=0, ar_repeats=1, ar_steps=5)
+    rec = mask_pass_record(bench, settings, "fp32", 100.0)
+    assert rec["autoregressive_scaled"] is True and rec["autoregressive_steps_measured"] == 5
+    mean_step = (rec["autoregressive_step_ms_start"] + rec["autoregressive_step_ms_end"]) / 2
+    assert rec["autoregressive_ms"] == pytest.approx(12 * mean_step, rel=1e-3)
+    assert bench.cache.get_seq_length() == 10
 
 
 def test_history_avoids_special_tokens():
@@ -100,6 +115,14 @@ def test_timing_statistics_and_budget():
     calls = []
     timing = measure(lambda: calls.append(1), repeats=50, warmup=2, budget_s=0.0)
     assert timing.repeats == 1 and len(calls) == 3  # the budget stops after one timed run
+
+
+def test_alternating_repeats():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    timed = measure_alternating(fns, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # warm-up, then a b a b a b
+    assert timed["a"].repeats == timed["b"].repeats == 3
 
 
 def test_peak_memory_sees_a_large_allocation():

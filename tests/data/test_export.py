@@ -27,7 +27,7 @@ def _source(fmt: str, split: str = "val") -> SynthRef:
 
 def test_refer_export_round_trip(tmp_path) -> None:
     out = export_synthref(tmp_path / "refer", "val", N, "refer", progress=False)
-    ds, src = load_refer(out, dataset="synthref", split="val"), _source("refer")
+    ds, src = load_refer(out, dataset="refcoco", split="val"), _source("refer")  # RefCOCO's LISA layout
     assert len(ds) == N
     for i in range(N):
         loaded, original = ds[i], src.generate(i)
@@ -78,7 +78,7 @@ def test_export_refuses_to_overwrite(tmp_path) -> None:
     with pytest.raises(DataError, match="output exists and is not empty: .*out"):
         export_synthref(out, "val", 2, "refer", progress=False)
     export_synthref(out, "val", 2, "refer", overwrite=True, progress=False)
-    assert (out / "synthref" / "refs(unc).p").is_file() and not (out / "conversations.json").exists()
+    assert (out / "refcoco" / "refs(unc).p").is_file() and not (out / "conversations.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folders left behind
 
 
@@ -88,3 +88,12 @@ def test_export_argument_errors_leave_nothing(tmp_path) -> None:
     with pytest.raises(DataError, match="unknown SynthRef split"):
         export_synthref(tmp_path / "x", "dev", 2, "refer")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synthref_takes_no_path() -> None:
+    """`synthref:PATH` would silently ignore PATH: it is an error naming the kinds that read exports."""
+    from stamp.data.registry import parse_data_spec
+
+    assert parse_data_spec("synthref") == ("synthref", None)
+    with pytest.raises(DataError, match="refcoco:/data/x"):
+        parse_data_spec("synthref:/data/x")

@@ -1,7 +1,6 @@
 """`stamp eval --protocol authors`: the paper's evaluation protocol, end to end on a LISA-layout folder."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ def lisa(tmp_path_factory):
     """SynthRef exported as RefCOCO in the LISA layout (root/refcoco/...)."""
     root = tmp_path_factory.mktemp("lisa")
     export_synthref(root, "val", 6, "refer", progress=False)
-    shutil.move(str(root / "synthref"), str(root / "refcoco"))
     return root
 
 

@@ -1,7 +1,6 @@
 """`stamp eval` end to end on SynthRef and on SynthRef exported in the real benchmarks' formats."""
 
 import json
-import shutil
 
 import pytest
 from helpers import run_two_cpu_ranks
@@ -74,9 +73,7 @@ def test_eval_synthref_schema_and_no_overwrite(model_dir, tmp_path, capsys):
 
 def test_eval_exported_refer_and_grefer_formats(model_dir, tmp_path):
     root = tmp_path / "lisa"
-    export_synthref(root / "r", "val", 4, "refer", progress=False)
-    # the refer export is a dataset named "synthref"; present it as refcoco in the LISA layout
-    shutil.move(str(root / "r" / "synthref"), str(root / "r" / "refcoco"))
+    export_synthref(root / "r", "val", 4, "refer", progress=False)  # RefCOCO in the LISA layout
     out = tmp_path / "refcoco.json"
     assert (
         main(
@@ -224,3 +221,40 @@ def test_subtask_accumulators_merge_across_shards_and_keep_kinds_apart():
     assert merged["attribute"]["ciou"] == 50.0 and merged["attribute"]["n_samples"] == 1
     assert merged["attribute (vqa)"] == {"vqa_acc": 100.0, "n_samples": 1}
     assert merged["no_target"]["n_acc"] == 100.0 and "t_acc" not in merged["no_target"]  # NaN left out
+
+
+def test_save_masks_folder_is_never_mixed_with_an_old_run(model_dir, tmp_path, monkeypatch, capsys):
+    """A non-empty --save-masks folder is refused before any work; --force replaces its masks."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    stale = masks / "999999.png"
+    stale.write_bytes(b"an old run's mask")
+    argv = ["eval", "--data", "synthref", "--limit", "3", "--model", str(model_dir), "--no-progress"]
+    argv += ["--force-seg", "--max-new-tokens", "2", "--synth-tasks", "refer=1", "--save-masks", str(masks)]
+    import stamp.models
+
+    real = stamp.models.load_model
+    monkeypatch.setattr(stamp.models, "load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    assert main(argv + ["--out", str(tmp_path / "a.json")]) == 2
+    assert "--force" in capsys.readouterr().err and stale.exists()
+    (masks / "notes.txt").write_text("mine")  # not a mask: --force does not delete it, and says so
+    assert main(argv + ["--out", str(tmp_path / "a.json"), "--force"]) == 2
+    assert "more than mask PNGs" in capsys.readouterr().err and stale.exists()
+    (masks / "notes.txt").unlink()
+    monkeypatch.setattr(stamp.models, "load_model", real)
+    assert main(argv + ["--out", str(tmp_path / "a.json"), "--force"]) == 0
+    res = json.loads((tmp_path / "a.json").read_text())
+    written = sorted(p.name for p in masks.iterdir())
+    assert not stale.exists() and written  # only this run's masks
+    assert sorted(r["mask_file"].rsplit("/", 1)[-1] for r in res["samples"] if "mask_file" in r) == written
+
+
+def test_limit_counts_samples_and_results_report_expressions(model_dir, tmp_path):
+    """--limit N takes N samples; a sample may hold several expressions: both counts are reported."""
+    out = tmp_path / "r.json"
+    argv = ["eval", "--data", "synthref", "--limit", "3", "--model", str(model_dir), "--no-progress"]
+    argv += ["--force-seg", "--max-new-tokens", "2", "--synth-tasks", "multi=1", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["limit"] == 3 and res["n_samples"] == 3 and len({r["id"] for r in res["samples"]}) == 3
+    assert res["n_expressions"] == res["metrics"]["n_samples"] == len(res["samples"]) > 3

@@ -53,20 +53,3 @@ def test_placeholder_positions():
     assert grid.tolist() == [[10] * 6, [10, 10, 10, 11, 11, 11], [10, 11, 12, 10, 11, 12]]
     text = placeholder_position_ids(10, (2, 3), "text")
     assert text.tolist() == [list(range(10, 16))] * 3
-
-
-def test_cudnn_attention_is_left_out_on_cuda_only(monkeypatch):
-    from stamp.model.attention import sdpa_backends
-
-    monkeypatch.delenv("STAMP_CUDNN_SDPA", raising=False)
-    before = torch.backends.cuda.cudnn_sdp_enabled()
-    with sdpa_backends(torch.device("cuda", 0)):
-        assert not torch.backends.cuda.cudnn_sdp_enabled()
-        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
-        assert torch.backends.cuda.math_sdp_enabled()
-    assert torch.backends.cuda.cudnn_sdp_enabled() == before
-    with sdpa_backends(torch.device("cpu")):
-        assert torch.backends.cuda.cudnn_sdp_enabled() == before
-    monkeypatch.setenv("STAMP_CUDNN_SDPA", "1")
-    with sdpa_backends(torch.device("cuda", 0)):
-        assert torch.backends.cuda.cudnn_sdp_enabled() == before

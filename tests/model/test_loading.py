@@ -129,3 +129,11 @@ def test_not_a_model_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(StampModelError, match="config.json"):
         StampModel.from_pretrained(tmp_path / "empty")
+
+
+def test_hub_id_says_models_are_local_folders():
+    with pytest.raises(StampModelError, match="huggingface-cli download Qwen/Qwen2-VL-2B-Instruct") as err:
+        StampModel.from_pretrained("Qwen/Qwen2-VL-2B-Instruct")
+    assert "\n" not in str(err.value) and "nothing is downloaded" in str(err.value)
+    with pytest.raises(StampModelError, match="^model directory not found: runs/x/y/model$"):
+        StampModel.from_pretrained("runs/x/y/model")

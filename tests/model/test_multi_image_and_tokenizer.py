@@ -1,8 +1,8 @@
 import torch
 from helpers import random_image
 
-from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
 from stamp.model.tokens import MASK_TOKEN, QWEN_SPECIAL_TOKENS, SEG_TOKEN
+from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
 
 
 def test_seg_uses_the_last_image_before_it(tiny_model):

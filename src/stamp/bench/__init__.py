@@ -5,6 +5,7 @@ Parts (modules):
                autoregressive patch-token baseline, for N placeholders, on the model's own API;
     request    per-request latency by stage, a second query on the same image, batch throughput;
     flops      analytic FLOP counts and the same-run matmul reference;
+    presets    random models with the published Qwen2-VL / Qwen2.5-VL dimensions (`--preset qwen2-vl-2b`);
     timing     median/spread timing and peak memory; setup: models, threads, machine;
     runner     one run of everything -> the JSON document; report: tables and JSON output;
     cli        the `stamp bench` subcommand (`add_parser`, `cmd_bench`, `main`).
@@ -20,15 +21,14 @@ milliseconds (median of the repeats), memory MiB:
     mask_pass[]                     per (n, dtype): n, grid, dtype, history, stamp_ms, no_cache_ms,
                                     autoregressive_ms, ar_ratio (= autoregressive / stamp), cache_ratio
                                     (= no_cache / stamp), flops_fraction (of matmul[dtype]),
-                                    peak_mem_mb (of the STAMP pass), stamp_form (one_forward |
-                                    two_forward), stamp_one_forward_ms, stamp_two_forward_ms,
-                                    mask_pass_gflop, mask_pass_gflops, matmul_gflops, ar_flops_ratio,
+                                    peak_mem_mb (of the STAMP pass), autoregressive_scaled (and the
+                                    per-step times when scaled), pass_matmul_fraction, mask_pass_gflop, mask_pass_gflops, matmul_gflops, ar_flops_ratio,
                                     ar_ratio_bound (autoregressive / the pass at matmul[dtype]'s rate),
                                     cache_flops_ratio, no_cache_peak_mem_mb, autoregressive_peak_mem_mb,
                                     peak_mem_method, max_abs_diff, timings{pass: median/min/max/q1/q3/...}
-    request[]                       per dtype: first_query_ms{stage}, second_query_ms{stage} for stages
+    request[]                       per (dtype, image side): first_query_ms{stage}, second_query_ms{stage} for stages
                                     image_load, vision, prefill, decode, mask, postprocess, refine, total
-                                    (first also: wall), second_query_vision_calls, answer_tokens, ...
+                                    (first also: wall), decode_ms_per_token, peak_mem_mb, cells, ...
     batch[]                         per (dtype, batch_size): images_per_s, ms_per_batch, speedup_vs_batch_1
     targets[]                       the issue's targets: target, dtype, n, value, met (and bound)
 """

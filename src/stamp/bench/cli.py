@@ -3,6 +3,7 @@
     stamp bench                                  # bundled model, fp32 + bf16, N = 64..4096, H = 512
     stamp bench --preset synth --json out.json   # a random model of the sizes of configs/tiny-synth.yaml
     stamp bench --preset tiny --quick            # seconds: every code path, meaningless numbers
+    stamp bench --preset qwen2-vl-2b --device cpu --dtypes bf16 --n 256,1024   # random, real dimensions
 
 `main(argv)` runs the same command without the `stamp` dispatcher (used by benchmarks/*.py).
 """
@@ -50,7 +51,8 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default=None,
-        help="tiny | synth (random, the sizes of configs/tiny-synth.yaml) | a training YAML",
+        help="tiny | synth (random, the sizes of configs/tiny-synth.yaml) | qwen2-vl-2b | qwen2-vl-7b | "
+        "qwen2.5-vl-3b | qwen2.5-vl-7b (random, the published dimensions) | a training YAML",
     )
     p.add_argument(
         "--json", default=None, metavar="OUT", help="write the results as JSON (schema: docs/PERFORMANCE.md)"
@@ -69,7 +71,19 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--ar-budget", type=float, default=None, help="seconds after which the baseline stops repeating"
     )
     p.add_argument(
+        "--ar-steps",
+        type=int,
+        default=None,
+        help="time this many autoregressive steps at each end and scale to N (default: all N steps)",
+    )
+    p.add_argument(
         "--batch-sizes", type=_int_list, default=None, help="throughput batch sizes (default 1,4,8)"
+    )
+    p.add_argument(
+        "--image-sizes",
+        type=_int_list,
+        default=None,
+        help="square request images of these sides in pixels, e.g. 448,896 (default: SynthRef's sizes)",
     )
     p.add_argument("--requests", type=int, default=None, help="timed requests per dtype (default 5)")
     p.add_argument(
@@ -109,10 +123,16 @@ def add_parser(subparsers, parser_class=None) -> argparse.ArgumentParser:
 
 def settings_from_args(args):
     """`BenchSettings` from parsed arguments (quick mode first, explicit options on top)."""
-    from stamp.bench.runner import BenchSettings
+    from stamp.bench.presets import PRESETS
+    from stamp.bench.runner import BenchSettings, real_preset_settings
 
     device = args.device or "auto"
-    s = BenchSettings.quick_settings(args.dtypes, device) if args.quick else BenchSettings(device=device)
+    if args.quick:
+        s = BenchSettings.quick_settings(args.dtypes, device)
+    elif args.preset in PRESETS:
+        s = real_preset_settings(device)
+    else:
+        s = BenchSettings(device=device)
     mp, rq = s.mask_pass, s.request
     if args.dtypes:
         mp.dtypes = rq.dtypes = list(args.dtypes)
@@ -122,6 +142,8 @@ def settings_from_args(args):
         (args.repeats, mp, "repeats"),
         (args.ar_repeats, mp, "ar_repeats"),
         (args.ar_budget, mp, "ar_budget_s"),
+        (args.ar_steps, mp, "ar_steps"),
+        (args.image_sizes, rq, "image_sides"),
         (args.batch_sizes, rq, "batch_sizes"),
         (args.requests, rq, "requests"),
         (args.max_new_tokens, rq, "max_new_tokens"),
@@ -133,6 +155,8 @@ def settings_from_args(args):
         rq.batch_repeats = args.repeats
     if mp.history < 1 or mp.repeats < 1 or rq.requests < 1 or rq.max_new_tokens < 0:
         raise ValueError("--history, --repeats and --requests must be >= 1, --max-new-tokens >= 0")
+    if mp.ar_steps is not None and mp.ar_steps < 1:
+        raise ValueError("--ar-steps must be >= 1")
     from stamp.bench.runner import resolve_devices
 
     resolve_devices(s.device)  # an unavailable device fails before the model loads
@@ -141,8 +165,10 @@ def settings_from_args(args):
 
 def cmd_bench(args, argv: list[str] | None = None) -> int:
     """Run `stamp bench` for parsed `args`; prints the tables, writes --json. Returns the exit code."""
+    from stamp.bench.mask_pass import DTYPES
+    from stamp.bench.presets import PresetMemoryError
     from stamp.bench.report import check_writable, render, write_json
-    from stamp.bench.runner import run_bench
+    from stamp.bench.runner import resolve_devices, run_bench
     from stamp.bench.setup import load_bench_model, set_threads
 
     settings = settings_from_args(args)
@@ -151,7 +177,14 @@ def cmd_bench(args, argv: list[str] | None = None) -> int:
     threads = set_threads(args.threads)
     print(f"stamp bench: torch.set_num_threads({threads})")
     preset = args.preset or ("tiny" if args.quick and args.model is None else None)
-    model, source = load_bench_model(args.model, preset, "cpu", args.attn)
+    # a real-size preset is built where and as it first runs (no fp32 copy of a 7B model on the CPU)
+    first_device = resolve_devices(settings.device)[0]
+    dtypes = settings.mask_pass.dtypes if "mask_pass" in settings.parts else settings.request.dtypes
+    try:
+        model, source = load_bench_model(args.model, preset, first_device, args.attn, DTYPES[dtypes[0]])
+    except PresetMemoryError as err:
+        print(f"stamp bench: {err}", file=sys.stderr)
+        return 2
     words = sys.argv[1:] if argv is None else ["bench", *argv]
     command = "stamp " + shlex.join(words) if words else "stamp bench"
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # e.g. `timeout`: keep what was measured

@@ -136,3 +136,33 @@ def matmul_peak(
         if gflops > best[0]:
             best = (gflops, (m, k, n))
     return MatmulPeak(str(dtype).removeprefix("torch."), best[0], best[1], by_shape)
+
+
+def pass_matmul_rate(
+    dims: TextDims, queries: int, dtype: torch.dtype, device: torch.device | str, repeats: int = 5
+) -> float:
+    """GFLOP/s of one decoder layer's weight matmuls alone for `queries` rows (q, k, v, o, gate, up,
+    down: the shapes of a forward of that many tokens), on random inputs: what the projections and MLP
+    of such a forward reach on this machine without attention, norms or anything else."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    h, qd, kvd, inter = (
+        dims.hidden,
+        dims.heads * dims.head_dim,
+        dims.kv_heads * dims.head_dim,
+        dims.intermediate,
+    )
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=gen) * 0.02).to(device, dtype)
+
+    x, attn_out, act = rand(queries, h), rand(queries, qd), rand(queries, inter)
+    weights = [(x, rand(qd, h)), (x, rand(kvd, h)), (x, rand(kvd, h)), (attn_out, rand(h, qd))]
+    weights += [(x, rand(inter, h)), (x, rand(inter, h)), (act, rand(h, inter))]
+
+    def layer():
+        for a, w in weights:
+            torch.nn.functional.linear(a, w)
+
+    flops = sum(2 * a.shape[0] * w.shape[0] * w.shape[1] for a, w in weights)
+    t = measure(layer, device=device, repeats=repeats)
+    return flops / (t.median_ms * 1e-3) / 1e9

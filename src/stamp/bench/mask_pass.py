@@ -1,4 +1,4 @@
-"""The mask-pass benchmark: STAMP's one-forward mask against no cache reuse and autoregressive labels.
+"""The mask-pass benchmark: STAMP's mask pass against no cache reuse and autoregressive labels.
 
 Inputs are built on the model's own API, not through the chat loop, so the history length H and the
 number of placeholders N are controlled exactly:
@@ -8,22 +8,21 @@ number of placeholders N are controlled exactly:
   merged "visual features" F_p are random (the cost does not depend on the values).
 
 The three passes (each timed from the same state, leaving the cache as it found it):
-1. `stamp`: what `stamp.inference.generation._step` does at a `<|seg|>` (batch 1), in the form
-   `generation.mask_pass_form` picks for this device and N; both forms are timed:
-   - `stamp_one_forward`: one forward of [`<|seg|>` ; placeholders] against the cache with the (Q, K)
-     hybrid mask (`build_hybrid_attention_mask`);
-   - `stamp_two_forward`: the `<|seg|>` step, then one decoder forward of the N placeholders (E_mask
-     from `mask_embeddings`, positions from `placeholder_position_ids`) against the cache, which they
-     see whole (hybrid mode: no mask needed);
-   then the classifier on the N placeholder rows, lm_head on the `<|seg|>` row; the cache is cropped back.
+1. `stamp`: `stamp.inference.generation.decode_step` -- the function generation calls at every answer
+   token -- feeding `<|seg|>` at position H with its N placeholders (batch 1): one forward of
+   [`<|seg|>` ; placeholders] against the cache with the hybrid mask, the classifier on the N rows,
+   lm_head on the `<|seg|>` row, the placeholders cropped from the cache.
 2. `no_cache`: the same mask by one forward over [history ; `<|seg|>` ; placeholders] without a cache
-   (what `StampModel.stamp_forward` does): the history is recomputed.
-3. `autoregressive`: the Text4Seg-style baseline on the same backbone: N decode steps of one token each
-   with the KV cache (the first feeds `<|seg|>`, each later one the label chosen at the previous step),
-   lm_head on every step, the label = argmax over two label-token ids (the vocabulary projection is the
-   full one, as a real model would compute it); then the cache is cropped back. Each step is a decode
-   step of `generation._step` (batch 1, no padding: no mask), i.e. as fast as STAMP's own text decoding.
-   Text4Seg really emits at least two tokens per cell (label and separator); one is a lower bound.
+   (what `StampModel.stamp_forward` does): the history is recomputed. Its repeats alternate with those
+   of `stamp`, so that load from other processes falls on both alike.
+3. `autoregressive`: the Text4Seg-style baseline on the same backbone: N answer steps of one token each
+   through the same `decode_step` (the first feeds `<|seg|>`, each later one the label chosen at the
+   previous step; lm_head over the full vocabulary on every step, as a real model computes it; the
+   label = argmax over two label-token ids). Text4Seg really emits at least two tokens per cell (label
+   and separator); one is a lower bound. With `ar_steps` set below N, only `ar_steps` steps are run at
+   the start (cache H) and `ar_steps` at the end (cache H + N - ar_steps, prefilled untimed), and the
+   baseline is N x the mean of the two per-step times (a step's cost is linear in its cache length);
+   the record says so (`autoregressive_scaled`) and gives both per-step times.
 Passes 1 and 2 produce the same logits (checked: `max_abs_diff` of each record), so they do equal work.
 """
 
@@ -41,9 +40,10 @@ from stamp.bench.flops import (
     mask_pass_flops,
     matmul_peak,
     no_cache_flops,
+    pass_matmul_rate,
 )
-from stamp.bench.timing import Timing, measure
-from stamp.inference.generation import mask_pass_form
+from stamp.bench.timing import Timing, measure, measure_alternating
+from stamp.inference.generation import GenerationRequest, decode_step
 from stamp.model.attention import build_hybrid_attention_mask
 from stamp.model.positions import placeholder_position_ids
 
@@ -106,17 +106,20 @@ class MaskPassBench:
         self.features = feats.to(self.device, self.dtype)
         attn = torch.ones_like(self.history_ids)
         self.history_pos = model.conversation_positions(self.history_ids, attn, None, None)
-        self.cache = self._prefill()
+        grid_thw = torch.tensor([1, model.merge_size * self.grid[0], model.merge_size * self.grid[1]])
+        self.request = GenerationRequest(self.history_ids[0].tolist(), self.features, grid_thw)
+        self.cache = self._prefill(self.history_ids, self.history_pos)
 
     @torch.no_grad()
-    def _prefill(self) -> DynamicCache:
-        h = self.history
+    def _prefill(self, ids: torch.Tensor, positions: torch.Tensor) -> DynamicCache:
+        """A fresh cache holding the text `ids` (1, L) at `positions` (3, 1, L)."""
+        h = ids.shape[1]
         index = torch.arange(h, device=self.device).view(1, h)
         text = torch.zeros_like(index)
         allowed = build_hybrid_attention_mask(text, text, index, index, self.mode)
         cache = DynamicCache(config=self.model.config.get_text_config())
-        embeds = self.model.get_input_embeddings()(self.history_ids)
-        _, cache = self.model.run_language_model(embeds, self.history_pos, allowed, cache)
+        embeds = self.model.get_input_embeddings()(ids)
+        _, cache = self.model.run_language_model(embeds, positions, allowed, cache)
         return cache
 
     def _placeholders(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,61 +128,30 @@ class MaskPassBench:
         pos = placeholder_position_ids(self.history + 1, self.grid, self.model.stamp.position_mode)
         return emb, pos.to(self.device).unsqueeze(1)
 
-    def _seg_step(self):
-        """Feed `<|seg|>` at position H as a decode step (no padding: no mask). Returns its hidden row."""
-        seg = self.model.get_input_embeddings()(torch.tensor([[self.seg_id]], device=self.device))
-        pos = torch.full((3, 1, 1), self.history, device=self.device)
-        hidden, _ = self.model.run_language_model(seg, pos, None, self.cache)
-        return hidden
+    def _decode_step(self, cache: DynamicCache, token: int, seg: bool):
+        """`generation.decode_step` for one row whose cache holds `cache.get_seq_length()` live tokens."""
+        seen = cache.get_seq_length()
+        key_block = torch.zeros((1, seen), dtype=torch.long, device=self.device)
+        next_pos = torch.tensor([seen], device=self.device)
+        return decode_step(
+            self.model,
+            cache,
+            key_block,
+            next_pos,
+            [token],
+            [False],
+            [0] if seg else [],
+            [self.request],
+            [self.grid],
+        )
 
-    @property
-    def form(self) -> str:
-        """The form of the mask pass that generation uses here ("one_forward" or "two_forward")."""
-        return mask_pass_form(self.device, self.n, masked=self.mode != "hybrid", dtype=self.dtype)
-
+    @torch.no_grad()
     def stamp(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """STAMP's mask pass on the cached history, in generation's form. Returns ((gh, gw) mask
+        """STAMP's mask pass on the cached history, as generation runs it. Returns ((gh, gw) mask
         logits, (V,) next-token logits of the `<|seg|>` row)."""
-        return self.stamp_one_forward() if self.form == "one_forward" else self.stamp_two_forward()
-
-    @torch.no_grad()
-    def stamp_two_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pass as the `<|seg|>` decode step, then the placeholders against the cache."""
-        m, h, n = self.model, self.history, self.n
-        seg_hidden = self._seg_step()
-        ph, ph_pos = self._placeholders()
-        allowed = None  # hybrid: each placeholder sees the whole cache (history, `<|seg|>`) and its block
-        if self.mode != "hybrid":
-            keys = torch.ones((1, h + 1 + n), dtype=torch.long, device=self.device)
-            keys[:, : h + 1] = 0
-            q_index = (h + 1 + torch.arange(n, device=self.device)).view(1, -1)
-            q_limit = torch.full((1, n), h, device=self.device)
-            allowed = build_hybrid_attention_mask(keys, keys[:, h + 1 :], q_index, q_limit, self.mode)
-        hidden, cache = m.run_language_model(ph, ph_pos, allowed, self.cache)
-        logits = m.classifier(hidden[0]).float().view(self.grid)
-        next_logits = m.lm_head(seg_hidden[:, 0])[0]
-        _crop_to(cache, h)
-        return logits, next_logits
-
-    @torch.no_grad()
-    def stamp_one_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same pass as ONE forward of [`<|seg|>` ; placeholders] with the (Q, K) hybrid mask."""
-        m, h, n = self.model, self.history, self.n
-        seg = m.get_input_embeddings()(torch.tensor([[self.seg_id]], device=self.device))
-        ph, ph_pos = self._placeholders()
-        embeds = torch.cat([seg, ph.to(seg.dtype)], dim=1)
-        pos = torch.cat([torch.full((3, 1, 1), h, device=self.device), ph_pos], dim=2)
-        new_block = torch.ones((1, n + 1), dtype=torch.long, device=self.device)
-        new_block[:, 0] = 0
-        key_block = torch.cat([torch.zeros((1, h), dtype=torch.long, device=self.device), new_block], 1)
-        q_index = (h + torch.arange(n + 1, device=self.device)).view(1, -1)
-        q_limit = torch.full((1, n + 1), h, device=self.device)
-        allowed = build_hybrid_attention_mask(key_block, new_block, q_index, q_limit, self.mode)
-        hidden, cache = m.run_language_model(embeds, pos, allowed, self.cache)
-        logits = m.classifier(hidden[0, 1:]).float().view(self.grid)
-        next_logits = m.lm_head(hidden[:, 0])[0]
-        _crop_to(cache, h)
-        return logits, next_logits
+        logits, masks, cache = self._decode_step(self.cache, self.seg_id, seg=True)
+        _crop_to(cache, self.history)
+        return masks[0], logits[0]
 
     @torch.no_grad()
     def no_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,33 +175,35 @@ class MaskPassBench:
         return logits, next_logits
 
     @torch.no_grad()
-    def autoregressive(self, steps: int | None = None) -> list[int]:
-        """`steps` (default N) one-token decode steps after the history; returns the chosen labels."""
-        m, h = self.model, self.history
+    def autoregressive(self, steps: int | None = None, cache: DynamicCache | None = None) -> list[int]:
+        """`steps` (default N) one-token answer steps after the cached text (default: the history),
+        starting with `<|seg|>`; returns the chosen labels. The cache is cropped back afterwards."""
+        cache = self.cache if cache is None else cache
+        start = cache.get_seq_length()
         steps = self.n if steps is None else steps
-        embed = m.get_input_embeddings()
-        token = torch.tensor([[self.seg_id]], device=self.device)
-        labels: list[int] = []
-        cache = self.cache
-        for i in range(steps):
-            pos = torch.full((3, 1, 1), h + i, device=self.device)
-            hidden, cache = m.run_language_model(embed(token), pos, None, cache)  # no padding: no mask
-            logits = m.lm_head(hidden[:, -1])
-            label = self.label_ids[logits[0, self.label_ids].argmax()]
-            labels.append(int(label))  # a real decoder reads each token back (stopping criteria, text)
-            token = label.view(1, 1)
-        _crop_to(cache, h)
+        token, labels = self.seg_id, []
+        for _ in range(steps):
+            logits, _, cache = self._decode_step(cache, token, seg=False)
+            token = int(self.label_ids[logits[0, self.label_ids].argmax()])  # read back, as a decoder does
+            labels.append(token)
+        _crop_to(cache, start)
         return labels
+
+    def end_cache(self, steps: int) -> DynamicCache:
+        """A cache of H + N - `steps` tokens: where the baseline's last `steps` steps start."""
+        extra = self.n - steps
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        labels = self.label_ids.cpu()[torch.randint(0, 2, (1, extra), generator=gen)].to(self.device)
+        ids = torch.cat([self.history_ids, labels], dim=1)
+        pos = self.model.conversation_positions(ids, torch.ones_like(ids), None, None)
+        return self._prefill(ids, pos)
 
 
 def check_equal_work(bench: MaskPassBench) -> float:
-    """Max |x - no_cache| over the mask logits and the `<|seg|>` row's next-token logits, for x the
-    STAMP pass in both its forms."""
+    """Max |stamp - no_cache| over the mask logits and the `<|seg|>` row's next-token logits."""
     ref, ref_next = bench.no_cache()
-    diff = 0.0
-    for a, a_next in (bench.stamp_one_forward(), bench.stamp_two_forward()):
-        diff = max(diff, float((a - ref).abs().max()), float((a_next.float() - ref_next.float()).abs().max()))
-    return diff
+    got, got_next = bench.stamp()
+    return max(float((got - ref).abs().max()), float((got_next.float() - ref_next.float()).abs().max()))
 
 
 @dataclass
@@ -244,6 +218,8 @@ class MaskPassSettings:
     ar_repeats: int = 3
     ar_budget_s: float = 30.0
     """Stop repeating the autoregressive baseline after this many seconds (>= 1 run always)."""
+    ar_steps: int | None = None
+    """Run this many baseline steps at the start and at the end and scale to N (None: all N steps)."""
     matmul_shapes: list[tuple[int, int, int]] = field(
         default_factory=lambda: [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048)]
     )
@@ -253,61 +229,84 @@ def _ms(t: Timing) -> float:
     return round(t.median_ms, 4)
 
 
+def _autoregressive(bench: MaskPassBench, s: MaskPassSettings) -> dict:
+    """The baseline's time for N steps (measured whole, or scaled from `s.ar_steps` at each end)."""
+    dev, n = bench.device, bench.n
+    warm = lambda: bench.autoregressive(min(n, 16))  # noqa: E731
+    common = dict(
+        device=dev, repeats=s.ar_repeats, warmup=s.warmup, budget_s=s.ar_budget_s, track_memory=True
+    )
+    if s.ar_steps is None or s.ar_steps >= n:
+        t = measure(bench.autoregressive, warmup_fn=warm, **common)
+        return {"ms": t.median_ms, "timing": t, "scaled": False, "steps": n}
+    k = s.ar_steps
+    start = measure(lambda: bench.autoregressive(k), warmup_fn=warm, **common)
+    end_cache = bench.end_cache(k)
+    end = measure(lambda: bench.autoregressive(k, end_cache), **{**common, "warmup": 0})
+    per_step = (start.median_ms + end.median_ms) / (2 * k)
+    return {
+        "ms": per_step * n,
+        "timing": start,
+        "scaled": True,
+        "steps": k,
+        "step_ms_start": start.median_ms / k,
+        "step_ms_end": end.median_ms / k,
+        "end_timing": end,
+    }
+
+
 def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak_gflops: float) -> dict:
     """Time the three passes for one (n, dtype); the JSON record of docs/PERFORMANCE.md."""
     diff = check_equal_work(bench)
     dev = bench.device
-    form = bench.form
-    one = measure(bench.stamp_one_forward, device=dev, repeats=s.repeats, warmup=s.warmup, track_memory=True)
-    two = measure(bench.stamp_two_forward, device=dev, repeats=s.repeats, warmup=s.warmup, track_memory=True)
-    st = one if form == "one_forward" else two  # what generation runs here
-    nc = measure(bench.no_cache, device=dev, repeats=s.repeats, warmup=s.warmup, track_memory=True)
-    ar = measure(
-        bench.autoregressive,
-        device=dev,
-        repeats=s.ar_repeats,
-        warmup=s.warmup,
-        warmup_fn=lambda: bench.autoregressive(min(bench.n, 16)),
-        budget_s=s.ar_budget_s,
-        track_memory=True,
-    )
+    both = {"stamp": bench.stamp, "no_cache": bench.no_cache}  # alternating: their ratio is what counts
+    timed = measure_alternating(both, device=dev, repeats=s.repeats, warmup=s.warmup, track_memory=True)
+    st, nc = timed["stamp"], timed["no_cache"]
+    ar = _autoregressive(bench, s)
     dims = TextDims.from_model(bench.model)
     flops = mask_pass_flops(dims, bench.n, bench.history)
     achieved = flops / (st.median_ms * 1e-3) / 1e9
-    return {
+    shapes = pass_matmul_rate(dims, bench.n + 1, bench.model.dtype, dev, repeats=s.repeats)
+    ar_peak = ar["timing"].peak_mem
+    record = {
         "n": bench.n,
         "grid": list(bench.grid),
         "dtype": dtype,
         "history": bench.history,
         "stamp_ms": _ms(st),
         "no_cache_ms": _ms(nc),
-        "autoregressive_ms": _ms(ar),
-        "ar_ratio": ar.median_ms / st.median_ms,
+        "autoregressive_ms": round(ar["ms"], 4),
+        "autoregressive_scaled": ar["scaled"],
+        "autoregressive_steps_measured": ar["steps"],
+        "ar_ratio": ar["ms"] / st.median_ms,
         "cache_ratio": nc.median_ms / st.median_ms,
         "flops_fraction": achieved / peak_gflops if peak_gflops > 0 else None,
         "peak_mem_mb": st.peak_mem.peak_mb if st.peak_mem else None,
-        "stamp_form": form,
-        "stamp_one_forward_ms": _ms(one),
-        "stamp_two_forward_ms": _ms(two),
         "mask_pass_gflop": flops / 1e9,
         "mask_pass_gflops": achieved,
         "matmul_gflops": peak_gflops,
+        # the pass's own weight matmuls alone, same shapes: the rate no pass of these FLOPs beats here
+        "pass_matmul_gflops": shapes,
+        "pass_matmul_fraction": shapes / peak_gflops if peak_gflops > 0 else None,
         "no_cache_peak_mem_mb": nc.peak_mem.peak_mb if nc.peak_mem else None,
-        "autoregressive_peak_mem_mb": ar.peak_mem.peak_mb if ar.peak_mem else None,
+        "autoregressive_peak_mem_mb": ar_peak.peak_mb if ar_peak else None,
         "peak_mem_method": st.peak_mem.method if st.peak_mem else "unavailable",
         "ar_flops_ratio": autoregressive_flops(dims, bench.n, bench.history) / flops,
         # the ratio a pass at the same-run matmul FLOP/s would reach against this baseline
-        "ar_ratio_bound": ar.median_ms / (flops / peak_gflops / 1e6) if peak_gflops > 0 else None,
+        "ar_ratio_bound": ar["ms"] / (flops / peak_gflops / 1e6) if peak_gflops > 0 else None,
         "cache_flops_ratio": no_cache_flops(dims, bench.n, bench.history) / flops,
         "max_abs_diff": diff,
         "timings": {
             "stamp": st.to_dict(),
-            "stamp_one_forward": one.to_dict(),
-            "stamp_two_forward": two.to_dict(),
             "no_cache": nc.to_dict(),
-            "autoregressive": ar.to_dict(),
+            "autoregressive": ar["timing"].to_dict(),
         },
     }
+    if ar["scaled"]:
+        record["autoregressive_step_ms_start"] = ar["step_ms_start"]
+        record["autoregressive_step_ms_end"] = ar["step_ms_end"]
+        record["timings"]["autoregressive_end"] = ar["end_timing"].to_dict()
+    return record
 
 
 def run_mask_pass(
@@ -331,10 +330,9 @@ def run_mask_pass(
                 rec = mask_pass_record(bench, settings, name, ref.best_gflops)
                 records.append(rec)
                 log(
-                    f"[mask pass] {name} N={n:5d} stamp {rec['stamp_ms']:.2f} ms "
-                    f"({rec['stamp_form'].replace('_', ' ')}; other form "
-                    f"{rec['stamp_two_forward_ms' if rec['stamp_form'] == 'one_forward' else 'stamp_one_forward_ms']:.2f} ms), no cache "
-                    f"{rec['no_cache_ms']:.2f} ms, autoregressive {rec['autoregressive_ms']:.1f} ms "
+                    f"[mask pass] {name} N={n:5d} stamp {rec['stamp_ms']:.2f} ms, no cache "
+                    f"{rec['no_cache_ms']:.2f} ms, autoregressive {rec['autoregressive_ms']:.1f} ms"
+                    f"{' (scaled)' if rec['autoregressive_scaled'] else ''} "
                     f"(x{rec['ar_ratio']:.1f}, cache x{rec['cache_ratio']:.2f}, "
                     f"{100 * (rec['flops_fraction'] or 0):.0f}% of matmul)"
                 )

@@ -57,17 +57,24 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     return "\n".join(lines)
 
 
-_FORMS = {"one_forward": "1-fwd", "two_forward": "2-fwd"}
+def _ar_cell(r: dict) -> str:
+    """The baseline's ms; scaled from measured steps: 'ms (scaled from k steps: a / b ms per step)'."""
+    ms = _fmt(r["autoregressive_ms"], ".1f")
+    if not r.get("autoregressive_scaled"):
+        return ms
+    start, end = r["autoregressive_step_ms_start"], r["autoregressive_step_ms_end"]
+    return f"{ms} (scaled: {r['autoregressive_steps_measured']} steps at each end, {start:.1f} / {end:.1f} ms per step)"
 
 
 def mask_pass_table(doc: dict, markdown: bool = False) -> str:
     header = [
-        "device", "dtype", "N", "grid", "H", "STAMP ms [min-max]", "form", "1-fwd ms", "2-fwd ms", "no cache ms", "autoregr. ms",
-        "AR/STAMP", "nocache/STAMP", "FLOP ratio nc/ST", "GFLOP/s", "% matmul", "peak MB",
+        "device", "dtype", "N", "grid", "H", "STAMP ms [min-max]", "no cache ms", "autoregr. ms",
+        "AR/STAMP", "nocache/STAMP", "FLOP ratio nc/ST", "GFLOP/s", "% matmul", "% matmul, pass shapes alone", "peak MB",
     ]  # fmt: skip
     rows = []
     for r in doc.get("mask_pass", []):
         t = r["timings"]["stamp"]
+        bound = r.get("pass_matmul_fraction")
         rows.append(
             [
                 r["device"],
@@ -76,17 +83,14 @@ def mask_pass_table(doc: dict, markdown: bool = False) -> str:
                 "x".join(map(str, r["grid"])),
                 str(r["history"]),
                 f"{t['median_ms']:.2f} [{t['min_ms']:.2f}-{t['max_ms']:.2f}]",
-                # files written before the form was chosen per N always ran two forwards
-                _FORMS[r.get("stamp_form", "two_forward")],
-                _fmt(r.get("stamp_one_forward_ms")),
-                _fmt(r.get("stamp_two_forward_ms", r["stamp_ms"])),
                 _fmt(r["no_cache_ms"]),
-                _fmt(r["autoregressive_ms"], ".1f"),
+                _ar_cell(r),
                 _fmt(r["ar_ratio"], ".1f"),
                 _fmt(r["cache_ratio"]),
                 _fmt(r["cache_flops_ratio"]),
                 _fmt(r["mask_pass_gflops"], ".1f"),
                 _fmt(None if r["flops_fraction"] is None else 100 * r["flops_fraction"], ".0f"),
+                _fmt(None if bound is None else 100 * bound, ".0f"),
                 _fmt(r["peak_mem_mb"], ".1f"),
             ]
         )
@@ -105,10 +109,23 @@ def request_table(doc: dict, markdown: bool = False) -> str:
     stages = ["image_load", "vision", "prefill", "decode", "mask", "postprocess", "refine", "total"]
     rows = []
     for r in doc.get("request", []):
+        side = r.get("image_side")
+        image = f"{side}x{side}" if side else "SynthRef"
         for which in ("first_query_ms", "second_query_ms"):
-            label = "1st query" if which.startswith("first") else "2nd query, same image"
-            rows.append([r["device"], r["dtype"], label] + [_fmt(r[which].get(s), ".1f") for s in stages])
-    return _table(["device", "dtype", "request"] + [f"{s} ms" for s in stages], rows, markdown)
+            first = which.startswith("first")
+            label = "1st query" if first else "2nd query, same image"
+            extra = [
+                _fmt(r.get("decode_ms_per_token") if first else None, ".1f"),
+                _fmt(r.get("peak_mem_mb") if first else None, ".0f"),
+            ]
+            cells = str(int(r.get("cells") or 0))
+            rows.append(
+                [r["device"], r["dtype"], image, cells, label]
+                + [_fmt(r[which].get(s), ".1f") for s in stages]
+                + extra
+            )
+    header = ["device", "dtype", "image", "cells", "request"] + [f"{s} ms" for s in stages]
+    return _table(header + ["decode ms/token", "peak MB"], rows, markdown)
 
 
 def batch_table(doc: dict, markdown: bool = False) -> str:
@@ -142,7 +159,7 @@ def render(doc: dict, markdown: bool = False) -> str:
     head = [
         f"command: {doc.get('command') or '-'}",
         f"machine: {m['cpu']} ({m['cpus_allowed']} cpus allowed), devices {', '.join(m['devices'])}"
-        + (f" {m['gpu']}" if "gpu" in m else "")
+        + (f" {m['gpu']} (driver {m.get('gpu_driver') or '?'})" if "gpu" in m else "")
         + f", torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}",
         f"date: {m['date']}; load average at start {m.get('load_average_start')}, end {m.get('load_average_end')}",
         f"model: {model['name']} ({model['family']}, hidden {model['text']['hidden']}, "

@@ -7,7 +7,9 @@ refinement (the predictor's "guided" refiner). A second query on the same image 
 run the vision tower (`StampPredictor.vision_calls` stays the same), so its vision time is 0.
 
 Images are SynthRef val scenes written to PNG files in a temporary folder (so "image load" is a real
-file decode). Answers are capped at `max_new_tokens` free tokens after the forced `<|seg|>`; with random
+file decode), at SynthRef's own sizes or, with `image_sides`, resized to squares of each side (one record
+per side: 448 -> 16x16 = 256 cells, 896 -> 1,024 cells where the processor keeps the size). Each record
+also gives the first query's peak memory and its answer decode time per decoded token. Answers are capped at `max_new_tokens` free tokens after the forced `<|seg|>`; with random
 weights the answer rarely ends earlier, so decode time is that of about `max_new_tokens` steps.
 
 Throughput: `StampPredictor.predict_batch` on B distinct images at a time (vision per image, then one
@@ -20,13 +22,13 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from stamp.bench.mask_pass import DTYPES
-from stamp.bench.timing import synchronize
+from stamp.bench.timing import MemoryProbe, synchronize
 
 STAGES = ("image_load", "vision", "prefill", "decode", "mask", "postprocess", "refine")
 
@@ -45,18 +47,28 @@ class RequestSettings:
     batch_repeats: int = 3
     image_size: tuple[int, int] = (224, 448)
     """SynthRef image side range in pixels (the processor resizes to the model's cell budget)."""
+    image_sides: list[int] | None = None
+    """Square images of these sides instead (one request record per side); the warm-up uses the first."""
 
 
-def _scene_files(count: int, folder: Path, size_range: tuple[int, int]) -> list[tuple[Path, str]]:
-    """`count` SynthRef val scenes saved as PNG, with their first user request."""
+def _scene_files(
+    count: int, folder: Path, size_range: tuple[int, int], side: int | None = None
+) -> list[tuple[Path, str]]:
+    """`count` SynthRef val scenes saved as PNG (resized to side x side if given), with their first
+    user request."""
+    from PIL import Image
+
     from stamp.data.synthref import SynthRef
 
     ds = SynthRef("val", image_size_range=size_range, length=max(count, 1))
     out = []
     for i in range(count):
         sample = ds[i]
-        path = folder / f"scene_{i:03d}.png"
-        sample.load_image().save(path)
+        path = folder / f"scene_{i:03d}{'' if side is None else f'_{side}'}.png"
+        image = sample.load_image()
+        if side is not None:
+            image = image.resize((side, side), Image.Resampling.BICUBIC)
+        image.save(path)
         prompt = next((t.text for t in sample.turns if t.role == "user"), "Segment the object.")
         out.append((path, prompt))
     return out
@@ -73,9 +85,11 @@ def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSe
     device = predictor.model.device
     first: dict[str, list[float]] = {s: [] for s in (*STAGES, "total", "wall")}
     second: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
-    second_vision_calls, answer_tokens, masks, cells = 0, [], 0, []
+    second_vision_calls, answer_tokens, masks, cells, peaks, per_token = 0, [], 0, [], [], []
     for k, (path, prompt) in enumerate(files):
         timed = k >= settings.warmup
+        probe = MemoryProbe(device)
+        probe.start()
         synchronize(device)
         t0 = time.perf_counter()
         image = load_image(path)
@@ -84,6 +98,7 @@ def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSe
         res = predictor.chat(prompt, answer_prefix="<|seg|>", max_new_tokens=settings.max_new_tokens)
         synchronize(device)
         wall = time.perf_counter() - t0
+        peak = probe.stop()
         calls = predictor.vision_calls
         res2 = predictor.chat(
             "And what else is there?", answer_prefix="<|seg|>", max_new_tokens=settings.max_new_tokens
@@ -103,6 +118,10 @@ def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSe
         second["total"].append(sum(second[s][-1] for s in STAGES))
         first["wall"].append(wall)
         answer_tokens.append(len(res.token_ids))
+        # decode steps: every answer token but the forced <|seg|> (a mask step) and the last (not fed)
+        per_token.append(res.timings.get("decode", 0.0) / max(1, len(res.token_ids) - 2))
+        if peak.peak_mb is not None:
+            peaks.append(peak.peak_mb)
         masks += len(res.masks)
         if res.masks:
             cells.append(res.masks[0].patch_logits.size)
@@ -115,6 +134,9 @@ def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSe
         "answer_tokens": statistics.median(answer_tokens) if answer_tokens else 0,
         "masks_per_request": masks / max(1, len(answer_tokens)),
         "cells": statistics.median(cells) if cells else 0,
+        "decode_ms_per_token": _median_ms(per_token),
+        "peak_mem_mb": statistics.median(peaks) if peaks else None,
+        "peak_mem_method": peak.method if files else "unavailable",
         "max_new_tokens": settings.max_new_tokens,
         "refine": settings.refine,
     }
@@ -129,6 +151,8 @@ def batch_records(
     would credit or charge it with that image's size."""
     from stamp.images import load_image
 
+    if not settings.batch_sizes:
+        return []
     device = predictor.model.device
     loaded = [(load_image(p), prompt) for p, prompt in files]
     pool = [loaded[i % len(loaded)] for i in range(max(settings.batch_sizes))]
@@ -175,18 +199,35 @@ def run_requests(model, settings: RequestSettings, log=print) -> tuple[list[dict
     requests, batches = [], []
     with tempfile.TemporaryDirectory(prefix="stamp-bench-") as tmp:
         files = _scene_files(n_files, Path(tmp), settings.image_size)
+        sides = settings.image_sides or [None]
+        per_side = (
+            {  # the warm-up runs on the first size only
+                side: _scene_files(
+                    settings.warmup * (i == 0) + settings.requests, Path(tmp), settings.image_size, side
+                )
+                for i, side in enumerate(sides)
+            }
+            if settings.image_sides
+            else {None: files[: settings.warmup + settings.requests]}
+        )
         try:
             for name in settings.dtypes:
                 model.to(DTYPES[name])
                 predictor = StampPredictor(model, refine=settings.refine)
-                rec = request_record(predictor, files[: settings.warmup + settings.requests], settings, name)
-                requests.append(rec)
-                t = rec["first_query_ms"]
-                log(
-                    f"[request] {name}: " + ", ".join(f"{s} {t[s]:.1f}" for s in (*STAGES, "total")) + " ms; "
-                    f"second query total {rec['second_query_ms']['total']:.1f} ms, "
-                    f"vision calls {rec['second_query_vision_calls']}"
-                )
+                for i, side in enumerate(sides):
+                    warm = settings if i == 0 or side is None else replace(settings, warmup=0)
+                    rec = request_record(predictor, per_side[side], warm, name)
+                    rec["image_side"] = side
+                    requests.append(rec)
+                    t = rec["first_query_ms"]
+                    log(
+                        f"[request] {name}{'' if side is None else f' {side}x{side}'}: "
+                        + ", ".join(f"{s} {t[s]:.1f}" for s in (*STAGES, "total"))
+                        + f" ms; {rec['cells']} cells, decode {rec['decode_ms_per_token']:.1f} ms/token, "
+                        f"peak {rec['peak_mem_mb'] or 0:.0f} MB; "
+                        f"second query total {rec['second_query_ms']['total']:.1f} ms, "
+                        f"vision calls {rec['second_query_vision_calls']}"
+                    )
                 for b in batch_records(predictor, files, settings, name):
                     batches.append(b)
                     log(

@@ -4,6 +4,8 @@ Models:
 - `--model DIR`: a saved STAMP model (`stamp.models.load_model`);
 - nothing: the bundled model (`load_model(None)`; a tiny random model with a notice where none is bundled);
 - `--preset tiny`: `StampModel.tiny()` (hidden 64, 2 layers: the test model);
+- `--preset qwen2-vl-2b | qwen2-vl-7b | qwen2.5-vl-3b | qwen2.5-vl-7b`: a RANDOM model with the published
+  dimensions, built in the run's dtype on its device (`stamp.bench.presets`);
 - `--preset synth`: a RANDOM model with the sizes in configs/tiny-synth.yaml (the bundled model's through stage 7)
   through the training config (`TrainConfig` + `stamp.train.build.build_model`), so the two never
   drift apart; `--preset PATH.yaml`: the same for any training config.
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-PRESETS = ("tiny", "synth")
+from stamp.bench.presets import PRESETS as REAL_PRESETS
+
+PRESETS = ("tiny", "synth", *REAL_PRESETS)
 SYNTH_CONFIG = "configs/tiny-synth.yaml"
 
 
@@ -32,13 +36,23 @@ def _find_config(name: str) -> Path:
 
 
 def load_bench_model(
-    model: str | None = None, preset: str | None = None, device: str = "cpu", attn: str | None = None
+    model: str | None = None,
+    preset: str | None = None,
+    device: str = "cpu",
+    attn: str | None = None,
+    dtype: torch.dtype | None = None,
 ):
     """(model in eval mode on `device`, a dict describing where it came from). `attn`: override the
-    attention implementation ("sdpa" or "eager") of the whole model."""
+    attention implementation ("sdpa" or "eager") of the whole model. `dtype`: the dtype a real-size
+    preset is built in (default bf16); other models load as saved."""
     if model is not None and preset is not None:
         raise ValueError("give either --model or --preset, not both")
-    if preset == "tiny":
+    if preset in REAL_PRESETS:
+        from stamp.bench.presets import build_preset_model
+
+        net, memory = build_preset_model(preset, dtype or torch.bfloat16, device)
+        source = {"kind": "preset", "name": preset, "random_weights": True, "memory_estimate": memory}
+    elif preset == "tiny":
         from stamp.model.modeling import StampModel
 
         net, source = StampModel.tiny(seed=0), {"kind": "preset", "name": "tiny", "random_weights": True}
@@ -149,6 +163,26 @@ def machine_info(devices: list[str]) -> dict:
     }
     gpus = [torch.device(d) for d in devices if torch.device(d).type == "cuda"]
     if gpus:
-        info["gpu"] = torch.cuda.get_device_name(gpus[0].index or 0)
+        index = gpus[0].index or 0
+        props = torch.cuda.get_device_properties(index)
+        info["gpu"] = torch.cuda.get_device_name(index)
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_driver"] = _gpu_driver(index)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def _gpu_driver(index: int) -> str | None:
+    """The NVIDIA driver version (nvidia-smi), or None where it cannot be asked."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", f"--id={index}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

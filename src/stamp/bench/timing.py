@@ -122,6 +122,36 @@ def measure(
     return Timing.from_samples(samples, peak)
 
 
+def measure_alternating(
+    fns: dict[str, Callable[[], object]],
+    *,
+    device: torch.device | str = "cpu",
+    repeats: int = 5,
+    warmup: int = 1,
+    track_memory: bool = False,
+) -> dict[str, Timing]:
+    """`measure` for several calls whose ratio matters, their repeats alternating (a b a b ...): load
+    from other processes that comes and goes then falls on all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    peaks: dict[str, PeakMemory | None] = {name: None for name in fns}
+    for i in range(max(1, repeats)):
+        for name, fn in fns.items():
+            probe = MemoryProbe(device) if track_memory and i == 0 else None
+            if probe is not None:
+                probe.start()
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+            if probe is not None:
+                peaks[name] = probe.stop()
+    return {name: Timing.from_samples(samples[name], peaks[name]) for name in fns}
+
+
 def _status_kb(key: str) -> int | None:
     try:
         for line in _STATUS.read_text().splitlines():

@@ -2,14 +2,16 @@
 that reads those formats) can consume them.
 
     export_synthref("out/synth_refer", "val", 500, "refer")
-    load_refer("out/synth_refer", dataset="synthref", split="val")      # reads it back
+    load_refer("out/synth_refer", dataset="refcoco", split="val")       # reads it back
+    stamp eval --data refcoco:out/synth_refer --split val                # evaluates on it
 
-Layouts (`out` is `out_dir`):
-    refer      out/synthref/instances.json (RLE masks of every visible object) + out/synthref/refs(unc).p,
-               images as PNG under out/images/mscoco/images/train2014/ (the loader's default image root)
+Layouts (`out` is `out_dir`), each what `stamp eval --data KIND:out` reads (`EVAL_KINDS`):
+    refer      RefCOCO in the LISA layout: out/refcoco/instances.json (RLE masks of every visible object)
+               + out/refcoco/refs(unc).p, images as PNG under out/images/mscoco/images/train2014/ (the
+               loader's default image root)
     grefer     out/grefcoco/grefs(unc).json + out/grefcoco/instances.json, images as for refer
     reasonseg  out/<split>/<name>.jpg + <name>.json (scenes without occlusion, so polygons are exact)
-    llava      out/conversations.json + images as PNG under out/images/
+    llava      out/conversations.json + images as PNG under out/images/ (KIND:PATH is llava:out/conversations.json)
 Writing goes to a temporary folder next to `out`, renamed into place at the end.
 """
 
@@ -33,6 +35,8 @@ from stamp.data.synthref import SPLITS, SynthRef
 from stamp.io.modes import new_dir_mode
 
 FORMATS = ("refer", "grefer", "reasonseg", "llava")
+EVAL_KINDS = {"refer": "refcoco", "grefer": "grefcoco", "reasonseg": "reasonseg", "llava": "llava"}
+"""The `stamp eval --data KIND:...` kind that reads each format's export."""
 # Which SynthRef tasks each format can represent.
 EXPORT_TASK_WEIGHTS = {
     "refer": {"refer": 1.0},
@@ -68,7 +72,9 @@ def export_synthref(
         raise DataError(f"n must be >= 1, got {n}")
     out = Path(out_dir)
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise DataError(f"output exists and is not empty: {out} (pass overwrite=True to replace it)")
+        raise DataError(
+            f"output exists and is not empty: {out} (use --force, overwrite=True in Python, to replace it)"
+        )
     ds = SynthRef(
         split,
         seed=seed,
@@ -170,7 +176,7 @@ def _write_coco_style(out: Path, split: str, samples, folder: str, grefs: bool) 
 
 
 def _write_refer(out: Path, split: str, samples) -> None:
-    _write_coco_style(out, split, samples, "synthref", grefs=False)
+    _write_coco_style(out, split, samples, "refcoco", grefs=False)
 
 
 def _write_grefer(out: Path, split: str, samples) -> None:

@@ -6,7 +6,8 @@ Kinds and what PATH is:
     reasonseg                              the ReasonSeg root holding `train/ val/ test/`
     llava                                  a LLaVA-format JSON file (images relative to --image-root,
                                            default: the JSON's folder)
-    synthref                               ignored (generated); the split picks SynthRef's split
+    synthref                               no path (generated; the split picks SynthRef's split);
+                                           `synthref:PATH` is an error
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
         close = difflib.get_close_matches(kind, KINDS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise DataError(f"unknown data kind {kind!r}{hint}; use one of {', '.join(KINDS)}")
+    if kind == "synthref" and path:
+        raise DataError(
+            f"synthref is generated and takes no path (got synthref:{path}); for an exported copy use "
+            f"refcoco:{path} (--format refer) or grefcoco:{path} (--format grefer)"
+        )
     if kind != "synthref" and not path:
         raise DataError(f"data kind {kind} needs a path: {kind}:PATH")
     return kind, path or None

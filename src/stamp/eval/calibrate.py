@@ -140,6 +140,7 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
     """Sweep `job.thresholds`; returns (and writes to `job.out`) every threshold's metrics and the choice."""
     import torch
 
+    from stamp.arguments import check_refine_source
     from stamp.data.registry import open_dataset, parse_data_spec
     from stamp.eval.evaluate import evaluate_samples
     from stamp.models import load_model, resolve_refine
@@ -150,6 +151,7 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
     out = Path(job.out) if job.out else None
     if out is not None:
         ensure_writable([out], job.overwrite)
+    check_refine_source(job.refine)
     if job.write:
         model_config_path(job.model)  # fail before the slow part
     kind, path = parse_data_spec(job.data)
@@ -161,7 +163,7 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
     model = load_model(job.model, dtype=job.dtype, device=job.device)
     if job.cells is not None:
         model.processor.set_cell_range(*job.cells)
-    refine = resolve_refine(job.refine, job.model)
+    refine = resolve_refine(job.refine, model)
     predictor = ReplayPredictor(model, refine=refine)
     before = predictor.threshold
     results = []

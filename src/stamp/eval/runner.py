@@ -8,8 +8,10 @@
 results.json (schema version 1):
     {"schema": 1, "data": "refcoco:/data/lisa", "split": "val", "model": "...", "protocol": "stamp",
      "max_new_tokens": 64, "upsample": "prob", "force_seg": false,
+     "limit": N or null, "n_samples": data samples evaluated, "n_expressions": expressions scored,
      "metrics": {"ciou", "giou", "precision@0.5" ... "precision@0.9", "n_acc", "t_acc", "vqa_acc",
-                 "patch_ciou", "patch_giou", "n_samples"}   -- percentages 0-100, those that apply
+                 "patch_ciou", "patch_giou", "n_samples"}   -- percentages 0-100, those that apply;
+                 n_samples here counts what the metrics average over: expressions (and VQA answers)
      "samples": [{"id", "image", "prompt", "answer", "intersection", "union", "iou", "has_mask",
                   "seconds", "mask_file"?, "subtask"?}, ...],
      "by_subtask"?: {"SUBTASK": {the metrics above that apply, "n_samples"}}}  -- data naming subtasks
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from stamp.arguments import check_refine_source
 from stamp.eval.evaluate import EvalReport, evaluate_samples, merge_reports
 from stamp.eval.protocols import get_protocol
 from stamp.io.outputs import atomic_write_bytes, ensure_writable
@@ -73,7 +76,13 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
     from stamp.models import load_model
 
     out = Path(job.out)
+    if out.is_dir():
+        raise FileExistsError(f"--out {out} is a folder; name the results file")
     ensure_writable([out], job.overwrite)
+    check_refine_source(job.refine)
+    masks_dir = Path(job.save_masks) if job.save_masks else None
+    if masks_dir is not None:
+        check_masks_dir(masks_dir, job.overwrite)
     protocol = get_protocol(job.protocol)
     kind, path = parse_data_spec(job.data)
     dataset = open_dataset(
@@ -87,6 +96,11 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
     )
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     rank, world = _distributed()
+    if masks_dir is not None:
+        if rank == 0:
+            clear_masks_dir(masks_dir)
+        if world > 1:
+            torch.distributed.barrier()
     torch.manual_seed(job.seed)
     model = load_model(job.model, dtype=job.dtype, device=job.device, base_model=job.base_model)
     cells = job.cells or protocol.cells
@@ -96,7 +110,7 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
 
     if protocol.name == "authors" and job.refine == "auto":
         job.refine = "none"  # their raw masks; their SAM step is --refine sam-authors:PATH
-    job.refine = resolve_refine(job.refine, job.model)
+    job.refine = resolve_refine(job.refine, model)
     threshold = job.threshold if job.threshold is not None else protocol.threshold
     predictor = StampPredictor(model, threshold=threshold, refine=job.refine, upsample=protocol.upsample)
     indices = range(rank, n, world)
@@ -108,7 +122,7 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
         answer_prefix=DEFAULT_FORCE_PREFIX if job.force_seg else None,
         max_new_tokens=max_new_tokens,
         progress=progress and rank == 0,
-        save_masks=Path(job.save_masks) if job.save_masks else None,
+        save_masks=masks_dir,
     )
     report = _gather(report, world)
     results = {
@@ -125,6 +139,9 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
         "threshold": predictor.threshold,
         "synth_size": list(job.synth_size) if job.synth_size else None,
         "cells": list(cells) if cells else None,
+        "limit": job.limit,
+        "n_samples": n,
+        "n_expressions": report.metrics["n_samples"],
         "metrics": report.metrics,
         "samples": report.samples,
     }
@@ -138,6 +155,33 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
         if teardown:  # tear gloo down before exit: its threads abort the process if left to destructors
             torch.distributed.destroy_process_group()
     return results
+
+
+def check_masks_dir(path: Path, overwrite: bool) -> None:
+    """Refuse a --save-masks folder that holds anything unless `overwrite`; with it, refuse a folder that
+    holds anything but mask PNGs (never delete what STAMP did not write). Called before any work."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--save-masks {path} is a file, not a folder")
+    if not path.is_dir():
+        return
+    entries = list(path.iterdir())
+    if entries and not overwrite:
+        raise FileExistsError(
+            f"--save-masks folder {path} is not empty; use --force to replace its masks (or another folder)"
+        )
+    others = [p.name for p in entries if not (p.is_file() and p.suffix == ".png")]
+    if others:
+        raise FileExistsError(
+            f"--save-masks folder {path} holds more than mask PNGs ({others[0]}); choose another folder"
+        )
+
+
+def clear_masks_dir(path: Path) -> None:
+    """Create the --save-masks folder, empty (the masks of an earlier run are removed: none is left mixed
+    with this run's)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for p in path.glob("*.png"):
+        p.unlink()
 
 
 def _distributed() -> tuple[int, int]:

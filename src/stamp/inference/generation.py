@@ -1,97 +1,50 @@
 """Two-phase STAMP generation: autoregressive answer, one non-autoregressive pass per `<|seg|>`.
 
 Phase 1 decodes the answer token by token with the KV cache. When the token fed back is `<|seg|>`,
-phase 2 rides on that same step: the `<|seg|>` row is causal (it sees only the history and itself,
-exactly as a plain decode step), the N placeholders see the history, the `<|seg|>` and each other
-(hybrid mask), and their last hidden states go through the classifier. Afterwards the N placeholder
-entries are cropped from the cache, so the answer continues from the unforked history and the
-placeholders never enter the text stream. Rows of a batch that are not at a `<|seg|>` carry masked-out
-placeholder slots in that step.
-
-The step runs in one of two equivalent forms (`mask_pass_form`): ONE forward of [`<|seg|>` ;
-placeholders] with a (Q, K) mask, or TWO forwards -- the `<|seg|>` as a plain decode step, then the
-placeholders against the cache, which at batch 1 need no mask at all. One forward saves a whole
-decoder pass (what dominates at small N on a CPU and at any N on an accelerator, where a pass is bound
-by kernel launches); two forwards let the CPU run its unmasked attention kernel, which wins at large N.
+phase 2 rides on that same step (`decode_step`): ONE forward of [`<|seg|>` ; placeholders] against the
+cache, with a (Q, K) hybrid mask -- the `<|seg|>` row is causal (it sees only the history and itself,
+exactly as a plain decode step), the N placeholders see the history, the `<|seg|>` and each other -- and
+their last hidden states go through the classifier. Afterwards the N placeholder entries are cropped
+from the cache, so the answer continues from the unforked history and the placeholders never enter the
+text stream. Rows of a batch that are not at a `<|seg|>` carry masked-out placeholder slots in that step.
 
 Models with `mask_decoder: next_token` (the Text4Seg-style baseline of the experiments) instead decode
 the mask after `<|seg|>` as N label tokens, one step each (`_label_decode`).
+
+Each answer ends for one reason (`GenerationOutput.finish_reason`): "eos" (the model ended its turn),
+"length" (the token budget ran out) or "repetition" (a degenerate loop, `repeating_period`, stopped by
+default: `GenerationConfig.repetition_stop`).
+
+The prompt pass (`prefill`) keeps memory linear in the prompt length: without padding it hands sdpa no
+mask at all (its causal kernel), and otherwise it runs the prompt in chunks of `PREFILL_CHUNK` queries,
+each with a (B, 1, C, K) mask, never an L x L one.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
-from stamp.model import cpu_attention
 from stamp.model.attention import build_hybrid_attention_mask
 from stamp.model.positions import placeholder_position_ids
 
-MASK_PASS_ENV = "STAMP_MASK_PASS"
-MASK_PASS_FORMS = ("auto", "one_forward", "two_forward", "per_row")
-CPU_ONE_FORWARD_MAX_N = 256
-"""On a CPU, `auto` takes one forward up to this many placeholders (docs/PERFORMANCE.md: the
-one-forward pass was faster at N = 64 and 256 and slower at N = 1024 and 4096 on the bundled sizes)."""
-CPU_HALF_ONE_FORWARD_MAX_N = 144
-"""The same in bf16 / fp16, where the second forward runs the matmul attention of
-`stamp.model.cpu_attention`: two forwards were faster from 196 placeholders on, one forward up to 100,
-even at 144 (`stamp bench --preset synth --dtypes bf16 --n 64,100,144,196 --parts mask_pass`)."""
+FINISH_REASONS = ("eos", "length", "repetition")
+"""Why an answer ended: the model's end-of-turn token, the token budget, or a degenerate loop."""
 
+REPEAT_MAX_PERIOD = 16
+REPEAT_MIN_TOKENS = 32
+REPEAT_MIN_COUNT = 4
+"""The repetition rule (`repeating_period`): the answer ends in one n-gram, 1 <= n <= 16 tokens, repeated
+back to back at least max(4, ceil(32 / n)) times -- a run of at least 32 tokens and 4 copies (32 equal
+tokens in a row, 11 copies of a 3-gram, 4 of a 16-gram)."""
 
-CPU_PER_ROW_MIN_GFLOP = 1.0
-"""A padded batch's mask step goes row by row on a CPU when the padded forward would cost at least this
-many GFLOP: per row, each row pays a forward's fixed overhead, which only pays off against real
-arithmetic. On eight SynthRef scenes (`python benchmarks/bench_batch_forms.py`, fp32) the tiny test
-model's padded steps (0.14 GFLOP by `stamp.bench.flops.forward_flops`) took 4 ms in one forward and 9 ms
-per row; the bundled model's (13-30 GFLOP each) 559 ms in one forward and 232 ms per row."""
-
-
-def mask_pass_form(
-    device: torch.device | str,
-    n: int,
-    masked: bool,
-    dtype: torch.dtype | None = None,
-    rows: int = 1,
-    padded_gflop: float | None = None,
-) -> str:
-    """ "one_forward", "two_forward" or "per_row": how a `<|seg|>` step with up to `n` placeholders runs.
-
-    `masked`: whether the two-forward form would need attention masks anyway (padding, rows of a batch
-    not at a `<|seg|>`, different grids, the causal ablation); then one forward is strictly less work
-    than two. `dtype`: the model's compute dtype (half precision moves the CPU threshold). `rows`: the
-    batch size; `padded_gflop`: the work of the padded one-forward step (None: assume it is large).
-    STAMP_MASK_PASS=one_forward|two_forward|per_row forces a form; `auto` (default) takes
-    - one forward on accelerators (bound by kernel launches, where one wide call wins);
-    - per row on a CPU for a batch that would need masks, when the padded step is real arithmetic
-      (`CPU_PER_ROW_MIN_GFLOP`): the `<|seg|>` tokens of all rows as one decode step, then each row at
-      a `<|seg|>` alone, its placeholders against its own cache without the padding -- no mask, no
-      padded placeholder slots, no work for rows not at a `<|seg|>` (compute-bound, a CPU gains
-      nothing from the wide padded call);
-    - otherwise one forward when masked or when n <= CPU_ONE_FORWARD_MAX_N (CPU_HALF_ONE_FORWARD_MAX_N
-      in bf16 / fp16 with the CPU matmul attention on), and two forwards above.
-    All forms give the same logits up to float rounding (tested).
-    """
-    choice = os.environ.get(MASK_PASS_ENV, "auto").strip().lower() or "auto"
-    if choice not in MASK_PASS_FORMS:
-        raise ValueError(f"{MASK_PASS_ENV} must be one of {MASK_PASS_FORMS}, got {choice!r}")
-    if choice != "auto":
-        return choice
-    if torch.device(device).type != "cpu":
-        return "one_forward"
-    if masked:
-        heavy = padded_gflop is None or padded_gflop >= CPU_PER_ROW_MIN_GFLOP
-        return "per_row" if rows > 1 and heavy else "one_forward"
-    half = dtype in cpu_attention.HALF and cpu_attention.mode() != "sdpa"
-    return (
-        "one_forward"
-        if n <= (CPU_HALF_ONE_FORWARD_MAX_N if half else CPU_ONE_FORWARD_MAX_N)
-        else "two_forward"
-    )
+PREFILL_CHUNK = 512
+"""Query tokens per forward of a prompt pass that needs an explicit mask (a left-padded batch, or an
+attention backend other than sdpa): its mask is (B, 1, C, K), at most B x 512 x L."""
 
 
 @dataclass
@@ -109,6 +62,9 @@ class GenerationConfig:
     """Seed of the sampling generator (sampling is reproducible given a seed)."""
     predict_masks: bool = True
     """Run the mask pass at each `<|seg|>`; False gives the text alone (used to show isolation)."""
+    repetition_stop: bool = True
+    """End an answer caught in a degenerate loop (`repeating_period`) with finish reason "repetition";
+    False lets it run to the end-of-turn token or the budget."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -130,6 +86,8 @@ class GenerationRequest:
     forced_ids: list[int] = field(default_factory=list)
     max_new_tokens: int | None = None
     """This row's own bound on free tokens after the forced prefix (None: the config's)."""
+    repetition_stop: bool | None = None
+    """This row's own `GenerationConfig.repetition_stop` (None: the config's)."""
 
 
 EventCallback = Callable[..., None]
@@ -142,6 +100,32 @@ class GenerationOutput:
     token_ids: list[int]
     mask_logits: list[torch.Tensor]  # one (gh, gw) float tensor per `<|seg|>`
     timings: dict[str, float]
+    finish_reason: str = "eos"
+    """One of `FINISH_REASONS`."""
+
+
+def repeating_period(
+    tokens: Sequence[int],
+    max_period: int = REPEAT_MAX_PERIOD,
+    min_tokens: int = REPEAT_MIN_TOKENS,
+    min_count: int = REPEAT_MIN_COUNT,
+) -> int:
+    """The period n of a degenerate loop at the end of `tokens`, 0 if there is none.
+
+    A loop: the last n * k tokens are one n-gram repeated k times back to back, for some
+    1 <= n <= `max_period` with k = max(`min_count`, ceil(`min_tokens` / n)). E.g. with the defaults
+    "No blue blue blue ..." trips once " blue" (n tokens) has been repeated to a run of 32 tokens; an
+    answer naming the same object twice, or a list of a few `<|seg|>`, does not.
+    """
+    size = len(tokens)
+    for n in range(1, max_period + 1):
+        span = n * max(min_count, -(-min_tokens // n))
+        if span > size:
+            continue
+        tail = list(tokens[size - span :])
+        if tail[n:] == tail[:-n]:
+            return n
+    return 0
 
 
 def _choose(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
@@ -196,12 +180,18 @@ class Prefill:
 
 
 @torch.no_grad()
-def prefill(model, requests: list[GenerationRequest], pad_id: int) -> Prefill:
+def prefill(model, requests: list[GenerationRequest], pad_id: int, chunk: int = PREFILL_CHUNK) -> Prefill:
     """Run the language model over the requests' prompts (left-padded into one batch), filling a fresh
     KV cache. The image comes before any text and the prefix is causal, so the hidden states at the
-    image tokens depend on the image and what precedes it only, not on the question."""
+    image tokens depend on the image and what precedes it only, not on the question.
+
+    Memory is linear in the prompt length L: rows of one length on sdpa get no mask at all (sdpa's
+    causal kernel); otherwise the prompt runs `chunk` queries at a time against the growing cache, each
+    forward with a (B, 1, chunk, K <= L) mask.
+    """
     device, bsz = model.device, len(requests)
     length = max(len(r.input_ids) for r in requests)
+    padded = any(len(r.input_ids) != length for r in requests)
     input_ids = torch.full((bsz, length), pad_id, dtype=torch.long)
     attn = torch.zeros((bsz, length), dtype=torch.long)
     for b, r in enumerate(requests):
@@ -213,10 +203,20 @@ def prefill(model, requests: list[GenerationRequest], pad_id: int) -> Prefill:
     embeds = model.embed_conversation(input_ids, [r.features for r in requests])
     positions = model.conversation_positions(input_ids, attn, mm, grid_thw)
     key_block = torch.where(attn.bool(), 0, -1)
-    index = torch.arange(length, device=device).expand(bsz, -1)
-    allowed = build_hybrid_attention_mask(key_block, key_block, index, index, model.stamp.attention_mode)
     cache = DynamicCache(config=model.config.get_text_config())
-    hidden, cache = model.run_language_model(embeds, positions, allowed, cache)
+    if not padded and model.attn_implementation == "sdpa":
+        hidden, cache = model.run_language_model(embeds, positions, None, cache, causal=True)
+    else:
+        index = torch.arange(length, device=device).expand(bsz, -1)
+        parts = []
+        for start in range(0, length, chunk):
+            q = slice(start, min(start + chunk, length))
+            allowed = build_hybrid_attention_mask(
+                key_block[:, : q.stop], key_block[:, q], index[:, q], index[:, q], model.stamp.attention_mode
+            )
+            part, cache = model.run_language_model(embeds[:, q], positions[:, :, q], allowed, cache)
+            parts.append(part)
+        hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     return Prefill(input_ids, attn, mm.bool(), positions, key_block, hidden, cache)
 
 
@@ -233,6 +233,11 @@ def generate(
 
     `on_event` (optional) is told about each answer token and each mask as soon as it exists (see
     `EventCallback`): a `<|seg|>` token's event always comes before the event of its mask.
+
+    Each row ends on its own, with its own `finish_reason`: "eos" (its end-of-turn token, not kept),
+    "length" (its budget of free tokens used up) or "repetition" (its free tokens ended in a loop,
+    `repeating_period`, when repetition stopping is on for it; the loop's tokens are kept, and a
+    `<|seg|>` among them still gets its mask).
     """
     device = model.device
     timer = _Timer(device)
@@ -251,145 +256,125 @@ def generate(
     tokens: list[list[int]] = [[] for _ in requests]
     masks: list[list[torch.Tensor]] = [[] for _ in requests]
     finished = [False] * bsz
+    reasons = ["length"] * bsz  # what a row still running when the loop ends ran into
     limits = [  # the forced prefix is extra
         len(r.forced_ids) + (cfg.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens)
         for r in requests
     ]
+    watch = [cfg.repetition_stop if r.repetition_stop is None else r.repetition_stop for r in requests]
     total = max(limits)
     for step in range(total):
         with timer("decode"):
             chosen = _choose(logits, cfg, gen).tolist()
-        step_tokens, seg_rows = [], []
+        step_tokens, seg_rows, looping = [], [], []
         for b, r in enumerate(requests):
-            tok = r.forced_ids[step] if step < len(r.forced_ids) else chosen[b]
+            free = step >= len(r.forced_ids)
+            tok = chosen[b] if free else r.forced_ids[step]
             finished[b] = finished[b] or step >= limits[b]
             if finished[b]:
                 tok = pad_id
             elif tok in eos_ids:
-                finished[b] = True
+                finished[b], reasons[b] = True, "eos"
             else:
                 tokens[b].append(tok)
                 if on_event is not None:
                     on_event("token", b, tok)
                 if tok == seg_id and cfg.predict_masks:
                     seg_rows.append(b)
+                if watch[b] and free and repeating_period(tokens[b]):
+                    looping.append(b)  # fed this step (its `<|seg|>` gets its mask), then finished
+                    reasons[b] = "repetition"
             step_tokens.append(tok)
-        if all(finished) or step == total - 1 and not seg_rows:
+        if not seg_rows and (step == total - 1 or all(f or b in looping for b, f in enumerate(finished))):
             break
         stage = "mask" if seg_rows else "decode"
         with timer(stage):
             live = torch.tensor([[-1 if done else 0] for done in finished], device=device)
             if model.stamp.mask_decoder == "next_token":  # the baseline: labels decoded one by one
-                hidden, cache = _step(
-                    model, cache, key_block, step_tokens, finished, [], requests, grids, next_pos
+                hidden, cache = _forward(
+                    model, cache, key_block, next_pos, step_tokens, finished, [], requests, grids
                 )
                 key_block, next_pos = torch.cat([key_block, live], dim=1), next_pos + 1
+                row_masks = {}
                 if seg_rows:
                     hidden, cache, key_block, next_pos, scores = _label_decode(
                         model, cache, key_block, hidden, seg_rows, grids, next_pos
                     )
-                    for b in seg_rows:
-                        masks[b].append(scores[b].view(grids[b]).cpu())
-                        if on_event is not None:
-                            on_event("mask", b, len(masks[b]) - 1, masks[b][-1])
+                    row_masks = {b: scores[b].view(grids[b]) for b in seg_rows}
+                logits = model.lm_head(hidden[:, 0])
             else:
-                seen = cache.get_seq_length()
-                hidden, cache = _step(
-                    model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos
+                logits, row_masks, cache = decode_step(
+                    model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids
                 )
-                for b in seg_rows:
-                    gh, gw = grids[b]
-                    masks[b].append(model.classifier(hidden[b, 1 : 1 + gh * gw]).float().view(gh, gw).cpu())
-                    if on_event is not None:
-                        on_event("mask", b, len(masks[b]) - 1, masks[b][-1])
-                extra = cache.get_seq_length() - (seen + 1)  # placeholder slots, in forms that cached them
-                if extra:
-                    cache.crop(-extra)
                 key_block, next_pos = torch.cat([key_block, live], dim=1), next_pos + 1
-            logits = model.lm_head(hidden[:, 0])
-    return [GenerationOutput(tokens[b], masks[b], dict(timer.totals)) for b in range(bsz)]
+            for b in seg_rows:
+                masks[b].append(row_masks[b].float().cpu())
+                if on_event is not None:
+                    on_event("mask", b, len(masks[b]) - 1, masks[b][-1])
+        for b in looping:
+            finished[b] = True
+        if all(finished):
+            break
+    return [GenerationOutput(tokens[b], masks[b], dict(timer.totals), reasons[b]) for b in range(bsz)]
 
 
-def _step(model, cache, key_block, step_tokens, finished, seg_rows, requests, grids, next_pos):
-    """Feed one token per row, and for the rows at `<|seg|>` their placeholder blocks, in the form
-    `mask_pass_form` picks (module docstring).
+@torch.no_grad()
+def decode_step(model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids):
+    """One step of the answer for a left-padded batch: feed one token per row and, for the rows whose
+    token is `<|seg|>`, predict their masks in the same forward (module docstring).
 
-    Returns (hidden (B, 1 + n_max, H): the token rows, then the placeholder slots; cache holding the
-    history and the token, and in the one- and two-forward forms also the n_max placeholder slots,
-    which the caller crops).
+    Args:
+        cache: the KV cache of the history (B rows, K entries); left as it was plus the fed tokens.
+        key_block: (B, K) block id of every cached entry (0 live, -1 padding: `build_hybrid_attention_mask`).
+        next_pos: (B,) the position of the fed token in each row.
+        step_tokens: B token ids; finished: B bools (a finished row feeds masked-out padding).
+        seg_rows: the rows whose token is `<|seg|>`; requests / grids: each row's image features and
+            (gh, gw) cells, which give its placeholders.
+    Returns:
+        (next-token logits (B, V), {row: (gh, gw) float mask logits} for the seg rows, cache).
     """
+    seen = cache.get_seq_length()
+    hidden, cache = _forward(
+        model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids
+    )
+    row_masks = {}
+    for b in seg_rows:
+        gh, gw = grids[b]
+        row_masks[b] = model.classifier(hidden[b, 1 : 1 + gh * gw]).float().view(gh, gw)
+    extra = cache.get_seq_length() - (seen + 1)  # the placeholder slots
+    if extra:
+        cache.crop(-extra)
+    return model.lm_head(hidden[:, 0]), row_masks, cache
+
+
+def _forward(model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids):
+    """The decoder forward of `decode_step`: one token per row, then the placeholder slots of the seg
+    rows (padded to the largest N; none when `seg_rows` is empty). Returns (hidden (B, 1 + n_max, H),
+    cache holding the history, the tokens and the n_max slots)."""
     device = key_block.device
     bsz, hist = key_block.shape
     tok = torch.tensor(step_tokens, device=device).view(bsz, 1)
     embeds = model.get_input_embeddings()(tok)  # (B, 1, H)
     pos = next_pos.view(1, bsz, 1).expand(3, bsz, 1)
     new_block = torch.tensor([[-1 if done else 0] for done in finished], device=device)  # finished: padding
-    keys = torch.cat([key_block, new_block], dim=1)
     mode = model.stamp.attention_mode
-    form = None
     if seg_rows:
         ph, ph_pos, ph_block = _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device)
-        unmasked = mode == "hybrid" and bool((ph_block == 1).all()) and bool((keys == 0).all())
-        padded_cpu = bsz > 1 and not unmasked and device.type == "cpu"
-        work = _padded_gflop(model, bsz, ph.shape[1], hist) if padded_cpu else None
-        form = mask_pass_form(
-            device, ph.shape[1], masked=not unmasked, dtype=ph.dtype, rows=bsz, padded_gflop=work
+        q_block = torch.cat([new_block, ph_block], dim=1)
+        q_index = (hist + torch.arange(q_block.shape[1], device=device)).expand(bsz, -1)
+        q_limit = torch.full(q_block.shape, hist, device=device)  # the token / the `<|seg|>`
+        allowed = build_hybrid_attention_mask(
+            torch.cat([key_block, q_block], dim=1), q_block, q_index, q_limit, mode
         )
-        if form == "one_forward":
-            q_block = torch.cat([new_block, ph_block], dim=1)
-            q_index = (hist + torch.arange(q_block.shape[1], device=device)).expand(bsz, -1)
-            q_limit = torch.full(q_block.shape, hist, device=device)  # the token / the `<|seg|>`
-            allowed = build_hybrid_attention_mask(
-                torch.cat([key_block, q_block], dim=1), q_block, q_index, q_limit, mode
-            )
-            embeds = torch.cat([embeds, ph.to(embeds.dtype)], dim=1)
-            return model.run_language_model(embeds, torch.cat([pos, ph_pos], dim=2), allowed, cache)
+        embeds = torch.cat([embeds, ph.to(embeds.dtype)], dim=1)
+        return model.run_language_model(embeds, torch.cat([pos, ph_pos], dim=2), allowed, cache)
+    keys = torch.cat([key_block, new_block], dim=1)
     if bool((keys == 0).all()):  # no padding anywhere: each token sees the whole cache and itself
         allowed = None
     else:
         here = torch.full((bsz, 1), hist, device=device)
         allowed = build_hybrid_attention_mask(keys, new_block, here, here, mode)
-    hidden, cache = model.run_language_model(embeds, pos, allowed, cache)
-    if form == "per_row":
-        ph_hidden = torch.zeros((bsz, ph.shape[1], hidden.shape[2]), dtype=hidden.dtype, device=device)
-        for b in seg_rows:
-            row = _placeholder_pass_row(model, cache, b, keys[b], ph[b], ph_pos[:, b], ph_block[b])
-            ph_hidden[b, : row.shape[0]] = row
-        return torch.cat([hidden, ph_hidden], dim=1), cache
-    if seg_rows:
-        ph_hidden, cache = _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block, unmasked)
-        hidden = torch.cat([hidden, ph_hidden], dim=1)
-    return hidden, cache
-
-
-def _padded_gflop(model, bsz: int, n_max: int, hist: int) -> float:
-    """GFLOP of the decoder stack for the padded one-forward mask step: bsz x (1 + n_max) queries."""
-    from stamp.bench.flops import TextDims, forward_flops
-
-    return forward_flops(TextDims.from_model(model), bsz * (1 + n_max), hist + 1 + n_max) / 1e9
-
-
-def _placeholder_pass_row(model, cache, b, row_keys, ph, ph_pos, ph_block):
-    """Row b's placeholders against row b's cache without its padding (the per-row form).
-
-    row_keys (K,): block ids of the row's cache entries (its left padding -1, then its live history
-    ending with its `<|seg|>`); ph (n_max, H), ph_pos (3, n_max), ph_block (n_max,): its slots (block 1
-    live, then -1 padding). The row's cache is a copy of its live entries, so the batch's cache is left
-    as it was. Returns the hidden states of its n live placeholders (n, H)."""
-    start = int(torch.nonzero(row_keys == 0).flatten()[0])
-    if not bool((row_keys[start:] == 0).all()):
-        raise RuntimeError("a row at <|seg|> has padding inside its history")  # only left padding exists
-    n = int((ph_block == 1).sum())
-    row_cache = DynamicCache(
-        ddp_cache_data=[
-            (layer.keys[b : b + 1, :, start:], layer.values[b : b + 1, :, start:]) for layer in cache.layers
-        ]
-    )
-    keys = torch.zeros((1, row_keys.shape[0] - start), dtype=row_keys.dtype, device=row_keys.device)
-    block = ph_block[None, :n]
-    unmasked = model.stamp.attention_mode == "hybrid"
-    hidden, _ = _placeholder_pass(model, row_cache, keys, ph[None, :n], ph_pos[:, None, :n], block, unmasked)
-    return hidden[0]
+    return model.run_language_model(embeds, pos, allowed, cache)
 
 
 def _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device):
@@ -407,26 +392,6 @@ def _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device)
         ph_pos[:, b, :n] = placeholder_position_ids(next_pos[b] + 1, grids[b], model.stamp.position_mode)
         ph_block[b, :n] = 1
     return ph, ph_pos, ph_block.to(device)
-
-
-def _placeholder_pass(model, cache, keys, ph, ph_pos, ph_block, unmasked):
-    """The second forward of the two-forward form: the placeholder slots against the cache, whose last
-    key (index keys.shape[1] - 1) is each row's `<|seg|>`. `unmasked` (hybrid mode, every slot live, no
-    padding): every placeholder sees the whole cache and its whole block, so no mask at all and the
-    backend runs its unmasked kernel. Returns (hidden (B, n_max, H), cache)."""
-    device = keys.device
-    bsz, seen = keys.shape
-    n_max = ph.shape[1]
-    mode = model.stamp.attention_mode
-    if unmasked:
-        allowed = None
-    else:
-        q_index = (seen + torch.arange(n_max, device=device)).expand(bsz, -1)
-        q_limit = torch.full((bsz, n_max), seen - 1, device=device)  # up to the `<|seg|>`
-        allowed = build_hybrid_attention_mask(
-            torch.cat([keys, ph_block], dim=1), ph_block, q_index, q_limit, mode
-        )
-    return model.run_language_model(ph, ph_pos, allowed, cache)
 
 
 def _label_decode(model, cache, key_block, hidden, seg_rows, grids, next_pos):

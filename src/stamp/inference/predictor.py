@@ -133,7 +133,7 @@ class StampPredictor:
         *,
         threshold: float | None = None,
         upsample: str = "prob",
-        refine="none",
+        refine="auto",
     ):
         """
         Args:
@@ -141,8 +141,10 @@ class StampPredictor:
                 STAMP settings, 0.5 unless calibrated).
             upsample: "prob" (bilinear on probabilities, default), "logit" (bilinear on logits) or
                 "nearest" (threshold the cells, then nearest: the authors' evaluation).
-            refine: "none", "guided" (image-guided upsampling), "sam:PATH" (a local SAM directory), or
-                any object with `refine(image, coarse_probs, coarse_mask) -> RefineResult`.
+            refine: "auto" (default: "guided" for the bundled model, "none" for others -- the CLI's and
+                the server's default too), "none", "guided" (image-guided upsampling), "sam:PATH" (a
+                local SAM directory), or any object with `refine(image, coarse_probs, coarse_mask) ->
+                RefineResult`.
         """
         self.model = model.eval()
         self.processor = processor or getattr(model, "processor", None)
@@ -152,6 +154,10 @@ class StampPredictor:
             raise ValueError(f"upsample must be one of {UPSAMPLE_SPACES}, got {upsample!r}")
         self.threshold = resolve_threshold(model, threshold)
         self.upsample = upsample
+        if refine is None or refine == "auto":
+            from stamp.models import default_refine
+
+            refine = default_refine(model)
         if isinstance(refine, str):
             from stamp.refine import build_refiner
 

@@ -15,11 +15,7 @@ their own key index and the last conversation key index they may see ("limit").
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ATTENTION_MODES = ("hybrid", "causal")
 SUPPORTED_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -92,23 +88,3 @@ def to_backend_mask(allowed: torch.Tensor, attn_implementation: str) -> torch.Te
         f"attention implementation {attn_implementation!r} cannot honour STAMP's hybrid mask; "
         f"use one of {SUPPORTED_ATTN_IMPLEMENTATIONS}"
     )
-
-
-# Every backend but cuDNN, in PyTorch's own order of preference.
-_NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-
-def sdpa_backends(device: torch.device):
-    """The attention backends STAMP allows for work on `device` (a context manager).
-
-    On CUDA, cuDNN attention is left out: PyTorch (2.5+, on sm_90 and newer) tries it first for bf16/fp16,
-    and cuDNN builds a new execution plan for every new tensor shape. STAMP's shapes change all the time:
-    every decode step has one more cached key, every training batch packs to a new row width, every image
-    size is a new vision sequence. Measured on an H200 (torch 2.11, the bundled model, bf16,
-    benchmarks/profile_decode.py): 38.3 ms per decode step when each step's shape was new, 4 ms once
-    the plans existed, against 4.4 ms in fp32, which never uses cuDNN. Set STAMP_CUDNN_SDPA=1 to allow
-    it again (e.g. for fixed-shape benchmarks). Elsewhere (CPU) nothing is changed.
-    """
-    if device.type != "cuda" or os.environ.get("STAMP_CUDNN_SDPA") == "1":
-        return contextlib.nullcontext()
-    return sdpa_kernel(_NO_CUDNN)

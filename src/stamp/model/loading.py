@@ -76,6 +76,22 @@ def _dtype(dtype) -> torch.dtype | None:
     return table[dtype]
 
 
+def hub_id_error(path) -> str | None:
+    """The error for a model path that names no local folder and may be a Hugging Face hub id
+    (`Qwen/Qwen2-VL-2B-Instruct`: ORG/NAME), else None. Models are local folders: nothing is downloaded."""
+    text = str(path)
+    if Path(text).exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        return None
+    org, name = text.split("/")
+    if not re.fullmatch(r"[\w.-]+", org) or not re.fullmatch(r"[\w.-]+", name):
+        return None
+    return (
+        f"model directory not found: {text} (if it is a Hugging Face hub id: models are local folders, "
+        f"nothing is downloaded; get it with `huggingface-cli download {text} --local-dir models/{name}` "
+        f"and pass models/{name})"
+    )
+
+
 def load_stamp_model(
     path: str | os.PathLike,
     *,
@@ -91,9 +107,9 @@ def load_stamp_model(
 
     The three `*_mode` arguments override the saved STAMP settings (e.g. for ablations).
     """
+    if not Path(path).is_dir():
+        raise StampModelError(hub_id_error(path) or f"model directory not found: {path}")
     path = Path(path)
-    if not path.is_dir():
-        raise StampModelError(f"model directory not found: {path}")
     if (path / "adapter_config.json").is_file():
         return _load_adapter(
             path, base_model, dtype=dtype, device=device, attn_implementation=attn_implementation

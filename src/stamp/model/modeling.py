@@ -14,7 +14,6 @@ Training step (one forward, several `<|seg|>` per sample, the vision tower once)
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 from dataclasses import dataclass
@@ -27,14 +26,11 @@ from transformers.utils import ModelOutput
 from stamp.model.attention import (
     SUPPORTED_ATTN_IMPLEMENTATIONS,
     build_hybrid_attention_mask,
-    sdpa_backends,
     to_backend_mask,
 )
 from stamp.model.batch_plan import BatchPlan, BatchPlanner
 from stamp.model.config import StampSettings
-from stamp.model.cpu_attention import cpu_matmul_attention
 from stamp.model.losses import mask_losses, text_loss_at
-from stamp.model.vision_attention import packed_vision
 
 
 @dataclass
@@ -109,14 +105,8 @@ class StampModel:
         return int(self.config.vision_config.spatial_merge_size)
 
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        """Vision tower + patch merger: one (gh*gw, H) tensor of merged cell features per image, row-major.
-        On accelerators the images attend in one call per distinct size and layer
-        (`stamp.model.vision_attention`); on a CPU in bf16 they attend through matmuls
-        (`stamp.model.cpu_attention`)."""
-        device = pixel_values.device
-        vision_config = self.config.vision_config
-        with sdpa_backends(device), packed_vision(self, device), cpu_matmul_attention(vision_config, device):
-            out = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        """Vision tower + patch merger: one (gh*gw, H) tensor of merged cell features per image, row-major."""
+        out = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         return list(out.pooler_output)
 
     def mask_embeddings(self, features: torch.Tensor) -> torch.Tensor:
@@ -197,24 +187,25 @@ class StampModel:
         position_ids: torch.Tensor,
         allowed: torch.Tensor | None,
         cache=None,
+        causal: bool = False,
     ):
         """The decoder stack with an explicit (B, 1, Q, K) bool mask. Returns (last hidden states, cache).
 
         `allowed=None` means every query sees every key (cache + new tokens): no mask reaches the
-        attention backend, which then runs its unmasked kernel (on CPU, sdpa with a mask converts it
-        and runs ~25% slower, and the mask itself costs Q*K work to build).
+        attention backend, which then runs its unmasked kernel (and no Q x K mask is built).
+        `allowed=None, causal=True` is plain causal attention without padding (a prompt pass): transformers
+        makes the mask, and on sdpa with an empty cache makes none (sdpa's is_causal kernel, no L x L mask).
         """
         self.check_attention_backend()
         extra = {}
-        unmasked_kernel = contextlib.nullcontext()
-        if allowed is None:
+        if allowed is None and causal:
+            mask = None
+        elif allowed is None:
             text_config = self.config.get_text_config()
             layer_types = set(getattr(text_config, "layer_types", None) or ["full_attention"])
             if layer_types == {"full_attention"}:
                 mask = {"full_attention": None}  # a prepared mapping: transformers builds no causal mask
                 extra["is_causal"] = False  # and sdpa must not fall back to its causal default
-                # bf16 on CPU: matmul attention, 2-3x faster than sdpa there (stamp.model.cpu_attention)
-                unmasked_kernel = cpu_matmul_attention(text_config, inputs_embeds.device)
             else:  # sliding-window layers need their own masks: spell "everything visible" out
                 past = cache.get_seq_length() if cache is not None else 0
                 q = inputs_embeds.shape[1]
@@ -222,15 +213,14 @@ class StampModel:
                 mask = to_backend_mask(allowed, self.attn_implementation)
         else:
             mask = to_backend_mask(allowed, self.attn_implementation)
-        with sdpa_backends(inputs_embeds.device), unmasked_kernel:
-            out = self.model.language_model(
-                inputs_embeds=inputs_embeds,
-                position_ids=position_ids,
-                attention_mask=mask,
-                **{_cache_kwarg(type(self.model.language_model)): cache},
-                use_cache=cache is not None,
-                **extra,
-            )
+        out = self.model.language_model(
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            attention_mask=mask,
+            **{_cache_kwarg(type(self.model.language_model)): cache},
+            use_cache=cache is not None,
+            **extra,
+        )
         return out.last_hidden_state, (out.cache if hasattr(out, "cache") else out.past_key_values)
 
     # ----------------------------------------------------------------- training forward

@@ -1,8 +1,8 @@
 """The FastAPI app: `create_app(predictor_or_model, settings)`.
 
 Endpoints: POST /v1/segment (JSON answer), POST /v1/segment/stream (server-sent events), GET /health,
-GET /v1/model, GET /v1/samples (+ the sample PNGs), GET /openapi.json, and with `settings.web` the demo
-page at `/`. One model in memory, driven by one worker thread (`stamp.serve.batching.Batcher`).
+GET /v1/model, GET /v1/samples (+ the sample PNGs), GET /openapi.json, GET /docs (the reference as a
+self-contained page), and with `settings.web` the demo page at `/`. One model in memory, driven by one worker thread (`stamp.serve.batching.Batcher`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +24,7 @@ from stamp.inference.predictor import ChatRequest, StampPredictor, StampResult
 from stamp.model.tokens import SEG_TOKEN
 from stamp.serve.batching import Batcher, Job, Overloaded, ShuttingDown
 from stamp.serve.config import ServeSettings
+from stamp.serve.docs_page import render_docs_page
 from stamp.serve.errors import ApiError, error_responses, install_error_handlers
 from stamp.serve.inputs import SegmentInput, read_segment_input
 from stamp.serve.samples import GENERIC_PROMPTS, SampleStore
@@ -225,7 +226,7 @@ def create_app(predictor_or_model, settings: ServeSettings | None = None) -> Fas
         title="STAMP segmentation API",
         version=API_VERSION,
         description=DESCRIPTION,
-        docs_url=None,  # Swagger UI would load its assets from a CDN; /openapi.json is served
+        docs_url=None,  # Swagger UI would load its assets from a CDN: /docs is a self-contained page
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -314,6 +315,12 @@ def create_app(predictor_or_model, settings: ServeSettings | None = None) -> Fas
             raise ApiError(404, "not_found", f"no sample named {name!r}")
         return Response(sample.png, media_type="image/png")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """The API reference: every endpoint, its parameters, bodies and responses, from the OpenAPI
+        schema (a page without scripts or outside assets: it works offline)."""
+        return HTMLResponse(render_docs_page(app.openapi()))
+
     if settings.web:
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -325,7 +332,7 @@ def create_app(predictor_or_model, settings: ServeSettings | None = None) -> Fas
 
         @app.get("/", include_in_schema=False)
         async def root() -> dict:
-            return {"name": "stamp", "openapi": "/openapi.json", "health": "/health"}
+            return {"name": "stamp", "docs": "/docs", "openapi": "/openapi.json", "health": "/health"}
 
     app.openapi = lambda: _openapi(app)
     return app

@@ -61,17 +61,21 @@ class RLE(BaseModel):
 
 
 class MaskResult(BaseModel):
-    """One predicted mask; `index` k belongs to the k-th `<|seg|>` of the answer."""
+    """One predicted mask; `index` k belongs to the k-th `<|seg|>` of the answer. The same record as in
+    `stamp segment`'s result.json (`stamp.io.records`), plus `png`."""
 
     index: int
     phrase: str = Field(description="The words of the answer the mask belongs to (before its <|seg|>).")
     span: list[int] = Field(description="[start, end) of the phrase in the answer text, in code points.")
     color: str = Field(description="Display colour, '#rrggbb' (the overlay palette, in order).")
-    area: int
+    area: int = Field(description="Foreground pixels.")
     bbox: list[int] | None = Field(description="[x, y, w, h], null when the mask is empty")
-    score: float
+    score: float = Field(description="Mean foreground probability of the cells predicted foreground.")
     grid: list[int] = Field(description="[gh, gw] cells the model classified")
     rle: RLE
+    file: str | None = Field(
+        default=None, description="The mask's PNG file in the CLI's outputs; always null here."
+    )
     png: str | None = Field(default=None, description="base64 PNG (0/255), when return_png")
 
 

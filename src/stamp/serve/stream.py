@@ -5,25 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
 from stamp.inference.predictor import StampMask
-from stamp.io.outputs import PALETTE, encode_rle
-from stamp.model.tokens import SEG_TOKEN
-
-COLORS = ["#{:02x}{:02x}{:02x}".format(*c) for c in PALETTE]
-_BOUNDARY = re.compile(r"[.,;:!?\n]")
-_LEADING = re.compile(r"^(?:and|or|then|also)(?:\s+|$)", re.IGNORECASE)
-_TRAILING = re.compile(r"\s+(?:is|are|was|were)$", re.IGNORECASE)
-
-
-def color_of(k: int) -> str:
-    """'#rrggbb' of mask k: the same palette, in the same order, as `stamp.io.overlay_masks`."""
-    return COLORS[k % len(COLORS)]
+from stamp.io.records import COLORS, color_of, mask_record, phrase_spans  # noqa: F401  (re-exported)
 
 
 class TextStreamer:
@@ -60,28 +48,6 @@ class TextStreamer:
         return delta
 
 
-def phrase_spans(text: str) -> list[tuple[str, int, int]]:
-    """(phrase, start, end) for each `<|seg|>` of `text`: the words before it, back to the previous
-    `<|seg|>` or punctuation, without a leading "and" or a trailing "is"; offsets in code points."""
-    spans, prev = [], 0
-    pos = text.find(SEG_TOKEN)
-    while pos >= 0:
-        start = prev
-        for m in _BOUNDARY.finditer(text, prev, pos):
-            start = m.end()
-        piece = text[start:pos]
-        lead = len(piece) - len(piece.lstrip())
-        piece = piece.strip()
-        cut = _LEADING.match(piece)
-        if cut:
-            lead, piece = lead + cut.end(), piece[cut.end() :]
-        piece = _TRAILING.sub("", piece)
-        spans.append((piece, start + lead, start + lead + len(piece)))
-        prev = pos + len(SEG_TOKEN)
-        pos = text.find(SEG_TOKEN, prev)
-    return spans
-
-
 def png_base64(mask: np.ndarray) -> str:
     """A bool mask as a base64 PNG (0/255)."""
     buf = io.BytesIO()
@@ -90,21 +56,9 @@ def png_base64(mask: np.ndarray) -> str:
 
 
 def mask_payload(mask: StampMask, k: int, text: str, return_png: bool) -> dict:
-    """The API's entry for mask k; `text` is the answer up to (at least) its `<|seg|>`."""
-    spans = phrase_spans(text)
-    phrase, start, end = spans[k] if k < len(spans) else ("", len(text), len(text))
-    return {
-        "index": k,
-        "phrase": phrase,
-        "span": [start, end],
-        "color": color_of(k),
-        "area": mask.area,
-        "bbox": mask.bbox,
-        "score": round(float(mask.score), 6),
-        "grid": list(mask.patch_logits.shape),
-        "rle": encode_rle(mask.mask),
-        "png": png_base64(mask.mask) if return_png else None,
-    }
+    """The API's entry for mask k: its record (`stamp.io.records.mask_record`, `file` null) and, when
+    `return_png`, the mask as a base64 PNG; `text` is the answer up to (at least) its `<|seg|>`."""
+    return {**mask_record(mask, k, text), "png": png_base64(mask.mask) if return_png else None}
 
 
 def sse(event: str, data: dict) -> str:

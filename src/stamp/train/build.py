@@ -23,8 +23,8 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
         model.processor.settings.target_threshold = cfg.loss.target_threshold
         _set_cells(model, m)
     elif m.init == "scratch":
-        from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
         from stamp.model.tiny import build_model_from_scratch
+        from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
 
         settings = ProcessorSettings(
             min_pixels=(m.min_cells or SCRATCH_CELLS[0]) * CELL * CELL,

@@ -114,12 +114,19 @@ function draw() {
     for (let y = 0; y < h; y++) {
       for (let x = 0; x < w; x++) {
         const i = y * w + x;
-        if (!bits[i]) continue;
+        const o = 4 * i;
+        if (!bits[i]) {  // just outside the mask: the dark halo of its two-tone outline
+          if ((y > 0 && bits[i - w]) || (y < h - 1 && bits[i + w]) ||
+            (x > 0 && bits[i - 1]) || (x < w - 1 && bits[i + 1])) {
+            px[o] = 0; px[o + 1] = 0; px[o + 2] = 0;
+          }
+          continue;
+        }
         const edge = (y > 0 && !bits[i - w]) || (y < h - 1 && !bits[i + w]) ||
           (x > 0 && !bits[i - 1]) || (x < w - 1 && !bits[i + 1]);
-        const o = 4 * i;
-        if (edge) { px[o] = r; px[o + 1] = g; px[o + 2] = b; }
-        else {
+        if (edge) {
+          px[o] = r; px[o + 1] = g; px[o + 2] = b;
+        } else {
           px[o] = Math.round(0.5 * px[o] + 0.5 * r);
           px[o + 1] = Math.round(0.5 * px[o + 1] + 0.5 * g);
           px[o + 2] = Math.round(0.5 * px[o + 2] + 0.5 * b);
