@@ -9,7 +9,7 @@ docs/PERFORMANCE.md for what is measured and the JSON schema.
 
 import sys
 
-from stamp.bench.cli import main
+from stamp.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["--parts", "mask_pass", *sys.argv[1:]]))
+    sys.exit(main(["bench", "--parts", "mask_pass", *sys.argv[1:]]))

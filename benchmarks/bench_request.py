@@ -9,7 +9,7 @@ docs/PERFORMANCE.md.
 
 import sys
 
-from stamp.bench.cli import main
+from stamp.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["--parts", "request", *sys.argv[1:]]))
+    sys.exit(main(["bench", "--parts", "request", *sys.argv[1:]]))

@@ -26,11 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from stamp.data.synthref import SynthRef
-    from stamp.model.modeling import StampModel
+    from stamp.processing import load_pretrained
     from stamp.train.data import as_label_sequence
 
     torch.set_num_threads(1)
-    model = StampModel.from_pretrained(args.model).eval()
+    model = load_pretrained(args.model).eval()
     st = model.stamp
     if st.mask_decoder != "next_token":
         print(f"{args.model} is not a next-token model (mask_decoder={st.mask_decoder})", file=sys.stderr)

@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from stamp.tiny import build_tiny_model
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(int(os.environ.get("STAMP_TEST_THREADS", "2")))
@@ -10,6 +12,5 @@ torch.set_num_threads(int(os.environ.get("STAMP_TEST_THREADS", "2")))
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from stamp.model.modeling import StampModel
 
-    return StampModel.tiny(seed=0)
+    return build_tiny_model(seed=0)

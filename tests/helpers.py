@@ -53,6 +53,6 @@ def run_two_cpu_ranks(stamp_args: list[str], port: int, timeout: int = 600, acce
         "--main_process_port",
         str(port),
         "-m",
-        "stamp.cli",
+        "stamp",
     ]
     return subprocess.run(launch + stamp_args, capture_output=True, text=True, env=env, timeout=timeout)

@@ -6,14 +6,17 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from helpers import random_image
 from PIL import Image
 
 from stamp.cli import build_parser, main
+from stamp.processing import load_pretrained
+from stamp.tiny import build_tiny_model
 
 
 def test_help_runs():
-    out = subprocess.run([sys.executable, "-m", "stamp.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "stamp", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "segment" in out.stdout and "demo" in out.stdout
 
 
@@ -60,7 +63,7 @@ def test_errors_are_one_line_exit_2(tmp_path):
         (["segment", str(bad), "--prompt", "x", "--out", str(tmp_path / "o"), "--model", str(tmp_path)], ""),
     ]
     for argv, needle in cases:
-        proc = subprocess.run([sys.executable, "-m", "stamp.cli", *argv], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "stamp", *argv], capture_output=True, text=True)
         assert proc.returncode == 2, proc.stderr
         err_lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("stamp: error")]
         assert len(err_lines) == 1 and needle in err_lines[0]
@@ -74,7 +77,7 @@ def test_missing_model_dir_is_clean_error(tmp_path):
         [
             sys.executable,
             "-m",
-            "stamp.cli",
+            "stamp",
             "segment",
             str(img),
             "--prompt",
@@ -93,14 +96,14 @@ def test_missing_model_dir_is_clean_error(tmp_path):
 
 
 def test_typo_suggests_command():
-    proc = subprocess.run([sys.executable, "-m", "stamp.cli", "segmnt"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "stamp", "segmnt"], capture_output=True, text=True)
     assert proc.returncode == 2 and "did you mean segment" in proc.stderr
 
 
 def test_demo_runs_and_writes_overlay(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "stamp.cli", "demo", "--out", str(out)],
+        [sys.executable, "-m", "stamp", "demo", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -112,7 +115,7 @@ def test_demo_runs_and_writes_overlay(tmp_path):
         assert "meaningless" in proc.stderr
     before = (out / "result.json").read_bytes()
     again = subprocess.run(
-        [sys.executable, "-m", "stamp.cli", "demo", "--out", str(out)],
+        [sys.executable, "-m", "stamp", "demo", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -260,28 +263,27 @@ def test_same_defaults_in_the_predictor_the_cli_and_the_server(monkeypatch):
     """The bundled model refines with `guided` and uses its calibrated threshold everywhere."""
     from argparse import Namespace
 
-    from stamp.commands import _predictor
+    from stamp.cli import serve as serve_cli
+    from stamp.cli.common import build_predictor
     from stamp.inference import StampPredictor
-    from stamp.model.modeling import StampModel
     from stamp.models import bundled_model_path, load_model
     from stamp.refine import GuidedRefiner
-    from stamp.serve import cli as serve_cli
 
     if bundled_model_path() is None:
         pytest.skip("no bundled model in this installation")
     model = load_model()
     api = StampPredictor(model)
     assert isinstance(api.refiner, GuidedRefiner) and api.threshold == model.stamp.mask_threshold
-    assert StampPredictor(StampModel.tiny(seed=0)).refiner is None  # other models: no refinement
+    assert StampPredictor(build_tiny_model(seed=0)).refiner is None  # other models: no refinement
     args = Namespace(model=None, dtype=None, device="cpu", base_model=None, cells=None)
-    cli = _predictor(Namespace(**vars(args), threshold=None, refine="auto"))
+    cli = build_predictor(Namespace(**vars(args), threshold=None, refine="auto"))
     assert isinstance(cli.refiner, GuidedRefiner) and cli.threshold == api.threshold
     import uvicorn
 
     ran = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app))
     parser = build_parser()
-    assert serve_cli.COMMANDS["serve"](parser.parse_args(["serve", "--port", "0"])) == 0
+    assert serve_cli.run(parser.parse_args(["serve", "--port", "0"])) == 0
     served = ran["app"].state.service.predictor
     assert isinstance(served.refiner, GuidedRefiner) and served.threshold == api.threshold
 
@@ -394,3 +396,21 @@ def test_data_synth_says_force_and_the_eval_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--force" in err and "overwrite=True" not in err
     assert main(argv + ["--force"]) == 0
+
+
+def test_tools_are_subcommands(tmp_path, capsys):
+    """The maintenance tools run as `stamp` subcommands (no other `python -m` entry points)."""
+
+    assert main(["serve", "--openapi"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "/v1/segment" in schema["paths"]
+    src = tmp_path / "model"
+    build_tiny_model(seed=0).save_stamp(src)
+    assert main(["export", str(src), "--out", str(tmp_path / "bf16")]) == 0
+    exported = load_pretrained(tmp_path / "bf16")
+    assert exported.dtype == torch.bfloat16 and exported.processor is not None
+    assert main(["export", str(src), "--out", str(tmp_path / "bf16")]) == 2  # exists: --force needed
+    tok = tmp_path / "tok"
+    assert main(["data", "tokenizer", "--out", str(tok), "--samples", "20", "--vocab-size", "300"]) == 0
+    assert (tok / "tokenizer.json").is_file()
+    assert main(["data", "tokenizer", "--out", str(tok), "--samples", "20"]) == 2

@@ -16,7 +16,8 @@ from tests_train_overrides import TINY_MODEL
 
 from stamp.data.sample import Turn
 from stamp.inference import StampPredictor
-from stamp.model.modeling import StampModel
+from stamp.processing import load_pretrained
+from stamp.tiny import build_tiny_model
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +37,8 @@ def _seg_logits(model, device):
 
 
 def test_cuda_generation_matches_cpu_and_the_uncached_forward():
-    cpu = _seg_logits(StampModel.tiny(seed=1), "cpu")
-    gpu_model = StampModel.tiny(seed=1)
+    cpu = _seg_logits(build_tiny_model(seed=1), "cpu")
+    gpu_model = build_tiny_model(seed=1)
     gpu = _seg_logits(gpu_model, "cuda")
     assert gpu.text == cpu.text and len(gpu.masks) == 2
     for a, b in zip(gpu.masks, cpu.masks):
@@ -79,14 +80,14 @@ def test_cuda_training_with_data_workers(tmp_path):
         ],
     )
     last = train(cfg, progress=False)
-    loaded = StampModel.from_pretrained(last / "model")
+    loaded = load_pretrained(last / "model")
     assert all(torch.isfinite(p).all() for p in loaded.parameters())
 
 
 def test_bench_quick_on_cuda(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run(
-        [sys.executable, "-m", "stamp.cli", "bench", "--quick", "--device", "cuda", "--json", str(out)],
+        [sys.executable, "-m", "stamp", "bench", "--quick", "--device", "cuda", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from tests_train_overrides import TINY_MODEL
 
+from stamp.tiny import build_tiny_model
+
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ablations.py"
 
 
@@ -53,13 +55,11 @@ def test_failure_modes_counts_every_sample(tmp_path, capsys):
 
     import numpy as np
 
-    from stamp.model.modeling import StampModel
-
     mod = _load("failure_modes")
     gt = np.zeros((4, 4), dtype=bool)
     gt[:2, :2] = True
     assert mod.cell_fraction(gt, (2, 2), (0, 0)) == 1.0 and mod.cell_fraction(gt, (2, 2), (1, 1)) == 0.0
-    StampModel.tiny(seed=0).save_stamp(tmp_path / "m")
+    build_tiny_model(seed=0).save_stamp(tmp_path / "m")
     assert mod.main(["--model", str(tmp_path / "m"), "--n", "3", "--size", "96,112"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["no_seg"] + report["empty"] + report["hit"] + report["miss"] == 3
@@ -103,12 +103,10 @@ def test_paired_vqa_difference(tmp_path):
 def test_next_token_probe_runs_on_a_baseline_model(tmp_path, capsys):
     import json
 
-    from stamp.model.modeling import StampModel
-
     mod = _load("next_token_probe")
-    StampModel.tiny(seed=0).save_stamp(tmp_path / "stamp")
+    build_tiny_model(seed=0).save_stamp(tmp_path / "stamp")
     assert mod.main(["--model", str(tmp_path / "stamp"), "--n", "1"]) == 2  # not a next-token model
-    StampModel.tiny(seed=0, mask_decoder="next_token").save_stamp(tmp_path / "nt")
+    build_tiny_model(seed=0, mask_decoder="next_token").save_stamp(tmp_path / "nt")
     assert mod.main(["--model", str(tmp_path / "nt"), "--n", "2"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["fg_cells"] + report["bg_cells"] > 0
@@ -147,9 +145,7 @@ def test_object_probe_helpers_on_hand_made_cases():
 def test_object_probe_and_shape_signal_run_on_a_tiny_model(tmp_path, capsys):
     import json
 
-    from stamp.model.modeling import StampModel
-
-    StampModel.tiny(seed=0).save_stamp(tmp_path / "m")
+    build_tiny_model(seed=0).save_stamp(tmp_path / "m")
     probe = _load("probe_objects")
     assert (
         probe.main(["--model", str(tmp_path / "m"), "--scenes", "10", "--out", str(tmp_path / "p.json")]) == 0

@@ -32,7 +32,7 @@ def test_new_file_mode_follows_the_umask():
 
 
 def test_new_dir_mode_is_what_mkdir_gives(tmp_path):
-    from stamp.io.modes import new_dir_mode
+    from stamp.filemodes import new_dir_mode
 
     old = os.umask(0o022)
     try:
@@ -88,3 +88,23 @@ def test_records_know_the_models_seg_token():
     from stamp.model import tokens
 
     assert records.SEG_TOKEN == tokens.SEG_TOKEN
+
+
+def test_result_json_says_why_the_answer_ended(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from stamp.inference.generation import FINISH_REASONS
+    from stamp.inference.predictor import StampResult
+    from stamp.io import records
+    from stamp.io.outputs import write_result
+
+    assert records.FINISH_REASONS == FINISH_REASONS
+    for reason in FINISH_REASONS:
+        out = tmp_path / reason
+        write_result(StampResult("blue blue", finish_reason=reason), Image.new("RGB", (8, 8)), out)
+        assert json.loads((out / "result.json").read_text())["finish_reason"] == reason
+        warning = records.finish_warning(reason, 128)
+        assert (warning is None) == (reason == "eos")
+        assert warning is None or ("\n" not in warning and "128 tokens" in warning)

@@ -1,6 +1,6 @@
 """`python -m stamp ...`: the same as the `stamp` command."""
 
-from stamp.cli import _exit, main
+from stamp.cli import run_and_exit
 
 if __name__ == "__main__":
-    _exit(main())
+    run_and_exit()

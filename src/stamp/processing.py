@@ -42,6 +42,7 @@ from stamp.model.tokens import (
     SEG_TOKEN,
     VISION_END,
     VISION_START,
+    add_stamp_tokens,
     token_id,
 )
 
@@ -151,6 +152,38 @@ class StampProcessor:
             pre = json.loads((path / "preprocessor_config.json").read_text())
             settings = settings_from_preprocessor_config(pre, settings)
         return cls(tokenizer, settings)
+
+    @classmethod
+    def for_model(cls, model) -> StampProcessor:
+        """The processor of a model loaded by `StampModel.from_pretrained`, read from the folder its
+        `checkpoint` names (see `for_checkpoint`)."""
+        ckpt = getattr(model, "checkpoint", None)
+        if ckpt is None:
+            raise ValueError("the model was not loaded from a folder: pass its processor explicitly")
+        return cls.for_checkpoint(ckpt.path, ckpt.layout, ckpt.base)
+
+    @classmethod
+    def for_checkpoint(cls, path: str | Path, layout: str = "stamp", base: str | Path | None = None):
+        """The processor of a checkpoint folder of `layout` (`stamp.model.loading.Checkpoint`).
+
+        Tokenizer: the folder's (an adapter without one: its base's), with `<|seg|>` / `<|mask|>` added
+        where missing, as loading adds them. Image sizing and resize: the folder's own processor files;
+        else, for an adapter, a stamp-seg base's settings; else, for the authors' checkpoints, their
+        1024..1280 cells and fast resize; else the defaults.
+        """
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        source = path if (path / "tokenizer_config.json").is_file() or base is None else Path(base)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        add_stamp_tokens(tokenizer)
+        if has_processor_files(path):
+            return cls.from_pretrained(path, tokenizer)
+        if layout == "adapter" and base is not None and (Path(base) / PROCESSOR_FILE).is_file():
+            return cls.from_pretrained(base, tokenizer)
+        if layout in ("authors", "adapter"):
+            return cls(tokenizer, ProcessorSettings.authors())
+        return cls(tokenizer, ProcessorSettings())
 
     # ------------------------------------------------------------------ images
     def encode_image(self, image: ImageLike) -> EncodedImage:
@@ -312,6 +345,15 @@ def settings_from_preprocessor_config(
         max_pixels=int(pre.get("max_pixels") or size.get("longest_edge") or settings.max_pixels),
         resize=resize_mode_for(pre.get("image_processor_type")),
     )
+
+
+def load_pretrained(path: str | Path, **kwargs):
+    """`StampModel.from_pretrained(path, **kwargs)` with its processor attached (`model.processor`)."""
+    from stamp.model.modeling import StampModel
+
+    model = StampModel.from_pretrained(path, **kwargs)
+    model.processor = StampProcessor.for_model(model)
+    return model
 
 
 def has_processor_files(path: str | Path) -> bool:

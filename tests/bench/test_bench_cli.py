@@ -7,9 +7,15 @@ import json
 import pytest
 import torch
 
-from stamp.bench.cli import add_parser, main
 from stamp.bench.report import render, write_json
 from stamp.bench.runner import evaluate_targets
+from stamp.cli import main as stamp_main
+from stamp.cli.bench import add_parser
+
+
+def main(argv):
+    return stamp_main(["bench", *argv])
+
 
 NUMBER = (int, float)
 
@@ -158,8 +164,7 @@ def test_render_prints_every_section(quick_doc):
 def test_json_is_never_clobbered(quick_doc, tmp_path):
     _, out = quick_doc
     before = out.read_text()
-    with pytest.raises(FileExistsError):
-        main(["--quick", "--json", str(out)])  # refused before any work
+    assert main(["--quick", "--json", str(out)]) == 2  # refused before any work, one line
     assert out.read_text() == before
     target = tmp_path / "x.json"
     write_json({"a": 1}, target)
@@ -173,7 +178,7 @@ def test_json_is_never_clobbered(quick_doc, tmp_path):
 def test_add_parser_registers_bench():
     parser = argparse.ArgumentParser(prog="stamp")
     sub = parser.add_subparsers(dest="command")
-    add_parser(sub, argparse.ArgumentParser)
+    add_parser(sub)
     args = parser.parse_args(["bench", "--preset", "tiny", "--n", "64,256", "--dtypes", "bf16", "--quick"])
     assert args.command == "bench" and args.n == [64, 256] and args.dtypes == ["bf16"] and args.quick
     with pytest.raises(SystemExit):
@@ -230,7 +235,7 @@ def test_interrupted_run_keeps_what_it_measured(tmp_path):
 
 
 def test_real_presets_take_their_defaults_and_options():
-    from stamp.bench.cli import configure, settings_from_args
+    from stamp.cli.bench import configure, settings_from_args
 
     parser = configure(argparse.ArgumentParser())
     s = settings_from_args(parser.parse_args(["--preset", "qwen2-vl-2b", "--device", "cpu"]))
@@ -249,3 +254,11 @@ def test_a_preset_too_large_for_the_machine_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "qwen2-vl-7b" in err and "GiB of weights" in err and "1.0 GiB are free" in err
+
+
+def test_report_prints_a_saved_run(quick_doc, capsys):
+    doc, out = quick_doc
+    assert main(["--report", str(out), "--markdown"]) == 0
+    printed = capsys.readouterr().out
+    assert "mask pass" in printed and doc["command"] in printed
+    assert main(["--report", str(out) + ".missing"]) == 2

@@ -14,14 +14,14 @@ from stamp.bench.flops import (
 from stamp.bench.mask_pass import MaskPassBench, check_equal_work, grid_for, plain_token_ids
 from stamp.bench.timing import Timing, measure, measure_alternating, peak_memory
 from stamp.inference.generation import GenerationConfig, GenerationRequest, generate
-from stamp.model.modeling import StampModel
+from stamp.tiny import build_tiny_model
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("position_mode", ["grid", "text"])
 @pytest.mark.parametrize("attention_mode", ["hybrid", "causal"])
 def test_cached_and_uncached_passes_agree(attn, position_mode, attention_mode):
-    model = StampModel.tiny(
+    model = build_tiny_model(
         seed=3, attn_implementation=attn, position_mode=position_mode, attention_mode=attention_mode
     )
     bench = MaskPassBench(model, history=40, grid=(3, 5))
@@ -30,7 +30,7 @@ def test_cached_and_uncached_passes_agree(attn, position_mode, attention_mode):
 
 
 def test_stamp_pass_equals_production_generation(monkeypatch):
-    model = StampModel.tiny(seed=4)
+    model = build_tiny_model(seed=4)
     bench = MaskPassBench(model, history=24, grid=(4, 4))
     # the bench's history is text only; let generate() take the same prompt with the image's features
     monkeypatch.setattr(model, "embed_conversation", lambda ids, feats: model.get_input_embeddings()(ids))
@@ -47,14 +47,14 @@ def test_stamp_pass_equals_production_generation(monkeypatch):
 
 
 def test_history_is_really_used():
-    model = StampModel.tiny(seed=5)
+    model = build_tiny_model(seed=5)
     a = MaskPassBench(model, history=16, grid=(2, 2), seed=0).stamp()[0]
     b = MaskPassBench(model, history=16, grid=(2, 2), seed=1).stamp()[0]
     assert (a - b).abs().max() > 1e-4
 
 
 def test_autoregressive_baseline_labels_and_cache():
-    model = StampModel.tiny(seed=6)
+    model = build_tiny_model(seed=6)
     bench = MaskPassBench(model, history=10, grid=(2, 3))
     labels = bench.autoregressive()
     assert len(labels) == 6 and set(labels) <= set(bench.label_ids.tolist())
@@ -67,7 +67,7 @@ def test_scaled_baseline_times_both_ends(monkeypatch):
     H + N - ar_steps), scales the mean step to N, and says so in the record."""
     from stamp.bench.mask_pass import MaskPassSettings, mask_pass_record
 
-    model = StampModel.tiny(seed=6)
+    model = build_tiny_model(seed=6)
     bench = MaskPassBench(model, history=10, grid=(3, 4))
     end = bench.end_cache(5)
     assert end.get_seq_length() == 10 + 12 - 5
@@ -81,7 +81,7 @@ def test_scaled_baseline_times_both_ends(monkeypatch):
 
 
 def test_history_avoids_special_tokens():
-    model = StampModel.tiny(seed=0)
+    model = build_tiny_model(seed=0)
     plain = set(plain_token_ids(model).tolist())
     for special in (model.stamp.seg_token_id, model.stamp.mask_token_id, model.config.image_token_id):
         assert special not in plain

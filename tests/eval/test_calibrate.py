@@ -12,14 +12,14 @@ from stamp.eval.evaluate import evaluate_samples
 from stamp.eval.runner import DEFAULT_FORCE_PREFIX
 from stamp.inference import StampPredictor
 from stamp.model.config import StampSettings
+from stamp.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from stamp.model.modeling import StampModel
 
     path = tmp_path_factory.mktemp("m") / "tiny"
-    StampModel.tiny(seed=0).save_stamp(path)
+    build_tiny_model(seed=0).save_stamp(path)
     return path
 
 

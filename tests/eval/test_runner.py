@@ -7,14 +7,14 @@ from helpers import run_two_cpu_ranks
 
 from stamp.cli import main
 from stamp.data.export import export_synthref
+from stamp.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from stamp.model.modeling import StampModel
 
     path = tmp_path_factory.mktemp("m") / "tiny"
-    StampModel.tiny(seed=0).save_stamp(path)
+    build_tiny_model(seed=0).save_stamp(path)
     return path
 
 

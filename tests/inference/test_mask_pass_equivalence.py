@@ -9,13 +9,13 @@ from helpers import full_recompute_logits, random_image
 
 from stamp.inference import StampPredictor
 from stamp.inference.generation import GenerationConfig, generate
-from stamp.model.modeling import StampModel
+from stamp.tiny import build_tiny_model
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("attention_mode", ["hybrid", "causal"])
 def test_single_request_matches_full_recompute(attn, attention_mode):
-    model = StampModel.tiny(seed=7, attn_implementation=attn, attention_mode=attention_mode)
+    model = build_tiny_model(seed=7, attn_implementation=attn, attention_mode=attention_mode)
     image = random_image(150, 230, 3)
     pred = StampPredictor(model)
     pred.set_image(image)
@@ -41,7 +41,7 @@ def test_batch_rows_at_seg_together_or_apart(prefixes):
     """Both rows at `<|seg|>` in the same step, or at different steps (masked-out placeholder slots for
     the other row): one mask-pass forward per step that has a `<|seg|>`, each row equal to its
     uncached forward."""
-    model = StampModel.tiny(seed=8)
+    model = build_tiny_model(seed=8)
     pred = StampPredictor(model)
     images = [random_image(224, 224, 4), random_image(224, 224, 5)]
     requests = _requests(pred, images, ["Segment the thing."] * 2, prefixes)
@@ -68,7 +68,7 @@ def test_padded_batch_equals_each_request_alone():
     """Rows of different lengths and grids, at `<|seg|>` at different steps, with several masks or
     none: the batch gives each request's own tokens and masks, and the batch cache is left consistent
     for the free tokens that follow."""
-    model = StampModel.tiny(seed=10)
+    model = build_tiny_model(seed=10)
     pred = StampPredictor(model)
     items = [
         (random_image(160, 300, 6), "Segment the thing."),

@@ -8,13 +8,14 @@ from helpers import random_image
 from stamp.data.sample import Turn
 from stamp.inference import StampPredictor
 from stamp.model.config import StampSettings
-from stamp.model.modeling import StampModel
+from stamp.processing import load_pretrained
+from stamp.tiny import build_tiny_model
 from stamp.train.data import as_label_sequence
 
 
 @pytest.fixture(scope="module")
 def baseline():
-    return StampModel.tiny(seed=3, mask_decoder="next_token")
+    return build_tiny_model(seed=3, mask_decoder="next_token")
 
 
 def _uncached_scores(model, image, prompt: str, answer_ids: list[int], seg_at: int, n: int) -> torch.Tensor:
@@ -100,6 +101,6 @@ def test_settings_need_two_label_ids():
 
 def test_save_load_keeps_the_decoder(baseline, tmp_path):
     baseline.save_stamp(tmp_path / "m")
-    again = StampModel.from_pretrained(tmp_path / "m")
+    again = load_pretrained(tmp_path / "m")
     assert again.stamp.mask_decoder == "next_token"
     assert again.stamp.label_token_ids == baseline.stamp.label_token_ids

@@ -6,13 +6,13 @@ import torch
 from helpers import full_recompute_logits, random_image
 
 from stamp.inference import StampPredictor
-from stamp.model.modeling import StampModel
+from stamp.tiny import build_tiny_model
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("position_mode", ["grid", "text"])
 def test_cached_mask_pass_equals_full_recompute(attn, position_mode):
-    model = StampModel.tiny(seed=1, attn_implementation=attn, position_mode=position_mode)
+    model = build_tiny_model(seed=1, attn_implementation=attn, position_mode=position_mode)
     image = random_image(200, 300)
     pred = StampPredictor(model)
     pred.set_image(image)
@@ -26,7 +26,7 @@ def test_cached_mask_pass_equals_full_recompute(attn, position_mode):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_batched_with_padding_equals_single(attn):
-    model = StampModel.tiny(seed=2, attn_implementation=attn)
+    model = build_tiny_model(seed=2, attn_implementation=attn)
     items = [
         (random_image(180, 250, 1), "Segment the thing."),
         (random_image(300, 200, 2), "A much longer prompt: segment it."),

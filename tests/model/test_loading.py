@@ -14,6 +14,7 @@ from stamp.inference import StampPredictor
 from stamp.model.loading import StampModelError
 from stamp.model.modeling import StampModel
 from stamp.model.tokens import IM_END, PAD, QWEN_SPECIAL_TOKENS
+from stamp.processing import load_pretrained
 
 
 def _legacy(key: str) -> str:
@@ -43,7 +44,7 @@ def test_authors_full_checkpoint_with_legacy_prefixes(tmp_path, tiny_model):
     del cfg["stamp"]  # the authors' config has no stamp section
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "stamp_processor.json").unlink()
-    loaded = StampModel.from_pretrained(d)
+    loaded = load_pretrained(d)
     assert loaded.stamp.position_mode == "text"  # what their checkpoints were trained with
     assert loaded.stamp.seg_token_id == tiny_model.stamp.seg_token_id
     for (k1, v1), (k2, v2) in zip(
@@ -67,7 +68,7 @@ def test_stock_qwen2vl_directory_gets_stamp_parts(tmp_path, tiny_model):
     t.decoder = decoders.ByteLevel()
     t.add_special_tokens(list(QWEN_SPECIAL_TOKENS))
     PreTrainedTokenizerFast(tokenizer_object=t, eos_token=IM_END, pad_token=PAD).save_pretrained(d)
-    loaded = StampModel.from_pretrained(d)
+    loaded = load_pretrained(d)
     assert loaded.stamp.position_mode == "grid"
     assert loaded.get_input_embeddings().weight.shape[0] == base_vocab + 2
     assert len(loaded.processor.tokenizer) == base_vocab + 2
@@ -80,14 +81,14 @@ def test_missing_and_unexpected_weights_are_errors(tmp_path, tiny_model):
     tiny_model.save_stamp(d)
     _rewrite(d, lambda k: None if "layers.1.mlp.up_proj" in k else k)
     with pytest.raises(StampModelError, match="missing"):
-        StampModel.from_pretrained(d)
+        load_pretrained(d)
     d2 = tmp_path / "extra"
     tiny_model.save_stamp(d2)
     sd = load_file(str(d2 / "model.safetensors"))
     sd["something.else"] = torch.zeros(2)
     save_file(sd, str(d2 / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(StampModelError, match="unexpected"):
-        StampModel.from_pretrained(d2)
+        load_pretrained(d2)
 
 
 def test_lora_adapter_on_base(tmp_path, tiny_model):
@@ -101,7 +102,7 @@ def test_lora_adapter_on_base(tmp_path, tiny_model):
         modules_to_save=["classifier"],
         use_rslora=True,
     )
-    trained = StampModel.from_pretrained(base)
+    trained = load_pretrained(base)
     pm = peft.get_peft_model(trained, cfg)
     with torch.no_grad():
         for name, p in pm.named_parameters():
@@ -113,10 +114,10 @@ def test_lora_adapter_on_base(tmp_path, tiny_model):
     save_file({_legacy_adapter(k): v for k, v in sd.items()}, str(adapter / "adapter_model.safetensors"))
     merged_ref = pm.merge_and_unload()
     image = random_image(224, 224, 1)
-    loaded = StampModel.from_pretrained(adapter, base_model=base)
+    loaded = load_pretrained(adapter, base_model=base)
     np.testing.assert_allclose(_mask_logits(loaded, image), _mask_logits(merged_ref, image), atol=1e-5)
     with pytest.raises(StampModelError, match="base model"):
-        StampModel.from_pretrained(adapter, base_model=tmp_path / "nope")
+        load_pretrained(adapter, base_model=tmp_path / "nope")
 
 
 def _legacy_adapter(key: str) -> str:
@@ -125,15 +126,33 @@ def _legacy_adapter(key: str) -> str:
 
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(StampModelError, match="not found"):
-        StampModel.from_pretrained(tmp_path / "missing")
+        load_pretrained(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(StampModelError, match="config.json"):
-        StampModel.from_pretrained(tmp_path / "empty")
+        load_pretrained(tmp_path / "empty")
 
 
 def test_hub_id_says_models_are_local_folders():
     with pytest.raises(StampModelError, match="huggingface-cli download Qwen/Qwen2-VL-2B-Instruct") as err:
-        StampModel.from_pretrained("Qwen/Qwen2-VL-2B-Instruct")
+        load_pretrained("Qwen/Qwen2-VL-2B-Instruct")
     assert "\n" not in str(err.value) and "nothing is downloaded" in str(err.value)
     with pytest.raises(StampModelError, match="^model directory not found: runs/x/y/model$"):
-        StampModel.from_pretrained("runs/x/y/model")
+        load_pretrained("runs/x/y/model")
+
+
+def test_save_pretrained_writes_a_complete_folder_and_the_processor_loads_apart(tmp_path, tiny_model):
+    """transformers habits: `save_pretrained` writes what `save_stamp` writes; `from_pretrained` loads the
+    network (its processor stays separate, as in transformers), and the predictor reads the processor
+    from the folder the model came from."""
+    d = tmp_path / "m"
+    tiny_model.save_pretrained(d)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "stamp_processor.json"} <= {
+        p.name for p in d.iterdir()
+    }
+    model = StampModel.from_pretrained(d)
+    assert model.processor is None and model.checkpoint.layout == "stamp"
+    predictor = StampPredictor(model)
+    assert predictor.processor.settings == tiny_model.processor.settings
+    assert predictor.processor.tokenizer.get_vocab() == tiny_model.processor.tokenizer.get_vocab()
+    image = random_image(224, 224, 3)
+    np.testing.assert_allclose(_mask_logits(model, image), _mask_logits(tiny_model, image), atol=1e-6)

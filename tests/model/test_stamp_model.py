@@ -7,7 +7,8 @@ from helpers import random_image
 
 from stamp.data.sample import StampSample, Turn
 from stamp.inference import StampPredictor
-from stamp.model.modeling import StampModel
+from stamp.processing import load_pretrained
+from stamp.tiny import build_tiny_model
 
 
 def _batch(model, answer="It is <|seg|>.", image=None, n_masks=1):
@@ -29,7 +30,7 @@ def _logits_with_features(model, batch, feats):
 
 @pytest.mark.parametrize("mode,expect_change", [("hybrid", True), ("causal", False)])
 def test_bidirectionality(mode, expect_change):
-    model = StampModel.tiny(seed=3, attention_mode=mode)
+    model = build_tiny_model(seed=3, attention_mode=mode)
     batch = _batch(model)
     orig = model.mask_embeddings
     with torch.no_grad():
@@ -65,7 +66,7 @@ def test_grid_alignment_each_placeholder_reads_its_own_cell(tiny_model):
 
 
 def test_plain_mask_embedding_ignores_visual_features():
-    model = StampModel.tiny(seed=4, mask_embedding="plain")
+    model = build_tiny_model(seed=4, mask_embedding="plain")
     batch = _batch(model)
     with torch.no_grad():
         feats = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])[0]
@@ -74,7 +75,7 @@ def test_plain_mask_embedding_ignores_visual_features():
 
 
 def test_gradients_reach_head_mask_embedding_and_backbone():
-    model = StampModel.tiny(seed=5).train()
+    model = build_tiny_model(seed=5).train()
     out = model.stamp_forward(**_batch(model, answer="a <|seg|> b <|seg|>", n_masks=2))
     assert out.mask_logits.shape[0] == 2 and out.text_loss is not None and out.bce_loss is not None
     out.loss.backward()
@@ -86,7 +87,7 @@ def test_gradients_reach_head_mask_embedding_and_backbone():
 
 
 def test_vision_tower_runs_once_per_training_sample():
-    model = StampModel.tiny(seed=6)
+    model = build_tiny_model(seed=6)
     calls = []
     handle = model.model.visual.register_forward_hook(lambda *a: calls.append(1))
     model.stamp_forward(**_batch(model, answer="a <|seg|> b <|seg|> c <|seg|>", n_masks=3))
@@ -96,7 +97,7 @@ def test_vision_tower_runs_once_per_training_sample():
 
 def test_save_load_roundtrip_identical_logits(tmp_path, tiny_model):
     tiny_model.save_stamp(tmp_path / "m")
-    loaded = StampModel.from_pretrained(tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m")
     assert loaded.stamp == tiny_model.stamp and loaded.config.stamp == tiny_model.config.stamp
     image = random_image(210, 190, 8)
     results = []
@@ -111,7 +112,7 @@ def test_save_load_roundtrip_identical_logits(tmp_path, tiny_model):
 
 
 def test_qwen2_5_vl_backbone():
-    model = StampModel.tiny(seed=7, family="qwen2_5_vl")
+    model = build_tiny_model(seed=7, family="qwen2_5_vl")
     out = model.stamp_forward(**_batch(model))
     assert torch.isfinite(out.loss)
     pred = StampPredictor(model)

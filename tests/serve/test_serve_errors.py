@@ -168,7 +168,8 @@ def test_timeout_then_keeps_serving(make_client, scripted):
     # Timed out while generating: the batch's generation stops at the next token, not after 4000.
     scripted.eos_ids = set()  # never a short answer
     t0 = time.monotonic()
-    expect(_form(client, prompt="Talk a lot.", max_new_tokens="4000"), 504, "timeout")
+    long_answer = {"max_new_tokens": "4000", "repetition_stop": "false"}  # the random model loops
+    expect(_form(client, prompt="Talk a lot.", **long_answer), 504, "timeout")
     while client.get("/health").json()["requests_abandoned"] < 1:
         assert time.monotonic() - t0 < 8, "the abandoned generation went on"
         time.sleep(0.05)

@@ -1,12 +1,12 @@
 """The checked-in OpenAPI schema is current; the `serve` / `web` subcommands parse and dispatch."""
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from stamp.serve import cli as serve_cli
+from stamp.cli import build_parser
+from stamp.cli import serve as serve_cli
 from stamp.serve.openapi import render
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -16,7 +16,7 @@ def test_checked_in_openapi_schema_is_current():
     assert DOCS.is_file(), "docs/openapi.json is missing"
     current = render()
     assert json.loads(DOCS.read_text()) == json.loads(current), (
-        "docs/openapi.json is stale; regenerate: python -m stamp.serve.openapi > docs/openapi.json"
+        "docs/openapi.json is stale; regenerate: stamp serve --openapi > docs/openapi.json"
     )
     schema = json.loads(current)
     body = schema["paths"]["/v1/segment"]["post"]["requestBody"]["content"]
@@ -27,9 +27,7 @@ def test_checked_in_openapi_schema_is_current():
 
 
 def test_cli_parsers_and_commands(monkeypatch):
-    parser = argparse.ArgumentParser(prog="stamp")
-    sub = parser.add_subparsers(dest="command")
-    serve_cli.add_parsers(sub, argparse.ArgumentParser)
+    parser = build_parser()
     args = parser.parse_args(["serve"])
     assert (args.host, args.port, args.model, args.max_batch_size) == ("127.0.0.1", 8000, None, 8)
     args = parser.parse_args(
@@ -38,7 +36,7 @@ def test_cli_parsers_and_commands(monkeypatch):
     )
     settings = serve_cli.settings_from_args(args, web=True)
     assert settings.web and settings.max_batch_size == 1 and settings.max_upload_bytes == 2 * 1024 * 1024
-    assert set(serve_cli.COMMANDS) == {"serve", "web"}
+    assert args.run is serve_cli.run_web and parser.parse_args(["serve"]).run is serve_cli.run
 
     ran = {}
 
@@ -48,7 +46,7 @@ def test_cli_parsers_and_commands(monkeypatch):
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    assert serve_cli.COMMANDS["web"](args) == 0
+    assert args.run(args) == 0
     assert ran["host"] == "127.0.0.1" and ran["port"] == 0
     assert any(getattr(r, "path", None) == "/" for r in ran["app"].routes)
 
@@ -56,14 +54,13 @@ def test_cli_parsers_and_commands(monkeypatch):
 def test_serve_cells_sets_the_resolution(monkeypatch):
     from fastapi.testclient import TestClient
 
-    parser = argparse.ArgumentParser(prog="stamp")
-    serve_cli.add_parsers(parser.add_subparsers(dest="command"), argparse.ArgumentParser)
+    parser = build_parser()
     args = parser.parse_args(["serve", "--cells", "8,16", "--refine", "none"])
     ran = {}
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app))
-    assert serve_cli.COMMANDS["serve"](args) == 0
+    assert args.run(args) == 0
     assert TestClient(ran["app"]).get("/v1/model").json()["image_cells"] == [8, 16]
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--cells", "16,8"])

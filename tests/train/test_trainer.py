@@ -14,6 +14,8 @@ from helpers import run_two_cpu_ranks
 from safetensors.torch import load_file
 
 from stamp.configuration import load_config
+from stamp.processing import load_pretrained
+from stamp.tiny import build_tiny_model
 from stamp.train.checkpoint import latest_checkpoint
 from stamp.train.config import TrainConfig
 from stamp.train.trainer import Trainer, train
@@ -61,9 +63,8 @@ def test_training_reduces_loss_and_writes_artifacts(tiny_overrides, tmp_path):
     assert (last / "optimizer.safetensors").is_file() and (last / "rng.safetensors").is_file()
     assert last.stat().st_mode & 0o777 == (out / "checkpoints").stat().st_mode & 0o777  # not mkdtemp's 0700
     assert len(list((out / "checkpoints").glob("step_*"))) <= cfg.run.keep_checkpoints
-    from stamp.model.modeling import StampModel
 
-    loaded = StampModel.from_pretrained(last / "model")  # a checkpoint's model folder is a loadable model
+    loaded = load_pretrained(last / "model")  # a checkpoint's model folder is a loadable model
     assert loaded.stamp.seg_token_id == trainer.model.stamp.seg_token_id
 
 
@@ -86,7 +87,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_overrides, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "stamp.cli",
+        "stamp",
         "train",
         str(CONFIG),
         "--no-progress",
@@ -213,10 +214,9 @@ def test_deepspeed_zero2_on_two_cpu_ranks_matches_ddp_and_resumes_exactly(tiny_o
 
 
 def test_lora_and_frozen_vision_train_the_right_parameters(tiny_overrides, tmp_path):
-    from stamp.model.modeling import StampModel
 
     base = tmp_path / "base"
-    StampModel.tiny(seed=0).save_stamp(base)
+    build_tiny_model(seed=0).save_stamp(base)
     cfg = _cfg(
         tiny_overrides,
         "run.steps=2",
@@ -237,7 +237,7 @@ def test_lora_and_frozen_vision_train_the_right_parameters(tiny_overrides, tmp_p
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in trainable)
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
-    merged = StampModel.from_pretrained(last / "model", base_model=base)  # adapter checkpoint + its base
+    merged = load_pretrained(last / "model", base_model=base)  # adapter checkpoint + its base
     assert merged.stamp.seg_token_id == trainer.model.processor.seg_token_id
 
 
@@ -274,9 +274,8 @@ def test_next_token_baseline_trains_on_label_text(tiny_overrides, tmp_path):
     assert out.mask_logits is None and out.text_loss is not None
     last = trainer.fit()
     from stamp.inference import StampPredictor
-    from stamp.model.modeling import StampModel
 
-    model = StampModel.from_pretrained(last / "model")
+    model = load_pretrained(last / "model")
     assert model.stamp.mask_decoder == "next_token"
     pred = StampPredictor(model)
     pred.set_image(np.zeros((100, 120, 3), dtype=np.uint8))
@@ -358,11 +357,10 @@ def test_bf16_runs_move_pixels_in_bf16_and_the_forward_is_unchanged(tiny_overrid
 
 
 def test_pretrained_keeps_its_image_range_unless_the_config_sets_one(tiny_overrides, tmp_path):
-    from stamp.model.modeling import StampModel
     from stamp.train.build import build_model
 
     base = tmp_path / "base"
-    model = StampModel.tiny(seed=0)
+    model = build_tiny_model(seed=0)
     model.processor.set_pixel_range(6 * 28 * 28, 12 * 28 * 28)
     model.save_stamp(base)
     overrides = [o for o in tiny_overrides if "_cells=" not in o] + [

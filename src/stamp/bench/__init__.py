@@ -37,7 +37,7 @@ __all__ = ["SCHEMA", "BenchSettings", "run_bench"]
 
 
 def __getattr__(name: str):
-    """Lazy exports: `stamp.bench.cli` is imported by the `stamp` parser and must stay light."""
+    """Lazy exports: `import stamp.bench` stays light (no torch) until a name is used."""
     if name in __all__:
         from stamp.bench import runner
 

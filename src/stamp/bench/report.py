@@ -1,6 +1,6 @@
 """Printing a `stamp bench` document as tables, and writing it as JSON (atomically, never overwriting).
 
-python -m stamp.bench.report bench.json [--text]   # a saved run as markdown (for docs/PERFORMANCE.md)
+stamp bench --report bench.json [--markdown]   # a saved run as tables
 """
 
 from __future__ import annotations
@@ -185,19 +185,3 @@ def render(doc: dict, markdown: bool = False) -> str:
         sections += ["targets", targets_table(doc, markdown)]
     sep = "\n\n" if markdown else "\n"
     return sep.join(["\n".join(("- " + h) if markdown else h for h in head)] + sections)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print a saved `stamp bench` JSON as markdown tables (plain text with --text)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m stamp.bench.report", description=main.__doc__)
-    parser.add_argument("json", help="a file written by `stamp bench --json`")
-    parser.add_argument("--text", action="store_true", help="plain-text tables instead of markdown")
-    args = parser.parse_args(argv)
-    print(render(json.loads(Path(args.json).read_text()), markdown=not args.text))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -3,7 +3,7 @@
 Models:
 - `--model DIR`: a saved STAMP model (`stamp.models.load_model`);
 - nothing: the bundled model (`load_model(None)`; a tiny random model with a notice where none is bundled);
-- `--preset tiny`: `StampModel.tiny()` (hidden 64, 2 layers: the test model);
+- `--preset tiny`: `build_tiny_model()` (hidden 64, 2 layers: the test model);
 - `--preset qwen2-vl-2b | qwen2-vl-7b | qwen2.5-vl-3b | qwen2.5-vl-7b`: a RANDOM model with the published
   dimensions, built in the run's dtype on its device (`stamp.bench.presets`);
 - `--preset synth`: a RANDOM model with the sizes in configs/tiny-synth.yaml (the bundled model's through stage 7)
@@ -53,9 +53,9 @@ def load_bench_model(
         net, memory = build_preset_model(preset, dtype or torch.bfloat16, device)
         source = {"kind": "preset", "name": preset, "random_weights": True, "memory_estimate": memory}
     elif preset == "tiny":
-        from stamp.model.modeling import StampModel
+        from stamp.tiny import build_tiny_model
 
-        net, source = StampModel.tiny(seed=0), {"kind": "preset", "name": "tiny", "random_weights": True}
+        net, source = build_tiny_model(seed=0), {"kind": "preset", "name": "tiny", "random_weights": True}
     elif preset is not None:
         from stamp.configuration import load_config
         from stamp.train.build import build_model

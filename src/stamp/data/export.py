@@ -32,7 +32,7 @@ from stamp.data.errors import DataError
 from stamp.data.sample import StampSample
 from stamp.data.scenes import KINDS
 from stamp.data.synthref import SPLITS, SynthRef
-from stamp.io.modes import new_dir_mode
+from stamp.filemodes import new_dir_mode
 
 FORMATS = ("refer", "grefer", "reasonseg", "llava")
 EVAL_KINDS = {"refer": "refcoco", "grefer": "grefcoco", "reasonseg": "reasonseg", "llava": "llava"}

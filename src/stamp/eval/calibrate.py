@@ -140,10 +140,10 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
     """Sweep `job.thresholds`; returns (and writes to `job.out`) every threshold's metrics and the choice."""
     import torch
 
-    from stamp.arguments import check_refine_source
     from stamp.data.registry import open_dataset, parse_data_spec
     from stamp.eval.evaluate import evaluate_samples
     from stamp.models import load_model, resolve_refine
+    from stamp.refine import check_refine_source
 
     thresholds = sorted({float(t) for t in job.thresholds})
     if not thresholds or not all(0.0 < t < 1.0 for t in thresholds):

@@ -130,6 +130,7 @@ def evaluate_samples(
         seconds = time.perf_counter() - t0
         image_ref = str(sample.image) if isinstance(sample.image, (str, Path)) else None
         base = {"id": sample.id, "image": image_ref, "prompt": prompt, "answer": result.text}
+        base["finish_reason"] = getattr(result, "finish_reason", "eos")
         subtask = str(sample.meta.get("subtask") or "").split("+")[0]  # that of the first exchange
         if subtask:
             base["subtask"] = subtask

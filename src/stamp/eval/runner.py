@@ -3,17 +3,17 @@
     stamp eval --data refcoco:/data/lisa --split val --model /models/stamp-2b --out results.json
     stamp eval --data synthref --split val --limit 200 --out synth.json        # the bundled model
     stamp eval --data refcoco:/data/lisa --split val --model DIR --protocol authors   # the paper's protocol
-    accelerate launch --num_processes 2 -m stamp.cli eval ...                  # sharded across ranks
+    accelerate launch --num_processes 2 -m stamp eval ...                  # sharded across ranks
 
 results.json (schema version 1):
     {"schema": 1, "data": "refcoco:/data/lisa", "split": "val", "model": "...", "protocol": "stamp",
-     "max_new_tokens": 64, "upsample": "prob", "force_seg": false,
+     "max_new_tokens": 64, "repetition_stop": true, "upsample": "prob", "force_seg": false,
      "limit": N or null, "n_samples": data samples evaluated, "n_expressions": expressions scored,
      "metrics": {"ciou", "giou", "precision@0.5" ... "precision@0.9", "n_acc", "t_acc", "vqa_acc",
                  "patch_ciou", "patch_giou", "n_samples"}   -- percentages 0-100, those that apply;
                  n_samples here counts what the metrics average over: expressions (and VQA answers)
-     "samples": [{"id", "image", "prompt", "answer", "intersection", "union", "iou", "has_mask",
-                  "seconds", "mask_file"?, "subtask"?}, ...],
+     "samples": [{"id", "image", "prompt", "answer", "finish_reason", "intersection", "union", "iou",
+                  "has_mask", "seconds", "mask_file"?, "subtask"?}, ...],
      "by_subtask"?: {"SUBTASK": {the metrics above that apply, "n_samples"}}}  -- data naming subtasks
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from stamp.arguments import check_refine_source
 from stamp.eval.evaluate import EvalReport, evaluate_samples, merge_reports
 from stamp.eval.protocols import get_protocol
 from stamp.io.outputs import atomic_write_bytes, ensure_writable
+from stamp.refine import check_refine_source
 
 DEFAULT_FORCE_PREFIX = "Sure, it is <|seg|>"
 
@@ -64,6 +64,8 @@ class EvalJob:
     Its answer budget, cells and threshold apply where the job leaves them None."""
     base_model: str | None = None
     """Base model folder of a LoRA adapter checkpoint."""
+    repetition_stop: bool = True
+    """Stop an answer caught in a degenerate loop (`StampPredictor(repetition_stop=...)`)."""
 
 
 def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict:
@@ -112,7 +114,13 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
         job.refine = "none"  # their raw masks; their SAM step is --refine sam-authors:PATH
     job.refine = resolve_refine(job.refine, model)
     threshold = job.threshold if job.threshold is not None else protocol.threshold
-    predictor = StampPredictor(model, threshold=threshold, refine=job.refine, upsample=protocol.upsample)
+    predictor = StampPredictor(
+        model,
+        threshold=threshold,
+        refine=job.refine,
+        upsample=protocol.upsample,
+        repetition_stop=job.repetition_stop,
+    )
     indices = range(rank, n, world)
     max_new_tokens = job.max_new_tokens or protocol.max_new_tokens
     report = evaluate_samples(
@@ -133,6 +141,7 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
         "dtype": str(model.dtype).removeprefix("torch."),  # what the model computed in
         "protocol": protocol.name,
         "max_new_tokens": max_new_tokens,
+        "repetition_stop": job.repetition_stop,
         "upsample": protocol.upsample,
         "force_seg": job.force_seg,
         "refine": job.refine,

@@ -205,7 +205,7 @@ def prefill(model, requests: list[GenerationRequest], pad_id: int, chunk: int = 
     key_block = torch.where(attn.bool(), 0, -1)
     cache = DynamicCache(config=model.config.get_text_config())
     if not padded and model.attn_implementation == "sdpa":
-        hidden, cache = model.run_language_model(embeds, positions, None, cache, causal=True)
+        hidden, cache = model.run_causal_language_model(embeds, positions, cache)
     else:
         index = torch.arange(length, device=device).expand(bsz, -1)
         parts = []

@@ -19,12 +19,26 @@ import torch.nn.functional as F
 
 from stamp.data.sample import Turn
 from stamp.images import ImageLike
-from stamp.inference.generation import EventCallback, GenerationConfig, GenerationRequest, generate, prefill
+from stamp.inference.generation import (
+    FINISH_REASONS,
+    EventCallback,
+    GenerationConfig,
+    GenerationRequest,
+    generate,
+    prefill,
+)
 from stamp.model.config import check_probability
 from stamp.model.tokens import PAD
 from stamp.processing import EncodedImage, StampProcessor
 
 UPSAMPLE_SPACES = ("prob", "logit", "nearest")
+DEFAULT_MAX_PROMPT_TOKENS = 8192
+"""The default bound on a request's text tokens: the chat template, the history, the prompt and the
+answer prefix (the image's cells are not counted). Above it a request is refused before any model work."""
+
+
+class PromptTooLongError(ValueError):
+    """A request with more text tokens than the predictor's `max_prompt_tokens`."""
 
 
 @dataclass
@@ -72,6 +86,9 @@ class StampResult:
     masks: list[StampMask] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "eos"
+    """Why the answer ended: "eos" (the model ended it), "length" (it used up `max_new_tokens`: it may be
+    cut off) or "repetition" (it was stopped in a degenerate loop: see `GenerationConfig.repetition_stop`)."""
 
 
 @dataclass
@@ -86,6 +103,8 @@ class ChatRequest:
     max_new_tokens: int = 128
     refine: bool = True
     """False: the result's masks skip the refiner (for callers that refine streamed masks themselves)."""
+    repetition_stop: bool | None = None
+    """Stop this answer in a degenerate loop (None: the predictor's `repetition_stop`)."""
 
 
 def logits_to_mask(
@@ -134,6 +153,8 @@ class StampPredictor:
         threshold: float | None = None,
         upsample: str = "prob",
         refine="auto",
+        repetition_stop: bool = True,
+        max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS,
     ):
         """
         Args:
@@ -145,11 +166,21 @@ class StampPredictor:
                 the server's default too), "none", "guided" (image-guided upsampling), "sam:PATH" (a
                 local SAM directory), or any object with `refine(image, coarse_probs, coarse_mask) ->
                 RefineResult`.
+            repetition_stop: end an answer caught in a degenerate loop (the same n-gram repeating:
+                `stamp.inference.generation.repeating_period`) with finish reason "repetition" (default);
+                False lets it run to the end of its turn or its token budget.
+            max_prompt_tokens: refuse (`PromptTooLongError`, a ValueError) a request with more text tokens
+                than this -- chat template, history, prompt and answer prefix; the image's cells are not
+                counted -- before any model work. Default 8192; None: no bound.
         """
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1 or None, got {max_prompt_tokens}")
+        self.repetition_stop = bool(repetition_stop)
+        self.max_prompt_tokens = max_prompt_tokens
         self.model = model.eval()
         self.processor = processor or getattr(model, "processor", None)
-        if self.processor is None:
-            raise ValueError("no processor: pass one, or load the model with StampModel.from_pretrained")
+        if self.processor is None:  # a model from StampModel.from_pretrained: its folder's processor
+            self.processor = model.processor = StampProcessor.for_model(model)
         if upsample not in UPSAMPLE_SPACES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_SPACES}, got {upsample!r}")
         self.threshold = resolve_threshold(model, threshold)
@@ -222,17 +253,52 @@ class StampPredictor:
         comes after the image). For probing what the model knows about each cell."""
         if self._image is None:
             raise ValueError("no image: call set_image() first")
+        self.check_prompt(prompt)
         request = self._request(self._image, self._features, prompt, None, None)
         pre = prefill(self.model, [request], self.pad_id)
         return pre.hidden[0][pre.image_tokens[0]]
 
     # ------------------------------------------------------------------ chat
-    def _request(self, enc, feats, prompt, history, answer_prefix) -> GenerationRequest:
+    def prompt_tokens(
+        self,
+        prompt: str,
+        history: Sequence[Turn | tuple[str, str]] | None = None,
+        answer_prefix: str | None = None,
+    ) -> int:
+        """How many text tokens a request has: chat template, history, prompt and answer prefix (what
+        `max_prompt_tokens` bounds; the image's cells are not counted). ValueError for an empty prompt
+        or reserved tokens in user text."""
+        ids, forced = self._text_request(prompt, history, answer_prefix, None)
+        return len(ids) + len(forced)
+
+    def check_prompt(
+        self,
+        prompt: str,
+        history: Sequence[Turn | tuple[str, str]] | None = None,
+        answer_prefix: str | None = None,
+    ) -> int:
+        """`prompt_tokens`, or `PromptTooLongError` when over `max_prompt_tokens`. Tokenises only."""
+        return self._check_length(self.prompt_tokens(prompt, history, answer_prefix))
+
+    def _check_length(self, n: int) -> int:
+        if self.max_prompt_tokens is not None and n > self.max_prompt_tokens:
+            raise PromptTooLongError(
+                f"the request is {n} tokens long (prompt, history and answer prefix); "
+                f"the limit is {self.max_prompt_tokens} tokens"
+            )
+        return n
+
+    def _text_request(self, prompt, history, answer_prefix, enc) -> tuple[list[int], list[int]]:
+        """(conversation ids with `enc`'s image tokens, or none when `enc` is None; forced answer ids)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty")
         turns = [t if isinstance(t, Turn) else Turn(*t) for t in (history or [])] + [Turn("user", prompt)]
         ids, _ = self.processor.encode_turns(turns, enc, add_generation_prompt=True)
         forced = self.processor._text_ids(answer_prefix) if answer_prefix else []
+        return ids, forced
+
+    def _request(self, enc, feats, prompt, history, answer_prefix) -> GenerationRequest:
+        ids, forced = self._text_request(prompt, history, answer_prefix, enc)
         return GenerationRequest(ids, feats, enc.grid_thw, forced)
 
     def _finish(self, out, enc: EncodedImage, vision_seconds: float, refine: bool = True) -> StampResult:
@@ -246,7 +312,9 @@ class StampPredictor:
             for m in masks:
                 self._refine(m, enc.image)
             timings["refine"] = time.perf_counter() - t1
-        return StampResult(self.processor.decode(out.token_ids), masks, timings, out.token_ids)
+        reason = out.finish_reason
+        assert reason in FINISH_REASONS, reason
+        return StampResult(self.processor.decode(out.token_ids), masks, timings, out.token_ids, reason)
 
     def _refine(self, m: StampMask, image) -> None:
         probs = 1.0 / (1.0 + np.exp(-m.patch_logits))
@@ -281,8 +349,15 @@ class StampPredictor:
         if self._image is None:
             raise ValueError("no image: call set_image() first")
         cfg = GenerationConfig(
-            max_new_tokens, do_sample, temperature, top_p, seed=seed, predict_masks=predict_masks
+            max_new_tokens,
+            do_sample,
+            temperature,
+            top_p,
+            seed=seed,
+            predict_masks=predict_masks,
+            repetition_stop=self.repetition_stop,
         )
+        self.check_prompt(prompt, history, answer_prefix)
         req = self._request(self._image, self._features, prompt, history, answer_prefix)
         out = generate(self.model, [req], cfg, self.pad_id, self.eos_ids, on_event)[0]
         result = self._finish(out, self._image, self._vision_seconds)
@@ -301,12 +376,14 @@ class StampPredictor:
     ) -> list[StampResult]:
         """Several (image, prompt) pairs in one left-padded batch (images may differ in size).
         `on_event`: streaming callback (see `EventCallback`); its row is the item's index."""
+        for _, prompt in items:  # every request's length, before the vision tower runs
+            self.check_prompt(prompt, None, answer_prefix)
         encoded = self._encode_many([image for image, _ in items])
         reqs = [
             self._request(enc, feats, prompt, None, answer_prefix)
             for (enc, feats, _), (_, prompt) in zip(encoded, items)
         ]
-        cfg = GenerationConfig(max_new_tokens, do_sample, seed=seed)
+        cfg = GenerationConfig(max_new_tokens, do_sample, seed=seed, repetition_stop=self.repetition_stop)
         outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
         return [self._finish(o, enc, secs) for o, (enc, _, secs) in zip(outs, encoded)]
 
@@ -322,13 +399,19 @@ class StampPredictor:
         `on_event`: streaming callback (see `EventCallback`); its row is the request's index."""
         if not requests:
             return []
+        for r in requests:  # every request's length, before the vision tower runs
+            self.check_prompt(r.prompt, r.history, r.answer_prefix)
         encoded = self._encode_many([r.image for r in requests])
         reqs = []
         for (enc, feats, _), r in zip(encoded, requests):
             req = self._request(enc, feats, r.prompt, r.history, r.answer_prefix)
-            req.max_new_tokens = r.max_new_tokens
+            req.max_new_tokens, req.repetition_stop = r.max_new_tokens, r.repetition_stop
             reqs.append(req)
-        cfg = GenerationConfig(max(r.max_new_tokens for r in requests), predict_masks=predict_masks)
+        cfg = GenerationConfig(
+            max(r.max_new_tokens for r in requests),
+            predict_masks=predict_masks,
+            repetition_stop=self.repetition_stop,
+        )
         outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
         return [self._finish(o, enc, secs, r.refine) for o, (enc, _, secs), r in zip(outs, encoded, requests)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from stamp.io.modes import new_dir_mode, new_file_mode  # noqa: F401  (re-exported)
+from stamp.filemodes import new_dir_mode, new_file_mode  # noqa: F401  (re-exported)
 from stamp.io.records import PALETTE, encode_rle, mask_record  # noqa: F401  (re-exported)
 
 HALO = (0, 0, 0)
@@ -43,10 +43,12 @@ def ensure_writable(paths: list[Path], force: bool) -> None:
 
 
 def result_to_dict(result, files: bool = False) -> dict:
-    """The JSON form of a StampResult: text, one mask record per mask (`stamp.io.records`), timings.
-    `files`: each record's `file` is `mask_<k>.png` (written next to the JSON by `write_result`)."""
+    """The JSON form of a StampResult: text, finish_reason, one mask record per mask
+    (`stamp.io.records`), timings. `files`: each record's `file` is `mask_<k>.png` (written next to the
+    JSON by `write_result`)."""
     return {
         "text": result.text,
+        "finish_reason": getattr(result, "finish_reason", "eos"),
         "masks": [
             mask_record(m, k, result.text, f"mask_{k}.png" if files else None)
             for k, m in enumerate(result.masks)

@@ -13,6 +13,10 @@ event) all hold records built by `mask_record`:
     grid    [gh, gw]: the 28x28 cells the model classified
     rle     COCO run-length encoding {size: [h, w], counts: str}, decodable with pycocotools
     file    the mask's PNG (0/255) next to the record's JSON file; null where no file is written
+
+Next to its masks every result (result.json, the HTTP response, the SSE `done` event) says why its
+answer ended, `finish_reason` (`FINISH_REASONS`): "eos" (the model ended it), "length" (the answer token
+budget ran out: it may be cut off) or "repetition" (it was stopped in a degenerate loop).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ PALETTE = [
     (204, 121, 167),
 ]
 COLORS = ["#{:02x}{:02x}{:02x}".format(*c) for c in PALETTE]
+FINISH_REASONS = ("eos", "length", "repetition")
+"""`stamp.inference.generation.FINISH_REASONS`."""
 MASK_RECORD_KEYS = ("index", "phrase", "span", "color", "area", "bbox", "score", "grid", "rle", "file")
 
 _BOUNDARY = re.compile(r"[.,;:!?\n]")
@@ -92,3 +98,15 @@ def mask_record(mask, k: int, text: str, file: str | None = None) -> dict:
         "rle": encode_rle(mask.mask),
         "file": file,
     }
+
+
+def finish_warning(reason: str, n_tokens: int) -> str | None:
+    """What to tell a user about an answer that did not end by itself (None for "eos")."""
+    if reason == "length":
+        return f"the answer hit the token limit ({n_tokens} tokens) and may be cut off (--max-new-tokens)"
+    if reason == "repetition":
+        return (
+            f"the answer was stopped after {n_tokens} tokens: it kept repeating itself (the model is "
+            "out of its depth here; --no-repetition-stop lets it run on)"
+        )
+    return None

@@ -16,8 +16,8 @@ Accepted layouts of `load_stamp_model(path)`:
      base model's inactive copy) when the embeddings were resized. peft loads the canonical tensor into
      the active copy, so that one is used; a `modules_to_save` copy that differs from it is an error,
      and an `original_module` copy, which never reaches the outputs, only has to have its shape.
-Image sizing comes from the checkpoint folder's own processor files (an adapter's before its base's);
-an authors' checkpoint without one gets their 1024..1280 cells.
+The loaded model records its source as `model.checkpoint`; the processor (tokenizer, image sizing) is
+read from there by the processor layer (`StampProcessor.for_model`), not here.
 Missing or unexpected weights are an error, never a warning. Nothing is unpickled.
 """
 
@@ -28,12 +28,13 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from stamp.io.modes import new_dir_mode
+from stamp.filemodes import new_dir_mode
 from stamp.model.config import StampSettings
 from stamp.model.tokens import add_stamp_tokens
 
@@ -92,8 +93,20 @@ def hub_id_error(path) -> str | None:
     )
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a loaded model came from, recorded as `model.checkpoint`: what its processor is read from
+    (`StampProcessor.for_model`). layout: "stamp" (a stamp-seg checkpoint), "authors" (the authors' full
+    checkpoint), "stock" (a plain Qwen2-VL folder), "adapter" (a LoRA adapter on `base`)."""
+
+    path: Path
+    layout: str
+    base: Path | None = None
+
+
 def load_stamp_model(
     path: str | os.PathLike,
+    model_classes: dict,
     *,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
@@ -103,7 +116,8 @@ def load_stamp_model(
     attention_mode: str | None = None,
     mask_embedding: str | None = None,
 ):
-    """Load any of the layouts in the module docstring; returns a StampModel with `.processor` set.
+    """Load any of the layouts in the module docstring; returns a StampModel (eval mode) whose
+    `checkpoint` says where it came from. `model_classes`: model_type -> StampModel class.
 
     The three `*_mode` arguments override the saved STAMP settings (e.g. for ablations).
     """
@@ -112,25 +126,27 @@ def load_stamp_model(
     path = Path(path)
     if (path / "adapter_config.json").is_file():
         return _load_adapter(
-            path, base_model, dtype=dtype, device=device, attn_implementation=attn_implementation
+            path,
+            base_model,
+            model_classes,
+            dtype=dtype,
+            device=device,
+            attn_implementation=attn_implementation,
         )
     if not (path / "config.json").is_file():
         raise StampModelError(f"{path} has no config.json: not a model directory")
     from transformers import AutoConfig, AutoTokenizer
 
-    from stamp.model.modeling import MODEL_CLASSES, StampModel
-    from stamp.processing import ProcessorSettings, StampProcessor, has_processor_files
-
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    if config.model_type not in MODEL_CLASSES:
+    if config.model_type not in model_classes:
         raise StampModelError(
-            f"{path}: model type {config.model_type!r} is not supported; use one of {sorted(MODEL_CLASSES)}"
+            f"{path}: model type {config.model_type!r} is not supported; use one of {sorted(model_classes)}"
         )
     keys = _checkpoint_keys(path)
     if not keys:
         raise StampModelError(f"{path} has no *.safetensors weights")
     has_head = CLASSIFIER_KEYS <= keys
-    authors_layout = has_head and not hasattr(config, "stamp")
+    layout = "stamp" if hasattr(config, "stamp") else "authors" if has_head else "stock"
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if not hasattr(config, "stamp"):
         seg_id, mask_id = add_stamp_tokens(tokenizer)
@@ -143,8 +159,7 @@ def load_stamp_model(
     config.stamp = StampSettings.from_dict(
         {**config.stamp, **{k: v for k, v in overrides.items() if v}}
     ).to_dict()
-    cls = MODEL_CLASSES[config.model_type]
-    model, info = super(StampModel, cls).from_pretrained(
+    model, info = model_classes[config.model_type].from_pretrained_weights(
         str(path),
         config=config,
         dtype=_dtype(dtype),
@@ -158,10 +173,7 @@ def load_stamp_model(
     )
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    if authors_layout and not has_processor_files(path):
-        model.processor = StampProcessor(tokenizer, ProcessorSettings.authors())
-    else:
-        model.processor = StampProcessor.from_pretrained(path, tokenizer)
+    model.checkpoint = Checkpoint(path, layout)
     return model.to(device).eval()
 
 
@@ -182,7 +194,7 @@ def _check_loading_info(path: Path, info: dict, *, new_head_allowed: bool, tied:
         raise StampModelError(f"{path}: weights do not match the model: {'; '.join(parts)}")
 
 
-def _load_adapter(path: Path, base_model, *, dtype, device, attn_implementation):
+def _load_adapter(path: Path, base_model, model_classes: dict, *, dtype, device, attn_implementation):
     """Layout 4: LoRA adapter (the authors' 7B release) on a stock base model, merged on load."""
     from safetensors.torch import load_file
 
@@ -206,10 +218,9 @@ def _load_adapter(path: Path, base_model, *, dtype, device, attn_implementation)
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         raise StampModelError(f"adapter {path}: adapter_model.safetensors not found")
-    model = load_stamp_model(base, dtype=dtype, device="cpu", attn_implementation=attn_implementation)
-    from stamp.processing import PROCESSOR_FILE, ProcessorSettings, StampProcessor, has_processor_files
-
-    tok = model.processor.tokenizer
+    model = load_stamp_model(
+        base, model_classes, dtype=dtype, device="cpu", attn_implementation=attn_implementation
+    )
     if (path / "tokenizer_config.json").is_file():  # the adapter's tokenizer fixes the ids of the new tokens
         from transformers import AutoTokenizer
 
@@ -217,12 +228,6 @@ def _load_adapter(path: Path, base_model, *, dtype, device, attn_implementation)
         seg_id, mask_id = add_stamp_tokens(tok)
         model.stamp = StampSettings(seg_id, mask_id, position_mode="text")
         model.config.stamp = model.stamp.to_dict()
-    if has_processor_files(path):
-        model.processor = StampProcessor.from_pretrained(path, tok)
-    elif (base / PROCESSOR_FILE).is_file():  # a stamp-seg base carries the sizing it was trained with
-        model.processor = StampProcessor(tok, model.processor.settings)
-    else:  # a stock base's sizing is for chat; the authors trained and evaluate at theirs
-        model.processor = StampProcessor(tok, ProcessorSettings.authors())
     state = _drop_peft_copies(path, {_rename_adapter_key(k): v for k, v in load_file(str(weights)).items()})
     rows = next((v.shape[0] for k, v in state.items() if k.endswith("embed_tokens.weight")), None)
     if rows and rows != model.get_input_embeddings().weight.shape[0]:
@@ -244,7 +249,7 @@ def _load_adapter(path: Path, base_model, *, dtype, device, attn_implementation)
     if missing:
         raise StampModelError(f"adapter {path}: {len(missing)} adapter weights missing (e.g. {missing[:3]})")
     merged = peft_model.merge_and_unload()
-    merged.processor = model.processor
+    merged.checkpoint = Checkpoint(path, "adapter", base)
     return merged.to(device).eval()
 
 
@@ -303,8 +308,7 @@ def save_stamp_model(
     os.chmod(tmp, new_dir_mode())  # mkdtemp makes 0700; the saved model should look like any folder
     try:
         model.config.stamp = model.stamp.to_dict()
-        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
-        model.processor.save_pretrained(tmp)
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)  # + processor
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

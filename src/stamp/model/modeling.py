@@ -51,7 +51,7 @@ class StampOutput(ModelOutput):
 
 
 class StampModel:
-    """STAMP methods shared by the concrete backbone classes (use `StampModel.from_pretrained` / `tiny`)."""
+    """STAMP methods shared by the concrete backbone classes (load with `StampModel.from_pretrained`)."""
 
     classifier: nn.Linear
 
@@ -64,22 +64,31 @@ class StampModel:
         self.classifier = nn.Linear(config.text_config.hidden_size, 1)
         nn.init.normal_(self.classifier.weight, std=getattr(config.text_config, "initializer_range", 0.02))
         nn.init.zeros_(self.classifier.bias)
-        self.processor = None  # a StampProcessor, attached by from_pretrained / tiny
+        self.processor = None  # a StampProcessor, attached by the processor layer (StampProcessor.for_model)
+        self.checkpoint = None  # where from_pretrained loaded it from (stamp.model.loading.Checkpoint)
 
     # ----------------------------------------------------------------- loading (see stamp.model.loading)
     @classmethod
     def from_pretrained(cls, path, **kwargs):
-        """Load a STAMP model from a local directory (see `stamp.model.loading.load_stamp_model`)."""
+        """Load a STAMP model from a local directory (see `stamp.model.loading.load_stamp_model`). Its
+        processor is separate, as in transformers: `StampProcessor.for_model(model)` (or let
+        `StampPredictor` build it)."""
         from stamp.model.loading import load_stamp_model
 
-        return load_stamp_model(path, **kwargs)
+        return load_stamp_model(path, MODEL_CLASSES, **kwargs)
 
     @classmethod
-    def tiny(cls, seed: int = 0, **kwargs):
-        """A tiny random STAMP model with a byte-level tokenizer, for tests (see `stamp.model.tiny`)."""
-        from stamp.model.tiny import build_tiny_model
+    def from_pretrained_weights(cls, path, **kwargs):
+        """transformers' own `from_pretrained` of the backbone class (used by `stamp.model.loading`)."""
+        return super().from_pretrained(path, **kwargs)
 
-        return build_tiny_model(seed=seed, **kwargs)
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained` with the STAMP settings in the config and, when a processor is
+        attached, its tokenizer and settings: a folder `from_pretrained` loads completely."""
+        self.config.stamp = self.stamp.to_dict()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.processor is not None:
+            self.processor.save_pretrained(save_directory)
 
     def save_stamp(self, path, *, overwrite: bool = False, state_dict: dict | None = None) -> None:
         """Save weights (safetensors), config with the STAMP settings, tokenizer and processor settings.
@@ -187,20 +196,15 @@ class StampModel:
         position_ids: torch.Tensor,
         allowed: torch.Tensor | None,
         cache=None,
-        causal: bool = False,
     ):
         """The decoder stack with an explicit (B, 1, Q, K) bool mask. Returns (last hidden states, cache).
 
         `allowed=None` means every query sees every key (cache + new tokens): no mask reaches the
         attention backend, which then runs its unmasked kernel (and no Q x K mask is built).
-        `allowed=None, causal=True` is plain causal attention without padding (a prompt pass): transformers
-        makes the mask, and on sdpa with an empty cache makes none (sdpa's is_causal kernel, no L x L mask).
         """
         self.check_attention_backend()
         extra = {}
-        if allowed is None and causal:
-            mask = None
-        elif allowed is None:
+        if allowed is None:
             text_config = self.config.get_text_config()
             layer_types = set(getattr(text_config, "layer_types", None) or ["full_attention"])
             if layer_types == {"full_attention"}:
@@ -213,6 +217,19 @@ class StampModel:
                 mask = to_backend_mask(allowed, self.attn_implementation)
         else:
             mask = to_backend_mask(allowed, self.attn_implementation)
+        return self._decoder(inputs_embeds, position_ids, mask, cache, **extra)
+
+    def run_causal_language_model(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache=None):
+        """The decoder stack with plain causal attention over (B, L) unpadded rows: a prompt pass.
+        Returns (last hidden states, cache).
+
+        No mask is passed: transformers makes its own, and on sdpa with an empty cache makes none at all
+        (sdpa's is_causal kernel), so memory stays linear in L.
+        """
+        self.check_attention_backend()
+        return self._decoder(inputs_embeds, position_ids, None, cache)
+
+    def _decoder(self, inputs_embeds, position_ids, mask, cache, **extra):
         out = self.model.language_model(
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,

@@ -13,9 +13,10 @@ from stamp.refine.base import (
     RefineResult,
     mask_agreement,
 )
+from stamp.refine.factory import build_refiner, check_refine_source
 from stamp.refine.guided import default_radius, guided_upsample
 from stamp.refine.prompts import SamFrame, SamPrompts, build_prompts, mask_box, mask_prompt, select_points
-from stamp.refine.sam import SamRefiner, build_refiner
+from stamp.refine.sam import SamRefiner
 from stamp.refine.sam_authors import SamAuthorsRefiner
 from stamp.refine.sam_checkpoint import load_original_sam
 from stamp.refine.upsample import upsample_probs
@@ -32,6 +33,7 @@ __all__ = [
     "SamRefiner",
     "build_prompts",
     "build_refiner",
+    "check_refine_source",
     "default_radius",
     "guided_upsample",
     "load_original_sam",

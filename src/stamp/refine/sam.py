@@ -37,10 +37,7 @@ import transformers
 from PIL import Image
 
 from stamp.refine.base import (
-    GuidedRefiner,
-    NoRefiner,
     RefineError,
-    Refiner,
     RefineResult,
     check_refine_inputs,
     mask_agreement,
@@ -260,42 +257,6 @@ def sam_pixel_values(
     pixels = torch.zeros(1, 3, frame.target, frame.target)
     pixels[0, :, :h, :w] = torch.from_numpy(arr).permute(2, 0, 1)
     return pixels
-
-
-def build_refiner(spec: str, device: str | torch.device = "cpu", threshold: float = 0.5) -> Refiner:
-    """A refiner from a spec string: "none" | "guided" | "sam" | "sam:PATH" | "sam-authors" | "sam-authors:PATH".
-
-    PATH is a transformers SAM directory or an original segment-anything checkpoint file
-    (`sam_vit_h_4b8939.pth`); "sam" and "sam-authors" alone read it from the STAMP_SAM_PATH environment
-    variable. "sam" is the project's refiner (`SamRefiner`), "sam-authors" the authors' evaluation
-    procedure (`stamp.refine.sam_authors.SamAuthorsRefiner`, seed 0).
-
-    `threshold` is the foreground probability threshold of the guided refiner (the predictor passes
-    its own, so refined and unrefined masks cut the probabilities at the same level).
-
-    Raises:
-        RefineError: unknown spec, no SAM path, or a missing/invalid SAM directory or checkpoint.
-    """
-    name, _, arg = str(spec).strip().partition(":")
-    name = name.lower()
-    if name == "none" and not arg:
-        return NoRefiner()
-    if name == "guided" and not arg:
-        return GuidedRefiner(threshold=threshold)
-    if name in ("sam", "sam-authors"):
-        path = arg or os.environ.get(SAM_PATH_ENV, "")
-        if not path:
-            raise RefineError(
-                f"refiner {name!r} needs a SAM directory or checkpoint file: use '{name}:PATH' or set {SAM_PATH_ENV}"
-            )
-        if name == "sam":
-            return SamRefiner(path, device=device)
-        from stamp.refine.sam_authors import SamAuthorsRefiner  # it builds on this module
-
-        return SamAuthorsRefiner(path, device=device)
-    raise RefineError(
-        f"unknown refiner {spec!r}; use 'none', 'guided', 'sam', 'sam:PATH', 'sam-authors' or 'sam-authors:PATH'"
-    )
 
 
 def _load_sam(

@@ -1,5 +1,5 @@
 """HTTP serving: `create_app(predictor_or_model, ServeSettings(...))` (FastAPI), the dynamic batcher,
-and the `stamp serve` / `stamp web` commands (`stamp.serve.cli`).
+run by the `stamp serve` / `stamp web` commands (`stamp.cli.serve`).
 
 Needs the `serve` extra (fastapi, uvicorn, python-multipart); importing this package does not.
 """

@@ -20,8 +20,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from stamp.inference.predictor import ChatRequest, StampPredictor, StampResult
+from stamp.inference.predictor import ChatRequest, PromptTooLongError, StampPredictor, StampResult
 from stamp.model.tokens import SEG_TOKEN
+from stamp.models import BUNDLED_NOTE, is_bundled
 from stamp.serve.batching import Batcher, Job, Overloaded, ShuttingDown
 from stamp.serve.config import ServeSettings
 from stamp.serve.docs_page import render_docs_page
@@ -56,8 +57,8 @@ _BODY = {
 _SSE_DOC = {
     200: {
         "description": "Server-sent events: `start`, then `text` ({delta}) as the answer grows, a `mask` "
-        "(a MaskResult) right after each `<|seg|>`, and finally `done` ({id, text, masks, batch_size, "
-        "timings}) or `error` ({error: {code, message}}).",
+        "(a MaskResult) right after each `<|seg|>`, and finally `done` ({id, text, finish_reason, masks, "
+        "batch_size, timings}) or `error` ({error: {code, message}}).",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
 }
@@ -82,9 +83,21 @@ class SegmentService:
             self.stream_processor = predictor.processor
 
     def submit(self, inp: SegmentInput, on_event=None) -> Job:
+        try:  # the predictor's token limit, before the request joins a batch (tokenises only)
+            self.predictor.check_prompt(inp.prompt, inp.history, inp.answer_prefix)
+        except PromptTooLongError as exc:
+            raise ApiError(422, "prompt_too_long", str(exc)) from None
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
         # a streamed request's masks are refined as they are sent (`events`), not again in its result
         request = ChatRequest(
-            inp.image, inp.prompt, inp.history, inp.answer_prefix, inp.max_new_tokens, refine=on_event is None
+            inp.image,
+            inp.prompt,
+            inp.history,
+            inp.answer_prefix,
+            inp.max_new_tokens,
+            refine=on_event is None,
+            repetition_stop=inp.repetition_stop,
         )
         try:
             return self.batcher.submit(request, on_event)
@@ -114,6 +127,7 @@ class SegmentService:
         return {
             "id": rid,
             "text": result.text,
+            "finish_reason": result.finish_reason,
             "masks": masks,
             "image": {"width": w, "height": h},
             "batch_size": job.batch_size,
@@ -124,10 +138,13 @@ class SegmentService:
         model, s = self.predictor.model, self.settings
         proc = self.predictor.processor.settings
         name = s.model_name or getattr(model, "name_or_path", "") or "tiny-random"
+        bundled = is_bundled(model)
         return {
             "name": str(name),
             "family": str(model.config.model_type),
             "random_weights": not getattr(model, "name_or_path", ""),
+            "bundled": bundled,
+            "note": BUNDLED_NOTE if bundled else None,
             "parameters": sum(p.numel() for p in model.parameters()),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "device": str(model.device),
@@ -139,6 +156,7 @@ class SegmentService:
             "max_upload_bytes": s.max_upload_bytes,
             "max_pixels": s.max_pixels,
             "max_prompt_chars": s.max_prompt_chars,
+            "max_prompt_tokens": self.predictor.max_prompt_tokens,
             "max_new_tokens_limit": s.max_new_tokens_limit,
         }
 
@@ -194,6 +212,7 @@ class SegmentService:
                     done = {
                         "id": rid,
                         "text": result.text,
+                        "finish_reason": result.finish_reason,
                         "masks": len(result.masks),
                         "batch_size": job.batch_size,
                         "timings": self.timings(result, job, t0),

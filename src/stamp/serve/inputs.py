@@ -47,6 +47,7 @@ class SegmentInput:
     answer_prefix: str | None = None
     max_new_tokens: int = 128
     return_png: bool = False
+    repetition_stop: bool | None = None
 
 
 async def read_segment_input(request: Request, settings: ServeSettings, processor) -> SegmentInput:
@@ -138,7 +139,7 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[SegmentOption
             fields["history"] = json.loads(fields["history"]) if fields["history"].strip() else []
         except json.JSONDecodeError:
             raise ApiError(422, "invalid_history", "`history` must be a JSON list of {role, text}") from None
-    for key in ("answer_prefix", "max_new_tokens"):
+    for key in ("answer_prefix", "max_new_tokens", "repetition_stop"):
         if fields.get(key) == "":
             fields.pop(key)
     try:
@@ -188,7 +189,15 @@ def check_options(options: SegmentOptions, settings: ServeSettings, processor) -
             "max_new_tokens_too_large",
             f"max_new_tokens is {budget}; the limit is {settings.max_new_tokens_limit}",
         )
-    return SegmentInput(None, prompt, history, prefix, budget, options.return_png)  # type: ignore[arg-type]
+    return SegmentInput(
+        None,  # type: ignore[arg-type]
+        prompt,
+        history,
+        prefix,
+        budget,
+        options.return_png,
+        options.repetition_stop,
+    )
 
 
 def _check_reserved(processor, text: str, what: str) -> None:

@@ -34,6 +34,12 @@ class SegmentOptions(BaseModel):
         default=None, ge=0, description="Answer token budget after the prefix (server default when absent)."
     )
     return_png: bool = Field(default=False, description="Also return each mask as a base64 PNG (0/255).")
+    repetition_stop: bool | None = Field(
+        default=None,
+        description="Stop the answer when it falls into a degenerate loop (the same n-gram repeating); "
+        "finish_reason is then 'repetition'. Server default when absent (on, unless started with "
+        "--no-repetition-stop).",
+    )
 
 
 class SegmentJSONRequest(SegmentOptions):
@@ -51,6 +57,7 @@ class SegmentMultipartRequest(BaseModel):
     answer_prefix: str | None = None
     max_new_tokens: int | None = None
     return_png: bool = False
+    repetition_stop: bool | None = None
 
 
 class RLE(BaseModel):
@@ -84,11 +91,18 @@ class ImageInfo(BaseModel):
     height: int
 
 
+FinishReason = Literal["eos", "length", "repetition"]
+
+
 class SegmentResponse(BaseModel):
     """The answer, its masks and where the time went."""
 
     id: str
     text: str = Field(description="The answer; each <|seg|> marks where its mask belongs.")
+    finish_reason: FinishReason = Field(
+        description="Why the answer ended: 'eos' (the model ended it), 'length' (max_new_tokens ran out: "
+        "it may be cut off), 'repetition' (stopped in a degenerate loop)."
+    )
     masks: list[MaskResult]
     image: ImageInfo
     batch_size: int = Field(description="How many requests shared this request's forward passes.")
@@ -123,6 +137,10 @@ class ModelInfo(BaseModel):
     name: str
     family: str
     random_weights: bool = Field(description="True for the tiny random model (its outputs mean nothing).")
+    bundled: bool = Field(
+        description="True for the bundled tiny-synth model: small, trained on synthetic shapes only."
+    )
+    note: str | None = Field(description="What to know about the model (set for the bundled one).")
     parameters: int
     dtype: str
     device: str
@@ -134,6 +152,10 @@ class ModelInfo(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_prompt_chars: int
+    max_prompt_tokens: int | None = Field(
+        description="Most text tokens of a request (template, history, prompt, answer prefix; the image's "
+        "cells not counted): above it a request is refused with 422 prompt_too_long. Null: no bound."
+    )
     max_new_tokens_limit: int
 
 

@@ -10,20 +10,20 @@ from stamp.train.config import TrainConfig
 
 def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     """The StampModel to train. `weights_from`: a checkpoint's model folder to resume from."""
-    from stamp.model.modeling import StampModel
+    from stamp.processing import load_pretrained
 
     m = cfg.model
     modes = dict(
         position_mode=m.position_mode, attention_mode=m.attention_mode, mask_embedding=m.mask_embedding
     )
     if weights_from is not None and m.lora is None:
-        model = StampModel.from_pretrained(weights_from, attn_implementation=m.attn_implementation)
+        model = load_pretrained(weights_from, attn_implementation=m.attn_implementation)
         # the config, not the checkpoint, decides the data side of training (e.g. a resumed run with
         # soft targets; the image sizing)
         model.processor.settings.target_threshold = cfg.loss.target_threshold
         _set_cells(model, m)
     elif m.init == "scratch":
-        from stamp.model.tiny import build_model_from_scratch
+        from stamp.tiny import build_model_from_scratch
         from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
 
         settings = ProcessorSettings(
@@ -52,7 +52,7 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
             **modes,
         )
     else:
-        model = StampModel.from_pretrained(m.path, attn_implementation=m.attn_implementation, **modes)
+        model = load_pretrained(m.path, attn_implementation=m.attn_implementation, **modes)
         model.processor.settings.target_threshold = cfg.loss.target_threshold
         _set_cells(model, m)
     if m.freeze_vision:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from stamp.io.modes import new_dir_mode
+from stamp.filemodes import new_dir_mode
 
 STATE_FILE = "trainer_state.json"
 PARTITIONS = "optimizer_ranks"

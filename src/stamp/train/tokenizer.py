@@ -5,12 +5,11 @@ fixed ids 0..k-1 before training, so the trainer cannot re-assign them (a word-l
 sees `<|seg|>` in the corpus would otherwise turn it into an ordinary word).
 
 Rebuild the shipped one with:
-    python -m stamp.train.tokenizer --out src/stamp/assets/tokenizer-synth
+    stamp data tokenizer --out src/stamp/assets/tokenizer-synth --force
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,18 +54,3 @@ def load_synth_tokenizer(path: str | Path = SHIPPED_TOKENIZER):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="train the SynthRef BPE tokenizer")
-    ap.add_argument("--out", default=str(SHIPPED_TOKENIZER))
-    ap.add_argument("--samples", type=int, default=20000)
-    ap.add_argument("--vocab-size", type=int, default=1024)
-    args = ap.parse_args(argv)
-    tok = train_synth_tokenizer(synthref_texts(args.samples), args.vocab_size)
-    tok.save_pretrained(args.out)
-    print(f"wrote {args.out} ({len(tok)} tokens)")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """`stamp train`: one process on CPU/GPU, or several through `accelerate launch`.
 
     stamp train configs/tiny-synth.yaml run.steps=200
-    accelerate launch --multi_gpu --num_processes 2 -m stamp.cli train configs/tiny-synth.yaml  # 2 ranks
+    accelerate launch --multi_gpu --num_processes 2 -m stamp train configs/tiny-synth.yaml  # 2 ranks
 
 Data is a deterministic function of the global sample index (optimizer step x global batch + offset),
 so `--resume` continues with exactly the samples an uninterrupted run would have seen.

@@ -59,9 +59,10 @@ function setExamples(prompts) {
 async function loadSamples() {
   try {
     const info = await (await fetch("/v1/model")).json();
-    const note = info.random_weights ? " (random weights: answers and masks are meaningless)" : "";
+    let note = info.random_weights ? " (random weights: answers and masks are meaningless)" : "";
+    if (info.note) note += ` (${info.note})`;
     $("model-info").textContent = `Model: ${info.name}${note}`;
-    if (info.random_weights) $("model-info").classList.add("warn");
+    if (info.random_weights || info.bundled) $("model-info").classList.add("warn");
   } catch (e) { /* the page still works */ }
   const data = await (await fetch("/v1/samples")).json();
   const box = $("samples");
@@ -282,12 +283,21 @@ async function run() {
         state.text = data.text;
         renderAnswer();
         draw();
-        const json = { text: data.text, masks: state.masks.map(({ bits, png, ...m }) => m), timings: data.timings };
+        const json = {
+          text: data.text,
+          finish_reason: data.finish_reason,
+          masks: state.masks.map(({ bits, png, ...m }) => m),
+          timings: data.timings,
+        };
         const link = $("download-json");
         link.href = URL.createObjectURL(new Blob([JSON.stringify(json, null, 2)], { type: "application/json" }));
         link.classList.remove("hidden");
         const secs = data.timings.total.toFixed(2);
-        setStatus(`Done: ${data.masks} mask(s) in ${secs} s (batch of ${data.batch_size}).`, "done");
+        const ended = {
+          length: " The answer hit the token limit and may be cut off.",
+          repetition: " The answer was stopped: it kept repeating itself.",
+        }[data.finish_reason] || "";
+        setStatus(`Done: ${data.masks} mask(s) in ${secs} s (batch of ${data.batch_size}).${ended}`, "done");
       }
     }
   } catch (e) {

@@ -9,7 +9,7 @@ exactly what the small one did (the tests compare logits and masks), and trainin
 The zeroed projections receive gradients at once; the rest of each new layer follows as they grow.
 This is the block expansion of LLaMA Pro (Wu et al., 2024), applied here to STAMP's Qwen2-VL text stack.
 
-    python -m stamp.model.grow MODEL_DIR --layers 8 --out GROWN_DIR [--force]
+    python experiments/grow.py MODEL_DIR --layers 8 --out GROWN_DIR [--force]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def grow_depth(model, layers: int) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from stamp.model.modeling import StampModel
+    from stamp.processing import load_pretrained
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model_dir", help="a STAMP model directory")
@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
             raise FileExistsError(f"{out} exists and is not empty; use --force to overwrite")
-        model = StampModel.from_pretrained(args.model_dir)
+        model = load_pretrained(args.model_dir)
         before = model.config.text_config.num_hidden_layers
         params = sum(p.numel() for p in model.parameters())
         new = grow_depth(model, args.layers)
         model.save_stamp(args.out, overwrite=args.force)
     except (ValueError, OSError) as e:  # (StampModelError is a ValueError)
-        print(f"stamp.model.grow: error: {e}", file=sys.stderr)
+        print(f"grow: error: {e}", file=sys.stderr)
         return 2
     grown = sum(p.numel() for p in model.parameters())
     print(

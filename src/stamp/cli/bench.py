@@ -1,19 +1,33 @@
-"""The `stamp bench` subcommand: `add_parser(subparsers, parser_class)` and `cmd_bench(args)`.
+"""`stamp bench`: time the mask pass against no cache reuse and the autoregressive baseline; request
+latency and batched throughput (docs/PERFORMANCE.md).
 
     stamp bench                                  # bundled model, fp32 + bf16, N = 64..4096, H = 512
     stamp bench --preset synth --json out.json   # a random model of the sizes of configs/tiny-synth.yaml
     stamp bench --preset tiny --quick            # seconds: every code path, meaningless numbers
     stamp bench --preset qwen2-vl-2b --device cpu --dtypes bf16 --n 256,1024   # random, real dimensions
-
-`main(argv)` runs the same command without the `stamp` dispatcher (used by benchmarks/*.py).
+    stamp bench --report docs/results/bench-qwen2-vl-2b-cpu.json --markdown    # a saved run as tables
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import signal
 import sys
+from pathlib import Path
+
+from stamp.cli.args import add_command
+
+EXAMPLES = """examples:
+  stamp bench                                    # bundled model, fp32 + bf16, N = 64..4096
+  stamp bench --preset qwen2-vl-2b --device cpu --dtypes bf16 --n 256,1024 --json out.json
+  stamp bench --preset tiny --quick              # seconds: every code path, meaningless numbers
+  stamp bench --report out.json --markdown       # a saved run as tables"""
+DESCRIPTION = (
+    "Time the mask pass (N placeholders in one forward against the cache) against recomputing the "
+    "history and against autoregressive patch labels; request latency and batched throughput."
+)
 
 
 def _int_list(text: str) -> list[int]:
@@ -101,24 +115,31 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--markdown", action="store_true", help="print the tables as markdown (for docs/PERFORMANCE.md)"
     )
-    return p
-
-
-def add_parser(subparsers, parser_class=None) -> argparse.ArgumentParser:
-    """Register `bench` on a `stamp` subparsers object; the handler is `cmd_bench`.
-
-    The parser's class is the one `subparsers` was made with (`add_subparsers(parser_class=...)`);
-    `parser_class` is accepted for symmetry with the other commands and not needed (bench has no
-    nested subcommands).
-    """
-    p = subparsers.add_parser(
-        "bench",
-        help="time the mask pass against no cache reuse and autoregressive labels; request latency, throughput",
-        description=__doc__.split("\n\n")[0],
+    p.add_argument(
+        "--report", default=None, metavar="FILE", help="print a saved run (a --json file) as tables and exit"
     )
-    configure(p)
-    p.set_defaults(handler=cmd_bench)
     return p
+
+
+def add_parser(sub):
+    p = add_command(
+        sub,
+        "bench",
+        "time the mask pass against no cache reuse and autoregressive labels; request latency, throughput",
+        EXAMPLES,
+        description=DESCRIPTION,
+    )
+    return configure(p)
+
+
+def _report(args) -> int:
+    from stamp.bench.report import render
+
+    path = Path(args.report)
+    if not path.is_file():
+        raise FileNotFoundError(f"bench results file not found: {path}")
+    print(render(json.loads(path.read_text()), markdown=args.markdown))
+    return 0
 
 
 def settings_from_args(args):
@@ -163,7 +184,7 @@ def settings_from_args(args):
     return s
 
 
-def cmd_bench(args, argv: list[str] | None = None) -> int:
+def run(args, argv: list[str] | None = None) -> int:
     """Run `stamp bench` for parsed `args`; prints the tables, writes --json. Returns the exit code."""
     from stamp.bench.mask_pass import DTYPES
     from stamp.bench.presets import PresetMemoryError
@@ -171,6 +192,8 @@ def cmd_bench(args, argv: list[str] | None = None) -> int:
     from stamp.bench.runner import resolve_devices, run_bench
     from stamp.bench.setup import load_bench_model, set_threads
 
+    if args.report:
+        return _report(args)
     settings = settings_from_args(args)
     if args.json:
         check_writable(args.json, args.force)  # fail before the slow part
@@ -207,14 +230,3 @@ def _stop_on_sigterm(signum, frame):
     from stamp.bench.runner import BenchInterrupted
 
     raise BenchInterrupted("SIGTERM")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`stamp bench` without the dispatcher: `python -m stamp.bench.cli [options]`."""
-    parser = configure(argparse.ArgumentParser(prog="stamp bench", description=__doc__.split("\n\n")[0]))
-    args = parser.parse_args(argv)
-    return cmd_bench(args, sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

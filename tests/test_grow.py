@@ -1,4 +1,7 @@
-"""Block expansion (stamp.model.grow): a deeper model that computes exactly what the trained one did."""
+"""Block expansion (experiments/grow.py): a deeper model that computes exactly what the trained one did."""
+
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +10,15 @@ from helpers import random_image
 
 from stamp.data.sample import StampSample, Turn
 from stamp.inference import StampPredictor
-from stamp.model.grow import grow_depth, insertion_points, main
-from stamp.model.modeling import StampModel
+from stamp.processing import load_pretrained
+from stamp.tiny import build_tiny_model
+
+_spec = importlib.util.spec_from_file_location(
+    "grow", Path(__file__).resolve().parents[1] / "experiments" / "grow.py"
+)
+grow = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(grow)
+grow_depth, insertion_points, main = grow.grow_depth, grow.insertion_points, grow.main
 
 
 def _batch(model):
@@ -36,7 +46,7 @@ def test_insertion_points():
 
 
 def test_grown_model_computes_the_same_and_learns(tmp_path):
-    model = StampModel.tiny(seed=2).eval()
+    model = build_tiny_model(seed=2).eval()
     layers = model.config.text_config.num_hidden_layers
     batch = _batch(model)
     with torch.no_grad():
@@ -62,7 +72,7 @@ def test_grown_model_computes_the_same_and_learns(tmp_path):
 
     # saved and loaded: the same model
     model.save_stamp(tmp_path / "grown")
-    loaded = StampModel.from_pretrained(tmp_path / "grown")
+    loaded = load_pretrained(tmp_path / "grown")
     assert len(loaded.model.language_model.layers) == 2 * layers
     assert _chat(loaded)[:2] == chat_before[:2]
 
@@ -76,11 +86,11 @@ def test_grown_model_computes_the_same_and_learns(tmp_path):
 
 def test_grow_cli(tmp_path, capsys):
     src = tmp_path / "small"
-    StampModel.tiny(seed=0).save_stamp(src)
+    build_tiny_model(seed=0).save_stamp(src)
     out = tmp_path / "grown"
     assert main([str(src), "--layers", "3", "--out", str(out)]) == 0
     assert "from 2 to 3 layers" in capsys.readouterr().out
-    assert StampModel.from_pretrained(out).config.text_config.num_hidden_layers == 3
+    assert load_pretrained(out).config.text_config.num_hidden_layers == 3
     assert main([str(src), "--layers", "3", "--out", str(out)]) == 2  # exists: refused
     assert "exists and is not empty; use --force" in capsys.readouterr().err
     assert main([str(src), "--layers", "9", "--out", str(tmp_path / "x")]) == 2

@@ -1,0 +1,91 @@
+"""What several commands do at run time: the errors shown as one line, building the predictor a
+command asked for, printing a result, ending a rank of a multi-process run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from stamp.configuration import ConfigError
+from stamp.data.errors import DataError
+from stamp.images import ImageError
+from stamp.model.loading import StampModelError
+from stamp.refine import RefineError
+
+USER_ERRORS = (
+    ImageError,
+    StampModelError,
+    DataError,
+    ConfigError,
+    RefineError,
+    FileExistsError,
+    FileNotFoundError,
+    ValueError,
+    ImportError,  # a missing optional dependency (e.g. deepspeed for a ZeRO accelerate config)
+)
+"""Exceptions that are the user's to fix: printed as `stamp: error: ...`, exit 2."""
+
+
+def build_predictor(args):
+    """The model and predictor of the model/refine arguments (the SAM source checked first)."""
+    from stamp.inference import StampPredictor
+    from stamp.models import load_model, resolve_refine
+    from stamp.refine import check_refine_source
+
+    check_refine_source(args.refine)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
+    announce_bundled(model)
+    if args.cells is not None:
+        model.processor.set_cell_range(*args.cells)
+    return StampPredictor(
+        model,
+        threshold=args.threshold,
+        refine=resolve_refine(args.refine, model),
+        repetition_stop=not getattr(args, "no_repetition_stop", False),
+    )
+
+
+def announce_bundled(model) -> None:
+    """One line on stderr when `model` is the bundled one: what it is, and how to use real weights."""
+    from stamp.models import bundled_notice
+
+    notice = bundled_notice(model)
+    if notice:
+        print(notice, file=sys.stderr)
+
+
+def warn_unfinished(what: str, result) -> None:
+    """One line on stderr when `result`'s answer did not end by itself (token limit or a loop)."""
+    from stamp.io.records import finish_warning
+
+    warning = finish_warning(result.finish_reason, len(result.token_ids))
+    if warning:
+        print(f"stamp: warning: {what}: {warning}", file=sys.stderr)
+
+
+def print_result(title: str, result) -> None:
+    print(f"{title}\n  answer: {result.text}")
+    for k, m in enumerate(result.masks):
+        print(f"  mask {k}: area {m.area} px, bbox {m.bbox}, score {m.score:.3f}")
+    t = result.timings
+    print("  timings (ms): " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in t.items()))
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+
+
+def several_ranks() -> bool:
+    """Whether this process is one rank of a multi-process launch (accelerate/torchrun set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def exit_now(code: int = 0) -> None:
+    """End the process at once after flushing: no destructors, no gloo teardown. A rank of a
+    multi-process run ends so once its work is written: gloo's destructors at interpreter shutdown
+    can abort one rank and hang another after all work was done."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

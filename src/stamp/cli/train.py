@@ -1,0 +1,59 @@
+"""`stamp train RECIPE|CONFIG.yaml [key=value ...] [--resume]`: train per a typed YAML config."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from stamp.cli.args import add_command
+from stamp.cli.common import exit_now, several_ranks
+
+EXAMPLES = """examples:
+  stamp train tiny-synth                         # a shipped recipe by name, from any folder
+  stamp train configs/tiny-synth.yaml optim.lr=5e-4 run.steps=200
+  stamp train tiny-synth --resume                # continue from the newest checkpoint
+  accelerate launch --multi_gpu --num_processes 2 -m stamp train tiny-synth   # 2 ranks"""
+
+
+def add_parser(sub):
+    p = add_command(
+        sub, "train", "train per a YAML config or shipped recipe, with key=value overrides", EXAMPLES
+    )
+    p.add_argument(
+        "config", help="a shipped recipe's name (tiny-synth, stamp-2b-finetune, ...) or a YAML file"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="overrides like optim.lr=3e-4 run.steps=100 (list items: data.sources.0.path=..., "
+        "'data.sources.*.path=...')",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    return p
+
+
+def run(args) -> int:
+    from stamp.configuration import load_config
+    from stamp.recipes import find_recipe
+    from stamp.train.checkpoint import latest_checkpoint
+    from stamp.train.config import TrainConfig
+    from stamp.train.trainer import train
+
+    cfg = load_config(TrainConfig, find_recipe(args.config), args.overrides)
+    try:
+        last = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        done = latest_checkpoint(Path(cfg.run.out_dir))
+        resume = "stamp train " + shlex.join([args.config, *args.overrides, "--resume"])
+        if done is None:
+            print("stamp: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
+        else:
+            print(f"stamp: interrupted; last checkpoint: {done}; resume with: {resume}", file=sys.stderr)
+        return 130
+    if last is not None:
+        print(f"last checkpoint: {last} (model: {last / 'model'})")
+    if several_ranks():  # one rank of several: skip the teardown (see stamp.train.trainer.train)
+        exit_now()
+    return 0
