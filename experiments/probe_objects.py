@@ -24,6 +24,21 @@ import json
 import sys
 
 import numpy as np
+import torch
+
+
+def image_token_states(predictor, prompt: str = "Describe the image.") -> torch.Tensor:
+    """The language model's last hidden states at the predictor's current image tokens, (cells, hidden)
+    in raster order, from the prompt pass of `prompt` (they do not depend on the prompt's text, which
+    comes after the image). What the probes read."""
+    from stamp.inference.generation import prefill
+
+    if predictor.image_features is None:
+        raise ValueError("no image: call set_image() first")
+    predictor.check_prompt(prompt)
+    request = predictor._request(predictor._image, predictor.image_features, prompt, None, None)
+    pre = prefill(predictor.model, [request], predictor.pad_id)
+    return pre.hidden[0][pre.image_tokens[0]]
 
 
 def object_cells(instance_map: np.ndarray, index: int, grid: tuple[int, int]) -> list[int]:
@@ -103,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         sample = ds[i]
         pred.set_image(sample.load_image())
         feats, grid = pred.image_features, pred.grid_hw
-        image_hidden = pred.image_token_states("Describe the image.").float().numpy()
+        image_hidden = image_token_states(pred, "Describe the image.").float().numpy()
         vision = feats.float().numpy()
         imap = sample.meta["instance_map"]
         for obj in sample.meta["scene"]["objects"]:

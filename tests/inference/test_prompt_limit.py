@@ -43,8 +43,6 @@ def test_long_prompt_is_refused_before_any_model_work(tiny_model, model_calls):
     model_calls["vision"] = 0
     with pytest.raises(PromptTooLongError):
         pred.chat(words)
-    with pytest.raises(PromptTooLongError):
-        pred.image_token_states(words)
     assert model_calls == {"vision": 0, "language": 0}
 
 

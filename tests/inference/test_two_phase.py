@@ -114,26 +114,3 @@ def test_second_query_reports_no_vision_time(tiny_model):
     second = pred.chat("Two?", max_new_tokens=2)
     assert first.timings["vision"] > 0 and second.timings["vision"] == 0.0
     assert pred.vision_calls == 1
-
-
-def test_image_token_states_ignore_the_prompt_and_left_padding(tiny_model):
-    """The prompt pass at the image tokens: (cells, hidden), the same for any question (it comes after
-    the image) and the same inside a left-padded batch; the vision tower does not run again."""
-    from stamp.inference.generation import prefill
-
-    pred = StampPredictor(tiny_model)
-    pred.set_image(random_image(150, 220, 3))
-    gh, gw = pred.grid_hw
-    short = pred.image_token_states("Hi.")
-    long = pred.image_token_states("A much longer question about the colour of the second object?")
-    assert short.shape == (gh * gw, tiny_model.config.get_text_config().hidden_size)
-    assert pred.image_features.shape[0] == gh * gw and pred.vision_calls == 1
-    torch.testing.assert_close(short, long, atol=1e-5, rtol=0)
-    reqs = [
-        pred._request(pred._image, pred.image_features, p, None, None) for p in ("Hi.", "Segment it. " * 5)
-    ]
-    batch = prefill(tiny_model, reqs, pred.pad_id)
-    assert batch.attention_mask[0].sum() < batch.attention_mask.shape[1]  # row 0 is left-padded
-    torch.testing.assert_close(batch.hidden[0][batch.image_tokens[0]], short, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="no image"):
-        StampPredictor(tiny_model).image_token_states()

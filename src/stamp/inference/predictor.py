@@ -25,7 +25,6 @@ from stamp.inference.generation import (
     GenerationConfig,
     GenerationRequest,
     generate,
-    prefill,
 )
 from stamp.model.config import check_probability
 from stamp.model.tokens import PAD
@@ -246,17 +245,6 @@ class StampPredictor:
         """The vision tower's output for the current image, (cells, hidden) in raster order: what the
         language model receives at the image tokens."""
         return self._features
-
-    def image_token_states(self, prompt: str = "Describe the image.") -> torch.Tensor:
-        """The language model's last hidden states at the current image's tokens, (cells, hidden) in
-        raster order, from the prompt pass of `prompt` (they do not depend on the prompt's text, which
-        comes after the image). For probing what the model knows about each cell."""
-        if self._image is None:
-            raise ValueError("no image: call set_image() first")
-        self.check_prompt(prompt)
-        request = self._request(self._image, self._features, prompt, None, None)
-        pre = prefill(self.model, [request], self.pad_id)
-        return pre.hidden[0][pre.image_tokens[0]]
 
     # ------------------------------------------------------------------ chat
     def prompt_tokens(
