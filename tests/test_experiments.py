@@ -3,8 +3,12 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+import torch
+from helpers import random_image
 from tests_train_overrides import TINY_MODEL
 
+from stamp.inference import StampPredictor
 from stamp.tiny import build_tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ablations.py"
@@ -170,3 +174,118 @@ def test_object_probe_and_shape_signal_run_on_a_tiny_model(tmp_path, capsys):
     assert signal.main([*anchored, "--out", str(tmp_path / "a")]) == 0
     assert "for 3 steps (6 images)" in capsys.readouterr().out  # --steps, not the clock, decides
     assert (tmp_path / "a" / "model" / "model.safetensors").is_file()
+
+
+TINY_RUN = TINY_MODEL + ["data.val_samples=3", "run.eval_every=0", "run.log_every=1"]
+
+
+def test_cell_kind_labels_mark_the_cells_an_object_covers():
+    import numpy as np
+
+    from stamp.data.scenes import KINDS
+
+    mod = _load("shape_aux")
+    imap = np.zeros((56, 84), dtype=np.uint8)  # 2 x 3 cells of 28 px
+    imap[:28, :28] = 1  # object 0 fills cell (0, 0)
+    imap[28:, 28:48] = 2  # object 1 covers 20/28 of cell (1, 1)
+    imap[30:33, 60:63] = 2  # and a sliver of cell (1, 2)
+    scene = {"objects": [{"index": 0, "kind": KINDS[3]}, {"index": 1, "kind": KINDS[5]}]}
+    labels = mod.cell_kind_labels({"instance_map": imap, "scene": scene}, (2, 3))
+    assert labels.tolist() == [3, -100, -100, -100, 5, -100]
+    assert mod.cell_kind_labels({}, (2, 3)).tolist() == [-100] * 6  # data without a scene: all ignored
+
+
+def test_shape_aux_trains_a_head_kept_out_of_the_model_and_resumes_exactly(tmp_path, capsys):
+    import numpy as np
+    import pytest
+    from safetensors.torch import load_file
+
+    from stamp.train.checkpoint import latest_checkpoint
+
+    mod = _load("shape_aux")  # registers the objective
+
+    def run(out, *extra):  # the script's command: python experiments/shape_aux.py train CONFIG ...
+        config = str(SCRIPT.parents[1] / "configs" / "tiny-synth.yaml")
+        argv = ["train", config, "--no-progress", *TINY_RUN, *common, f"run.out_dir={out}", *extra]
+        assert mod.main(argv) == 0
+        return latest_checkpoint(out)
+
+    def weights(ckpt):
+        return load_file(str(ckpt / "model" / "model.safetensors"))
+
+    common = ["run.steps=4", "run.save_every=2", "run.keep_checkpoints=5", "loss.auxiliary={shape_aux: 0.5}"]
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    last = run(full_dir)
+    csv_text = (full_dir / "metrics.csv").read_text()
+    shape_losses = [float(line.split(",")[-1]) for line in csv_text.splitlines() if ",shape_loss," in line]
+    # (0 for a batch in which no cell is at least half covered by one object: small tiny-config images)
+    assert len(shape_losses) == 4 and all(v >= 0 for v in shape_losses) and max(shape_losses) > 1.0
+    head = load_file(str(last / "auxiliary.safetensors"))
+    assert set(head) == {"shape_aux.head.weight", "shape_aux.head.bias"}
+    assert head["shape_aux.head.weight"].shape[0] == 9  # SynthRef's nine kinds
+    assert not any("shape" in k or "auxiliary" in k for k in weights(last))  # the exported model has no head
+    # stopped half-way and resumed: the same weights, head included, as the uninterrupted run
+    run(cut_dir, "run.stop_at_step=2")
+    resumed = run(cut_dir, "--resume")
+    a, b = weights(last), weights(resumed)
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
+    head_b = load_file(str(resumed / "auxiliary.safetensors"))
+    for k in head:
+        np.testing.assert_allclose(head[k].numpy(), head_b[k].numpy(), atol=1e-6, err_msg=k)
+    capsys.readouterr()
+    assert mod.main(["segment", "x.png"]) == 2 and "usage: python experiments/shape_aux.py train" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        mod.main(["train", "--help"])  # stamp train's own help
+    assert "overrides" in capsys.readouterr().out
+
+
+def test_the_shape_recipe_names_its_script_and_stamp_train_refuses_it_alone(monkeypatch, capsys):
+    import shlex
+
+    from stamp.cli import build_parser, main
+    from stamp.configuration import load_config
+    from stamp.train import objectives
+    from stamp.train.config import TrainConfig
+
+    root = SCRIPT.parents[1]
+    recipe = root / "configs" / "tiny-synth" / "13-gpu-shape-anchor.yaml"
+    monkeypatch.chdir(root)
+    command = shlex.split(recipe.read_text().splitlines()[1].lstrip("#"))
+    assert command[:3] == ["python", "experiments/shape_aux.py", "train"]
+    args = build_parser().parse_args(command[2:])  # the script passes its arguments to `stamp train`
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    assert cfg.loss.auxiliary == {"shape_aux": 0.3}
+    assert " ".join(command) in (root / "configs" / "tiny-synth" / "README.md").read_text()
+    monkeypatch.setattr(objectives, "_REGISTRY", {})  # a process that never imported the script
+    assert main(["train", str(recipe), "run.out_dir=never_written"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "experiments/shape_aux.py" in err and "'shape_aux'" in err
+    assert not (root / "never_written").exists()
+
+
+def test_probe_image_token_states_ignore_the_prompt_and_left_padding(tiny_model):
+    """The prompt pass at the image tokens (experiments/probe_objects.py): (cells, hidden), the same for
+    any question (it comes after the image) and the same inside a left-padded batch; the vision tower
+    does not run again."""
+    states = _load("probe_objects").image_token_states
+    from stamp.inference.generation import prefill
+
+    pred = StampPredictor(tiny_model)
+    pred.set_image(random_image(150, 220, 3))
+    gh, gw = pred.grid_hw
+    short = states(pred, "Hi.")
+    long = states(pred, "A much longer question about the colour of the second object?")
+    assert short.shape == (gh * gw, tiny_model.config.get_text_config().hidden_size)
+    assert pred.image_features.shape[0] == gh * gw and pred.vision_calls == 1
+    torch.testing.assert_close(short, long, atol=1e-5, rtol=0)
+    reqs = [
+        pred._request(pred._image, pred.image_features, p, None, None) for p in ("Hi.", "Segment it. " * 5)
+    ]
+    batch = prefill(tiny_model, reqs, pred.pad_id)
+    assert batch.attention_mask[0].sum() < batch.attention_mask.shape[1]  # row 0 is left-padded
+    torch.testing.assert_close(batch.hidden[0][batch.image_tokens[0]], short, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="no image"):
+        states(StampPredictor(tiny_model))

@@ -1,5 +1,6 @@
 """Training end to end on a tiny config: loss goes down, checkpoints resume exactly, 2 ranks agree."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,11 +14,13 @@ import torch
 from helpers import run_two_cpu_ranks
 from safetensors.torch import load_file
 
-from stamp.configuration import load_config
+from stamp.configuration import ConfigError, load_config
 from stamp.processing import load_pretrained
 from stamp.tiny import build_tiny_model
+from stamp.train import objectives
 from stamp.train.checkpoint import latest_checkpoint
 from stamp.train.config import TrainConfig
+from stamp.train.objectives import AUXILIARY_FILE, AuxiliaryObjective
 from stamp.train.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -380,38 +383,71 @@ def test_pretrained_keeps_its_image_range_unless_the_config_sets_one(tiny_overri
         _cfg(overrides, "model.min_cells=9", "model.max_cells=4")
 
 
-def test_cell_kind_labels_mark_the_cells_an_object_covers():
-    from stamp.data.scenes import KINDS
-    from stamp.train.data import cell_kind_labels
+class _Toy(AuxiliaryObjective):
+    """A scalar fit to the batch size, with a field from the samples and a count of the head's calls."""
 
-    imap = np.zeros((56, 84), dtype=np.uint8)  # 2 x 3 cells of 28 px
-    imap[:28, :28] = 1  # object 0 fills cell (0, 0)
-    imap[28:, 28:48] = 2  # object 1 covers 20/28 of cell (1, 1)
-    imap[30:33, 60:63] = 2  # and a sliver of cell (1, 2)
-    scene = {"objects": [{"index": 0, "kind": KINDS[3]}, {"index": 1, "kind": KINDS[5]}]}
-    labels = cell_kind_labels({"instance_map": imap, "scene": scene}, (2, 3))
-    assert labels.tolist() == [3, -100, -100, -100, 5, -100]
-    assert cell_kind_labels({}, (2, 3)).tolist() == [-100] * 6  # data without a scene: all ignored
+    def __init__(self, model):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.zeros(()))
+
+    def batch_fields(self, samples, examples):
+        return {
+            "n": torch.tensor(float(len(samples))),
+            "images": torch.tensor(sum("image" in e for e in examples)),
+        }
+
+    @contextlib.contextmanager
+    def observe(self, model):
+        calls = []
+        hook = model.classifier.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            yield calls
+        finally:
+            hook.remove()
+
+    def loss(self, out, observed, n, images):
+        term = (self.scale - n).pow(2)
+        return term, {"toy_loss": term, "toy_calls": torch.tensor(float(len(observed))), "toy_images": images}
 
 
-def test_shape_aux_trains_a_head_kept_out_of_the_model_and_resumes_exactly(tiny_overrides, tmp_path):
-    common = ["run.steps=4", "run.save_every=2", "run.keep_checkpoints=5", "loss.shape_aux=0.5"]
+def test_an_auxiliary_objective_trains_with_the_model_and_resumes_exactly(
+    tiny_overrides, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(objectives._REGISTRY, "toy", _Toy)
+    common = ["run.steps=4", "run.save_every=2", "run.keep_checkpoints=5", "loss.auxiliary={toy: 0.5}"]
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     last = train(_cfg(tiny_overrides, *common, f"run.out_dir={full_dir}"), progress=False)
-    csv_text = (full_dir / "metrics.csv").read_text()
-    shape_losses = [float(line.split(",")[-1]) for line in csv_text.splitlines() if ",shape_loss," in line]
-    # (0 for a batch in which no cell is at least half covered by one object: small tiny-config images)
-    assert len(shape_losses) == 4 and all(v >= 0 for v in shape_losses) and max(shape_losses) > 1.0
-    head = load_file(str(last / "aux_heads.safetensors"))
-    assert set(head) == {"weight", "bias"} and head["weight"].shape[0] == 9  # SynthRef's nine kinds
-    assert not any("shape_head" in k for k in _weights(last))  # the exported model has no head
-    # stopped half-way and resumed: the same weights, head included, as the uninterrupted run
-    train(_cfg(tiny_overrides, *common, "run.stop_at_step=2", f"run.out_dir={cut_dir}"), progress=False)
-    resumed = train(_cfg(tiny_overrides, *common, f"run.out_dir={cut_dir}"), resume=True, progress=False)
+    rows = [line.split(",") for line in (full_dir / "metrics.csv").read_text().splitlines()]
+    logged = {
+        name: [float(r[-1]) for r in rows if r[2] == name] for name in ("toy_loss", "toy_calls", "loss")
+    }
+    assert len(logged["toy_loss"]) == 4 and logged["toy_loss"][0] == 4.0  # (0 - 2 samples)^2
+    assert all(c >= 1 for c in logged["toy_calls"])  # the forward ran inside `observe`
+    aux = load_file(str(last / AUXILIARY_FILE))
+    assert set(aux) == {"toy.scale"} and 0.0 < float(aux["toy.scale"]) < 2.0  # trained, towards 2
+    assert "scale" not in " ".join(_weights(last))  # the exported model holds none of it
+    # stopped half-way and resumed (batches built by a data worker): the same weights and parameter
+    cut = [*common, f"run.out_dir={cut_dir}", "data.num_workers=1"]
+    train(_cfg(tiny_overrides, *cut, "run.stop_at_step=2"), progress=False)
+    resumed = train(_cfg(tiny_overrides, *cut), resume=True, progress=False)
     a, b = _weights(last), _weights(resumed)
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
-    head_b = load_file(str(resumed / "aux_heads.safetensors"))
-    np.testing.assert_allclose(head["weight"].numpy(), head_b["weight"].numpy(), atol=1e-6)
-    with pytest.raises(ValueError, match="shape_aux"):
-        _cfg(tiny_overrides, "loss.shape_aux=-1")
+    assert float(load_file(str(resumed / AUXILIARY_FILE))["toy.scale"]) == pytest.approx(
+        float(aux["toy.scale"])
+    )
+    # weight 0 turns it off: no parameters, no file
+    off = train(
+        _cfg(tiny_overrides, "run.steps=1", "loss.auxiliary={toy: 0}", f"run.out_dir={tmp_path / 'off'}")
+    )
+    assert not (off / AUXILIARY_FILE).exists()
+
+
+def test_an_unregistered_or_bad_auxiliary_objective_is_refused(tiny_overrides):
+    with pytest.raises(ConfigError, match=r"'nothing_here'.*python experiments/nothing_here\.py train"):
+        Trainer(_cfg(tiny_overrides, "loss.auxiliary={nothing_here: 0.3}"), progress=False)
+    Trainer(_cfg(tiny_overrides, "loss.auxiliary={nothing_here: 0}"), progress=False)  # off: not needed
+    with pytest.raises(ConfigError, match=r"loss.auxiliary.toy must be >= 0"):
+        _cfg(tiny_overrides, "loss.auxiliary={toy: -1}")
+    with pytest.raises(ConfigError, match="identifier"):
+        _cfg(tiny_overrides, "loss.auxiliary={'no-name': 1}")

@@ -46,7 +46,9 @@ def run(args) -> int:
         last = train(cfg, resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
         done = latest_checkpoint(Path(cfg.run.out_dir))
-        resume = "stamp train " + shlex.join([args.config, *args.overrides, "--resume"])
+        script = Path(sys.argv[0])  # `stamp`, `python -m stamp`, or a script that calls this command
+        prog = "stamp" if script.name in ("stamp", "__main__.py") else f"python {shlex.quote(str(script))}"
+        resume = f"{prog} train " + shlex.join([args.config, *args.overrides, "--resume"])
         if done is None:
             print("stamp: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
         else:

@@ -98,11 +98,13 @@ def save_checkpoint(
     trainer_state: dict,
     keep: int,
     partitions: Path | None = None,
+    extra_files: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically; `save_model(path)` writes the model folder. Prunes old ones.
     `optimizer=None` writes no optimizer state (sharded runs keep it partitioned across ranks);
     `partitions`: a folder of per-rank optimizer partitions (`save_partition`), moved in as
-    `optimizer_ranks/` before the checkpoint becomes visible."""
+    `optimizer_ranks/` before the checkpoint becomes visible; `extra_files`: file name -> tensors,
+    more safetensors files of the checkpoint (outside its model folder)."""
     root = checkpoint_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
@@ -116,6 +118,8 @@ def save_checkpoint(
         if optimizer is not None:
             tensors, meta = _optimizer_to_flat(optimizer.state_dict())
             save_file(tensors, str(tmp / "optimizer.safetensors"))
+        for name, tensors in (extra_files or {}).items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
         rng_tensors, rng_meta = rng_state()
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         state = {

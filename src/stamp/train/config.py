@@ -152,15 +152,18 @@ class LossConfig:
     dice: float = 1.0
     target_threshold: float | None = 0.5
     """Cells with a foreground area fraction >= this are positive targets (None: soft targets)."""
-    shape_aux: float = 0.0
-    """Weight of an auxiliary loss (0: off): a linear head on the vision features classifies every cell
-    that an object covers (area >= half) by the object's kind, for data that knows it (SynthRef; other
-    cells are ignored). The head lives in the training module and in checkpoints (`aux_heads.safetensors`),
-    never in the exported model. What it is for: experiments/probe_objects.py, docs/MODEL_CARD.md."""
+    auxiliary: dict[str, float] = field(default_factory=dict)
+    """Auxiliary objectives and their weights (0: off), as {NAME: weight}: extra loss terms that
+    experiments register by name (`stamp.train.objectives`); an objective NAME is trained with
+    `python experiments/NAME.py train CONFIG ...`, which registers it. Their parameters are saved in
+    checkpoints, never in the exported model."""
 
     def __post_init__(self) -> None:
-        if self.shape_aux < 0:
-            raise ValueError(f"loss.shape_aux must be >= 0, got {self.shape_aux}")
+        for name, weight in self.auxiliary.items():
+            if not name.isidentifier():
+                raise ValueError(f"loss.auxiliary: an objective's name is an identifier, got {name!r}")
+            if weight < 0:
+                raise ValueError(f"loss.auxiliary.{name} must be >= 0, got {weight}")
 
 
 @dataclass

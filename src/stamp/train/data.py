@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from stamp.data.mixture import MixtureDataset
@@ -60,6 +62,9 @@ class TrainStream:
     bf16 again, and bf16 -> fp32 -> bf16 is exact.
     `planner` (a `stamp.model.batch_plan.BatchPlanner`): adds the training step's plan as
     `batch["plan"]`, so data-loader workers do that bookkeeping too.
+    `extra_fields(samples, examples) -> {key: tensor}`: more tensors for the batch, from its samples and
+    their encodings (before the next-token rewrite): the auxiliary objectives' fields
+    (`stamp.train.objectives.AuxiliaryFields`).
     """
 
     def __init__(
@@ -70,7 +75,7 @@ class TrainStream:
         next_token: tuple[int, list[int]] | None = None,
         pixel_dtype: torch.dtype | None = None,
         planner=None,
-        cell_kinds: bool = False,
+        extra_fields: Callable[[list, list[dict]], dict[str, torch.Tensor]] | None = None,
     ):
         sources = {f"{i}:{s.kind}": open_source(s, cfg) for i, s in enumerate(cfg.sources)}
         weights = {f"{i}:{s.kind}": s.weight for i, s in enumerate(cfg.sources)}
@@ -79,18 +84,12 @@ class TrainStream:
         self.next_token = next_token
         self.pixel_dtype = pixel_dtype
         self.planner = planner
-        self.cell_kinds = cell_kinds
+        self.extra_fields = extra_fields
 
     def batch(self, indices) -> dict:
         samples = [self.mixture[i] for i in indices]
         examples = [self.processor.encode_sample(s) for s in samples]
-        kinds = None
-        if self.cell_kinds:  # (before the next-token rewrite, which keeps the image)
-            kinds = [
-                cell_kind_labels(s.meta, e["image"].grid_hw)
-                for s, e in zip(samples, examples)
-                if e.get("image")
-            ]
+        extra = self.extra_fields(samples, examples) if self.extra_fields is not None else {}
         if self.next_token is not None:
             examples = [as_label_sequence(e, *self.next_token) for e in examples]
         batch = self.processor.collate(examples)
@@ -98,25 +97,8 @@ class TrainStream:
             batch["pixel_values"] = batch["pixel_values"].to(self.pixel_dtype)
         if self.planner is not None:
             batch["plan"] = self.planner(batch)
-        if kinds is not None:
-            batch["cell_kinds"] = torch.cat(kinds) if kinds else torch.zeros(0, dtype=torch.long)
+        batch.update(extra)
         return batch
-
-
-def cell_kind_labels(meta: dict, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """(gh*gw,) row-major: the index in SynthRef's KINDS of the object covering at least half of each
-    cell, or -100 (ignored) for background, mixed cells and samples without a scene."""
-    from stamp.data.scenes import KINDS
-    from stamp.model.losses import patch_targets
-
-    labels = torch.full(tuple(grid_hw), -100, dtype=torch.long)
-    imap, scene = meta.get("instance_map"), meta.get("scene")
-    if imap is None or not scene:
-        return labels.flatten()
-    for obj in scene["objects"]:
-        fraction, _ = patch_targets(imap == obj["index"] + 1, grid_hw)
-        labels[fraction >= 0.5] = KINDS.index(obj["kind"])
-    return labels.flatten()
 
 
 class MicroBatches(torch.utils.data.Dataset):

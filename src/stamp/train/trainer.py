@@ -22,7 +22,6 @@ from torch import nn
 from tqdm import tqdm
 
 from stamp.configuration import ConfigError
-from stamp.io import atomic_write_bytes
 from stamp.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -33,65 +32,49 @@ from stamp.train.checkpoint import (
 )
 from stamp.train.config import TrainConfig
 from stamp.train.logging import MetricsLog
+from stamp.train.objectives import (
+    AUXILIARY_FILE,
+    AuxiliaryFields,
+    AuxiliaryObjective,
+    build_objectives,
+    check_registered,
+    take_fields,
+)
 
 
 class StampTrainingModule(nn.Module):
-    """Wraps a StampModel so DDP/FSDP see the STAMP training step as `forward`.
+    """Wraps a StampModel so DDP/FSDP see the STAMP training step as `forward`, together with the
+    auxiliary objectives the config turns on (`stamp.train.objectives`) and their weights.
 
-    With `shape_aux` > 0 it also holds the auxiliary shape head (`loss.shape_aux`): a Linear on the
-    vision tower's merged cell features, trained against the batch's `cell_kinds` (-100: ignored).
-    `forward` returns (total loss, the model's StampOutput, extra statistics)."""
+    `forward(**batch)` takes a collated batch (the objectives' fields under `NAME.FIELD` keys) and
+    returns (total loss, the model's StampOutput, the objectives' statistics)."""
 
-    def __init__(self, model, loss_weights: dict[str, float], shape_aux: float = 0.0):
+    def __init__(
+        self,
+        model,
+        loss_weights: dict[str, float],
+        objectives: dict[str, AuxiliaryObjective] | None = None,
+        objective_weights: dict[str, float] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.loss_weights = loss_weights
-        self.shape_aux = shape_aux
-        self.shape_head = None
-        if shape_aux > 0:
-            from stamp.data.scenes import KINDS
-
-            self.shape_head = nn.Linear(model.config.get_text_config().hidden_size, len(KINDS))
-            self.shape_head.to(model.device)
+        self.auxiliary = nn.ModuleDict(objectives or {})
+        self.auxiliary_weights = {name: (objective_weights or {})[name] for name in self.auxiliary}
 
     def forward(self, **batch):
-        kinds = batch.pop("cell_kinds", None)
-        if self.shape_head is None or kinds is None:
+        fields = take_fields(batch, list(self.auxiliary))
+        with contextlib.ExitStack() as stack:
+            observed = {
+                name: stack.enter_context(o.observe(self.model)) for name, o in self.auxiliary.items()
+            }
             out = self.model.stamp_forward(**batch, **self.loss_weights)
-            return out.loss, out, {}
-        seen: list[torch.Tensor] = []  # the merged cell features of every image, in batch order
-
-        def keep(_module, _inputs, output):
-            seen.append(output.pooler_output)
-
-        hook = _vision_tower(self.model).register_forward_hook(keep)
-        try:
-            out = self.model.stamp_forward(**batch, **self.loss_weights)
-        finally:
-            hook.remove()
-        feats = (
-            torch.cat(seen) if seen else kinds.new_zeros((0, self.shape_head.in_features), dtype=torch.float)
-        )
-        if feats.shape[0] != kinds.shape[0]:
-            raise RuntimeError(f"shape_aux: {kinds.shape[0]} cell labels for {feats.shape[0]} cells")
-        logits = self.shape_head(feats.to(self.shape_head.weight.dtype))
-        if bool((kinds >= 0).any()):
-            shape_loss = nn.functional.cross_entropy(logits.float(), kinds, ignore_index=-100)
-        else:  # keeps the head in the graph (DDP) with a zero loss
-            shape_loss = logits.sum() * 0.0
-        return out.loss + self.shape_aux * shape_loss, out, {"shape_loss": shape_loss}
-
-
-def _vision_tower(model) -> nn.Module:
-    """The Qwen2-VL vision tower inside `model` (also under a peft wrapper)."""
-    for name, module in model.named_modules():
-        if name.endswith("visual"):
-            return module
-    raise ValueError("loss.shape_aux needs a model with a vision tower (`visual`)")
-
-
-AUX_HEADS = "aux_heads.safetensors"
-"""A checkpoint's auxiliary heads (loss.shape_aux), kept out of its exported model."""
+        loss, stats = out.loss, {}
+        for name, objective in self.auxiliary.items():
+            term, extra = objective.loss(out, observed[name], **fields[name])
+            loss = loss + self.auxiliary_weights[name] * term
+            stats.update(extra)
+        return loss, out, stats
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -120,6 +103,7 @@ class Trainer:
 
         self.cfg = cfg
         self.out_dir = Path(cfg.run.out_dir)
+        check_registered(cfg.loss.auxiliary)
         if cfg.run.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("run.device is 'cuda' but no CUDA device is available (use run.device=auto)")
         cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
@@ -151,6 +135,7 @@ class Trainer:
         next_token = None
         if settings is not None and settings.mask_decoder == "next_token":
             next_token = (settings.seg_token_id, settings.label_token_ids)
+        objectives = build_objectives(cfg.loss.auxiliary, self.model)
         self.stream = TrainStream(
             cfg.data,
             self.processor,
@@ -158,14 +143,14 @@ class Trainer:
             next_token=next_token,
             pixel_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None,  # (exact: see TrainStream)
             planner=self.model.batch_planner(),
-            cell_kinds=cfg.loss.shape_aux > 0,
+            extra_fields=AuxiliaryFields(objectives) if objectives else None,
         )
         self._data_wait = 0.0  # seconds spent waiting for batches since the last log line
         weights = {"text_weight": cfg.loss.text, "bce_weight": cfg.loss.bce, "dice_weight": cfg.loss.dice}
-        training_module = StampTrainingModule(self.model, weights, cfg.loss.shape_aux)
+        training_module = StampTrainingModule(self.model, weights, objectives, cfg.loss.auxiliary)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if training_module.shape_head is not None:  # last, so the model's optimizer state keeps its order
-            params += list(training_module.shape_head.parameters())
+        # the objectives' parameters last, so the model's optimizer state keeps its order
+        params += [p for p in training_module.auxiliary.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
         )
@@ -192,7 +177,7 @@ class Trainer:
             )
         self.step, self.progress = 0, progress and self.accel.is_main_process
         if self.resume_from is not None:
-            self._load_aux_heads(self.resume_from)
+            self._load_auxiliary(self.resume_from)
             # (a sharded run takes no whole-optimizer state: a checkpoint of a DDP run restarts its moments)
             state = load_checkpoint(
                 self.resume_from, None if self.sharded else self.optimizer, self.scheduler
@@ -297,7 +282,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         self.accel.wait_for_everyone()
-        path, weights, partitions = None, None, None
+        path, weights, partitions, auxiliary = None, None, None, None
         if self.deepspeed:  # each rank stages its optimizer partition; the checkpoint takes them in
             partitions = partition_staging_dir(self.out_dir, self.step)
             if self.accel.is_main_process and partitions.exists():  # (left by a killed run)
@@ -307,9 +292,15 @@ class Trainer:
             self.accel.wait_for_everyone()
         if self.accel.distributed_type.name == "FSDP":  # gather the full weights (every rank takes part)
             full = self.accel.get_state_dict(self.module)
-            weights = {k.removeprefix("model."): v for k, v in full.items()}
+            weights = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+            auxiliary = {
+                k.removeprefix("auxiliary."): v for k, v in full.items() if k.startswith("auxiliary.")
+            }
         if self.accel.is_main_process:
-            unwrapped = self.accel.unwrap_model(self.module).model
+            module = self.accel.unwrap_model(self.module)
+            unwrapped = module.model
+            if auxiliary is None:
+                auxiliary = module.auxiliary.state_dict()
             state = {
                 "samples_seen": self.step * self.global_batch,
                 "world_size": self.accel.num_processes,
@@ -324,9 +315,8 @@ class Trainer:
                 state,
                 self.cfg.run.keep_checkpoints,
                 partitions,
+                extra_files={AUXILIARY_FILE: auxiliary} if auxiliary else None,
             )
-            if path is not None:
-                self._save_aux_heads(path)
         self.accel.wait_for_everyone()
         return path
 
@@ -393,24 +383,25 @@ class Trainer:
             self.log.close()
         return last_saved
 
-    def _save_aux_heads(self, checkpoint: Path) -> None:
-        head = self.accel.unwrap_model(self.module).shape_head
-        if head is not None:
-            from safetensors.torch import save
-
-            tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-            atomic_write_bytes(checkpoint / AUX_HEADS, save(tensors))
-
-    def _load_aux_heads(self, checkpoint: Path) -> None:
-        head = self.accel.unwrap_model(self.module).shape_head
-        if head is None:
+    def _load_auxiliary(self, checkpoint: Path) -> None:
+        """Restore the auxiliary objectives' parameters from `checkpoint` (each objective it lacks
+        restarts from its fresh parameters, and says so)."""
+        objectives = self.accel.unwrap_model(self.module).auxiliary
+        if len(objectives) == 0:
             return
-        if (checkpoint / AUX_HEADS).is_file():
+        saved = {}
+        if (checkpoint / AUXILIARY_FILE).is_file():
             from safetensors.torch import load_file
 
-            head.load_state_dict(load_file(str(checkpoint / AUX_HEADS), device=str(self.accel.device)))
-        elif self.accel.is_main_process:
-            print(f"stamp train: {checkpoint.name} holds no {AUX_HEADS}; the shape head restarts")
+            saved = load_file(str(checkpoint / AUXILIARY_FILE), device=str(self.accel.device))
+        for name, objective in objectives.items():
+            mine = {k.removeprefix(f"{name}."): v for k, v in saved.items() if k.startswith(f"{name}.")}
+            if mine:
+                objective.load_state_dict(mine)
+            elif self.accel.is_main_process and len(objective.state_dict()) > 0:
+                print(
+                    f"stamp train: {checkpoint.name} holds no parameters of objective '{name}'; they restart"
+                )
 
     def check_replicas_in_sync(self) -> str:
         """All ranks must hold identical weights after data-parallel training; raises if not."""
