@@ -6,7 +6,7 @@ Models:
 - `--preset tiny`: `build_tiny_model()` (hidden 64, 2 layers: the test model);
 - `--preset qwen2-vl-2b | qwen2-vl-7b | qwen2.5-vl-3b | qwen2.5-vl-7b`: a RANDOM model with the published
   dimensions, built in the run's dtype on its device (`stamp.bench.presets`);
-- `--preset synth`: a RANDOM model with the sizes in configs/tiny-synth.yaml (the bundled model's through stage 7)
+- `--preset synth`: a RANDOM model with the sizes in configs/tiny-synth.yaml (the bundled model's first network: 4 decoder layers)
   through the training config (`TrainConfig` + `stamp.train.build.build_model`), so the two never
   drift apart; `--preset PATH.yaml`: the same for any training config.
 For a fixed N and history, random weights cost exactly what trained weights cost.
