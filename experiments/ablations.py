@@ -11,7 +11,8 @@ Each run trains `configs/experiments/ablation-base.yaml` plus its overrides into
 (`--resume` semantics: an interrupted run continues from its last checkpoint) and then evaluates the
 final model; a run whose results JSON exists is skipped. Results: <out>/<name>.json.
 The `next_token` run is the Text4Seg-style baseline: the same backbone and data, trained to spell each
-mask as N label tokens after `<|seg|>` (`model.mask_decoder=next_token`) and decoded autoregressively.
+mask as N label tokens after `<|seg|>` (`model.mask_decoder=next_token`) and decoded autoregressively;
+its decoder is defined in `experiments/next_token.py`, which this script imports (registering it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import next_token  # noqa: E402,F401 - registers the `next_token` run's mask decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "experiments" / "ablation-base.yaml"

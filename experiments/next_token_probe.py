@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from next_token import NAME, as_label_sequence, model_labels  # noqa: E402 - also registers the decoder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,15 +31,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from stamp.data.synthref import SynthRef
     from stamp.processing import load_pretrained
-    from stamp.train.data import as_label_sequence
 
     torch.set_num_threads(1)
     model = load_pretrained(args.model).eval()
     st = model.stamp
-    if st.mask_decoder != "next_token":
+    if st.mask_decoder != NAME:
         print(f"{args.model} is not a next-token model (mask_decoder={st.mask_decoder})", file=sys.stderr)
         return 2
-    bg, fg = st.label_token_ids
+    bg, fg = model_labels(st)
     ds = SynthRef("val", seed=0, task_weights={"refer": 1.0}, image_size_range=(224, 256))
     scores: dict[int, list[float]] = {fg: [], bg: []}
     for i in range(args.n):

@@ -1,5 +1,8 @@
 """Shared test helpers (plain functions, imported by the tests)."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -56,3 +59,26 @@ def run_two_cpu_ranks(stamp_args: list[str], port: int, timeout: int = 600, acce
         "stamp",
     ]
     return subprocess.run(launch + stamp_args, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def load_experiment(script: str):
+    """An experiments/ script as a module (they are scripts, not part of the package); importing it runs
+    its registrations."""
+    spec = importlib.util.spec_from_file_location(script, EXPERIMENTS / f"{script}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def tiny_next_token_model(seed: int = 0):
+    """The tiny random model with the next-token baseline's decoder (experiments/next_token.py, which
+    this registers)."""
+    from stamp.model.tokens import build_byte_tokenizer
+    from stamp.tiny import build_tiny_model
+
+    nt = load_experiment("next_token")
+    labels = nt.label_token_ids(build_byte_tokenizer())
+    return build_tiny_model(seed=seed, mask_decoder=nt.NAME, label_token_ids=labels)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_image
+from helpers import random_image, tiny_next_token_model
 from tests_train_overrides import TINY_MODEL
 
 from stamp.inference import StampPredictor
@@ -110,7 +110,7 @@ def test_next_token_probe_runs_on_a_baseline_model(tmp_path, capsys):
     mod = _load("next_token_probe")
     build_tiny_model(seed=0).save_stamp(tmp_path / "stamp")
     assert mod.main(["--model", str(tmp_path / "stamp"), "--n", "1"]) == 2  # not a next-token model
-    build_tiny_model(seed=0, mask_decoder="next_token").save_stamp(tmp_path / "nt")
+    tiny_next_token_model(seed=0).save_stamp(tmp_path / "nt")
     assert mod.main(["--model", str(tmp_path / "nt"), "--n", "2"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["fg_cells"] + report["bg_cells"] > 0

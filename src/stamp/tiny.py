@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-from stamp.model.config import StampSettings
+from stamp.model.config import PLACEHOLDERS, StampSettings
 from stamp.model.tokens import (
     IM_END,
     IMAGE_PAD,
@@ -14,7 +14,6 @@ from stamp.model.tokens import (
     VISION_START,
     add_stamp_tokens,
     build_byte_tokenizer,
-    label_token_ids,
     token_id,
 )
 from stamp.processing import CELL, ProcessorSettings, StampProcessor
@@ -39,10 +38,12 @@ def build_model_from_scratch(
     position_mode: str = "grid",
     attention_mode: str = "hybrid",
     mask_embedding: str = "visual",
-    mask_decoder: str = "placeholders",
+    mask_decoder: str = PLACEHOLDERS,
+    label_token_ids: list[int] | None = None,
     processor_settings: ProcessorSettings | None = None,
 ):
-    """A randomly initialised STAMP model of the given sizes around `tokenizer`; `.processor` attached."""
+    """A randomly initialised STAMP model of the given sizes around `tokenizer`; `.processor` attached.
+    `mask_decoder` / `label_token_ids`: its `StampSettings` of those names."""
     from stamp.model.modeling import MODEL_CLASSES
 
     seg_id, mask_id = add_stamp_tokens(tokenizer)
@@ -91,9 +92,14 @@ def build_model_from_scratch(
         config = Qwen2_5_VLConfig(vision_config=vision, **common)
     else:
         raise ValueError(f"family must be one of {sorted(MODEL_CLASSES)}, got {family!r}")
-    labels = label_token_ids(tokenizer) if mask_decoder == "next_token" else None
     config.stamp = StampSettings(
-        seg_id, mask_id, position_mode, attention_mode, mask_embedding, mask_decoder, labels
+        seg_id,
+        mask_id,
+        position_mode=position_mode,
+        attention_mode=attention_mode,
+        mask_embedding=mask_embedding,
+        mask_decoder=mask_decoder,
+        label_token_ids=label_token_ids,
     ).to_dict()
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)

@@ -256,7 +256,11 @@ def test_resume_takes_data_settings_from_the_config(tiny_overrides, tmp_path):
 
 
 def test_next_token_baseline_trains_on_label_text(tiny_overrides, tmp_path):
-    """The Text4Seg-style baseline: masks become label tokens after `<|seg|>`, learned by the text loss."""
+    """The Text4Seg-style baseline of the experiments (experiments/next_token.py, a registered mask
+    decoder): masks become label tokens after `<|seg|>`, learned by the text loss."""
+    from helpers import load_experiment
+
+    load_experiment("next_token")  # registers the decoder
     cfg = _cfg(
         tiny_overrides,
         "run.steps=6",

@@ -8,8 +8,10 @@ their last hidden states go through the classifier. Afterwards the N placeholder
 from the cache, so the answer continues from the unforked history and the placeholders never enter the
 text stream. Rows of a batch that are not at a `<|seg|>` carry masked-out placeholder slots in that step.
 
-Models with `mask_decoder: next_token` (the Text4Seg-style baseline of the experiments) instead decode
-the mask after `<|seg|>` as N label tokens, one step each (`_label_decode`).
+How a step produces the masks is the model's mask decoder (`StampSettings.mask_decoder`), looked up by
+name among the registered `MaskDecoder`s: the package registers one, "placeholders" (STAMP's mask pass
+above); experiments register others with `register_mask_decoder` (e.g. a baseline under `experiments/`
+that spells each mask as label tokens, one decode step per cell).
 
 Each answer ends for one reason (`GenerationOutput.finish_reason`): "eos" (the model ended its turn),
 "length" (the token budget ran out) or "repetition" (a degenerate loop, `repeating_period`, stopped by
@@ -25,11 +27,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
 from stamp.model.attention import build_hybrid_attention_mask
+from stamp.model.config import PLACEHOLDERS
+from stamp.model.loading import StampModelError
 from stamp.model.positions import placeholder_position_ids
 
 FINISH_REASONS = ("eos", "length", "repetition")
@@ -244,11 +249,11 @@ def generate(
     bsz = len(requests)
     seg_id = model.stamp.seg_token_id
 
+    step_masks = find_mask_decoder(model.stamp.mask_decoder).step
     with timer("prefill"):
         pre = prefill(model, requests, pad_id)
-        hidden, cache, key_block = pre.hidden, pre.cache, pre.key_block
-        logits = model.lm_head(hidden[:, -1])
-        next_pos = pre.positions[:, :, -1].max(0).values + 1  # (B,)
+        logits = model.lm_head(pre.hidden[:, -1])
+        state = DecodeState(pre.cache, pre.key_block, pre.positions[:, :, -1].max(0).values + 1)
 
     merge = model.merge_size
     grids = [(int(r.grid_thw[1]) // merge, int(r.grid_thw[2]) // merge) for r in requests]
@@ -289,24 +294,7 @@ def generate(
             break
         stage = "mask" if seg_rows else "decode"
         with timer(stage):
-            live = torch.tensor([[-1 if done else 0] for done in finished], device=device)
-            if model.stamp.mask_decoder == "next_token":  # the baseline: labels decoded one by one
-                hidden, cache = _forward(
-                    model, cache, key_block, next_pos, step_tokens, finished, [], requests, grids
-                )
-                key_block, next_pos = torch.cat([key_block, live], dim=1), next_pos + 1
-                row_masks = {}
-                if seg_rows:
-                    hidden, cache, key_block, next_pos, scores = _label_decode(
-                        model, cache, key_block, hidden, seg_rows, grids, next_pos
-                    )
-                    row_masks = {b: scores[b].view(grids[b]) for b in seg_rows}
-                logits = model.lm_head(hidden[:, 0])
-            else:
-                logits, row_masks, cache = decode_step(
-                    model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids
-                )
-                key_block, next_pos = torch.cat([key_block, live], dim=1), next_pos + 1
+            logits, row_masks = step_masks(model, state, step_tokens, finished, seg_rows, requests, grids)
             for b in seg_rows:
                 masks[b].append(row_masks[b].float().cpu())
                 if on_event is not None:
@@ -345,6 +333,109 @@ def decode_step(model, cache, key_block, next_pos, step_tokens, finished, seg_ro
     if extra:
         cache.crop(-extra)
     return model.lm_head(hidden[:, 0]), row_masks, cache
+
+
+@dataclass
+class DecodeState:
+    """What the answer continues from, for a left-padded batch of B rows with K cached entries. A mask
+    decoder's step updates it in place."""
+
+    cache: DynamicCache
+    """The KV cache of the history (K entries per row)."""
+    key_block: torch.Tensor
+    """(B, K) block id of every cached entry: 0 live, -1 padding (`build_hybrid_attention_mask`)."""
+    next_pos: torch.Tensor
+    """(B,) position of the next token fed in each row."""
+
+    def appended(self, finished: list[bool]) -> None:
+        """Record one fed token per row (padding for the finished rows) after the cache grew by it."""
+        live = torch.tensor([[-1 if done else 0] for done in finished], device=self.key_block.device)
+        self.key_block = torch.cat([self.key_block, live], dim=1)
+        self.next_pos = self.next_pos + 1
+
+
+MaskStep = Callable[..., tuple[torch.Tensor, dict[int, torch.Tensor]]]
+"""`step(model, state, step_tokens, finished, seg_rows, requests, grids) -> (logits, masks)`: one answer
+step of a mask decoder.
+
+Args:
+    model: the StampModel.
+    state: the `DecodeState`; the step feeds `step_tokens` (one per row of B; a finished row feeds
+        masked-out padding) and leaves the state after them, plus whatever else of the answer the
+        decoder keeps in the cache (the placeholders are cropped; a text-spelled mask stays).
+    step_tokens: B token ids; finished: B bools.
+    seg_rows: the rows whose token is `<|seg|>` (empty on most steps).
+    requests: the batch's `GenerationRequest`s (image features, grid); grids: each row's (gh, gw) cells.
+Returns:
+    next-token logits (B, V) for the token after this step, and {row: (gh, gw) mask logits} for the
+    seg rows."""
+
+
+@dataclass(frozen=True)
+class MaskDecoder:
+    """How a model produces the mask of each `<|seg|>`, registered under the name that its
+    `StampSettings.mask_decoder` holds. Generation calls `step` at every answer step; training and
+    model building use the rest."""
+
+    step: MaskStep
+    """One answer step, masks included (`MaskStep`)."""
+    placeholders: bool = True
+    """Each `<|seg|>` carries N placeholder slots in the model's forward: training plans them
+    (`StampModel.batch_planner`) and fits the classifier on them. False for a decoder whose masks are
+    something else (text): training plans none."""
+    training_example: Callable[[dict, Any], dict] | None = None
+    """`(example, settings) -> example`: how a training example spells its masks for this decoder, from
+    the processor's encoding (`StampProcessor.encode_sample`) and the model's `StampSettings`. None:
+    as encoded (placeholder targets)."""
+    new_model_settings: Callable[[Any], dict[str, Any]] | None = None
+    """`tokenizer -> {StampSettings field: value}`: what a model built from scratch with this decoder
+    needs besides its name (e.g. `label_token_ids`). None: nothing."""
+
+
+_MASK_DECODERS: dict[str, MaskDecoder] = {}
+
+
+def register_mask_decoder(name: str, decoder: MaskDecoder) -> None:
+    """Make models with `mask_decoder: NAME` use `decoder` (registering a name again replaces it)."""
+    if not name.isidentifier():
+        raise ValueError(f"a mask decoder's name must be a Python identifier, got {name!r}")
+    _MASK_DECODERS[name] = decoder
+
+
+def find_mask_decoder(name: str) -> MaskDecoder:
+    """The decoder registered as `name`; StampModelError (one line, naming the script that registers it)
+    if no imported module registered it."""
+    decoder = _MASK_DECODERS.get(name)
+    if decoder is None:
+        raise StampModelError(
+            f"mask decoder '{name}' is not registered: it is defined in experiments/{name}.py, which "
+            f"registers it; run `python experiments/{name}.py COMMAND ...` for a `stamp` COMMAND (train, "
+            "eval, bench, ...)"
+        )
+    return decoder
+
+
+def placeholder_step(model, state, step_tokens, finished, seg_rows, requests, grids):
+    """STAMP's `MaskStep`: `decode_step`, the masks in the same forward as the `<|seg|>`."""
+    logits, row_masks, state.cache = decode_step(
+        model, state.cache, state.key_block, state.next_pos, step_tokens, finished, seg_rows, requests, grids
+    )
+    state.appended(finished)
+    return logits, row_masks
+
+
+register_mask_decoder(PLACEHOLDERS, MaskDecoder(step=placeholder_step))
+
+
+def feed_tokens(model, state: DecodeState, step_tokens: list[int], finished: list[bool]) -> torch.Tensor:
+    """Feed one token per row (a finished row: masked-out padding) into the cache, as a plain answer
+    step, and advance `state`. Returns the last hidden states (B, 1, H). For decoders whose masks are
+    not placeholders."""
+    hidden, state.cache = _forward(
+        model, state.cache, state.key_block, state.next_pos, step_tokens, finished, [], [], []
+    )
+    state.appended(finished)
+    return hidden
 
 
 def _forward(model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids):
@@ -392,45 +483,3 @@ def _placeholder_inputs(model, bsz, seg_rows, requests, grids, next_pos, device)
         ph_pos[:, b, :n] = placeholder_position_ids(next_pos[b] + 1, grids[b], model.stamp.position_mode)
         ph_block[b, :n] = 1
     return ph, ph_pos, ph_block.to(device)
-
-
-def _label_decode(model, cache, key_block, hidden, seg_rows, grids, next_pos):
-    """The next-token baseline's mask (`mask_decoder: next_token`): for each row at `<|seg|>`, its N cell
-    labels decoded greedily one token at a time with the KV cache, each restricted to the two label
-    tokens; the labels stay in the cache (they are part of the answer, as in Text4Seg). Rows not at a
-    `<|seg|>` (or past their own N) feed masked-out padding meanwhile.
-
-    `hidden` (B, 1, H) is each row's last hidden state (the `<|seg|>`'s for the seg rows). Returns
-    (hidden (B, 1, H) after the labels, cache, key_block, next_pos, {row: (N,) logit(fg) - logit(bg)}).
-    """
-    device = key_block.device
-    bg, fg = model.stamp.label_token_ids
-    bsz = key_block.shape[0]
-    sizes = {b: grids[b][0] * grids[b][1] for b in seg_rows}
-    scores: dict[int, list[torch.Tensor]] = {b: [] for b in seg_rows}
-    embed = model.get_input_embeddings()
-    h = hidden[:, :1]
-    for t in range(max(sizes.values())):
-        active = torch.zeros(bsz, dtype=torch.bool)
-        for b in seg_rows:
-            active[b] = t < sizes[b]
-        pair = model.lm_head(h[:, 0])[:, [bg, fg]].float()
-        diff = (pair[:, 1] - pair[:, 0]).cpu()
-        for b in seg_rows:
-            if active[b]:
-                scores[b].append(diff[b])
-        toks = torch.where(active & (diff > 0), fg, bg).view(bsz, 1).to(device)
-        block = torch.where(active, 0, -1).view(bsz, 1).to(device)
-        keys = torch.cat([key_block, block], dim=1)
-        if bool((keys == 0).all()):
-            allowed = None
-        else:
-            here = torch.full((bsz, 1), key_block.shape[1], device=device)
-            allowed = build_hybrid_attention_mask(keys, block, here, here, model.stamp.attention_mode)
-        pos = next_pos.view(1, bsz, 1).expand(3, bsz, 1)
-        out, cache = model.run_language_model(embed(toks), pos, allowed, cache)
-        act = active.to(device)
-        h = torch.where(act.view(bsz, 1, 1), out, h)
-        next_pos = next_pos + act.long()
-        key_block = keys
-    return h, cache, key_block, next_pos, {b: torch.stack(v) for b, v in scores.items()}

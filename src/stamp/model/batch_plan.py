@@ -188,7 +188,7 @@ def plan_batch(
 ) -> BatchPlan:
     """Plan one batch (all inputs on the CPU).
 
-    `with_blocks=False` (the next-token baseline, whose masks are text) plans no placeholders.
+    `with_blocks=False` plans no placeholders (a model whose masks are not placeholders, e.g. text).
     Raises ValueError for a `<|seg|>` with no image before it.
     """
     batch, length = input_ids.shape

@@ -9,7 +9,8 @@ from stamp.model.attention import ATTENTION_MODES
 from stamp.model.positions import POSITION_MODES
 
 MASK_EMBEDDING_MODES = ("visual", "plain")
-MASK_DECODERS = ("placeholders", "next_token")
+PLACEHOLDERS = "placeholders"
+"""The mask decoder of STAMP: one pass of N placeholders per `<|seg|>` (`StampSettings.mask_decoder`)."""
 
 
 @dataclass
@@ -28,12 +29,14 @@ class StampSettings:
     mask_embedding: str = "visual"
     """"visual": E_mask = embed(<|mask|>) + merged visual feature of the cell (the paper); "plain":
     embed(<|mask|>) only (ablation)."""
-    mask_decoder: str = "placeholders"
-    """"placeholders": STAMP's one-pass mask prediction. "next_token": the Text4Seg-style baseline of the
-    experiments (the answer spells the mask as one label token per cell after `<|seg|>`, row-major,
-    decoded autoregressively; no placeholders, no classifier use)."""
+    mask_decoder: str = PLACEHOLDERS
+    """How the mask of a `<|seg|>` is produced, by the name of a registered mask decoder
+    (`stamp.inference.generation.register_mask_decoder`): "placeholders" is STAMP's one-pass mask
+    prediction; other names are decoders that experiments define and register (baselines), which
+    generation and training refuse until the module defining them is imported."""
     label_token_ids: list[int] | None = None
-    """For mask_decoder "next_token": the [background, foreground] label token ids."""
+    """For a mask decoder that spells each mask as text: the ids of its label tokens, in the order that
+    decoder gives them (e.g. [background, foreground]). None for "placeholders"."""
     mask_threshold: float = 0.5
     """Foreground probability above which a cell (and an upsampled pixel) belongs to the mask, unless the
     caller gives another. Trained on area-fraction targets, a cell's probability estimates its foreground
@@ -44,11 +47,12 @@ class StampSettings:
         check_choice("position_mode", self.position_mode, POSITION_MODES)
         check_choice("attention_mode", self.attention_mode, ATTENTION_MODES)
         check_choice("mask_embedding", self.mask_embedding, MASK_EMBEDDING_MODES)
-        check_choice("mask_decoder", self.mask_decoder, MASK_DECODERS)
-        if self.mask_decoder == "next_token":
+        check_name("mask_decoder", self.mask_decoder)
+        if self.label_token_ids is not None:
             ids = self.label_token_ids
-            if not (isinstance(ids, (list, tuple)) and len(ids) == 2 and len(set(ids)) == 2):
-                raise ValueError(f"mask_decoder 'next_token' needs two distinct label_token_ids, got {ids!r}")
+            valid = isinstance(ids, (list, tuple)) and ids and len(set(ids)) == len(ids)
+            if not (valid and all(isinstance(i, int) and i >= 0 for i in ids)):
+                raise ValueError(f"label_token_ids must be distinct non-negative ints, got {ids!r}")
             self.label_token_ids = [int(i) for i in ids]
         self.mask_threshold = check_probability("mask_threshold", self.mask_threshold)
         for name in ("seg_token_id", "mask_token_id"):
@@ -74,6 +78,12 @@ def check_probability(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
     return float(value)
+
+
+def check_name(name: str, value) -> None:
+    """Raise ValueError naming `name` when `value` is not a Python identifier (a registered name)."""
+    if not (isinstance(value, str) and value.isidentifier()):
+        raise ValueError(f"{name} must be a name (a Python identifier), got {value!r}")
 
 
 def check_choice(name: str, value, choices) -> None:

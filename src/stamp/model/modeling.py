@@ -159,14 +159,16 @@ class StampModel:
         pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0) * attention_mask.long()
         return pos.unsqueeze(0).expand(3, -1, -1).clone()
 
-    def batch_planner(self, pack: bool = True) -> BatchPlanner:
-        """This model's training-step planner (`stamp.model.batch_plan`), e.g. for data-loader workers."""
+    def batch_planner(self, pack: bool = True, placeholders: bool = True) -> BatchPlanner:
+        """This model's training-step planner (`stamp.model.batch_plan`), e.g. for data-loader workers.
+        `placeholders=False` plans none, for a mask decoder whose masks are not placeholders (its
+        `MaskDecoder.placeholders`, `stamp.inference.generation`)."""
         return BatchPlanner(
             seg_token_id=self.stamp.seg_token_id,
             image_token_id=self.config.image_token_id,
             merge_size=self.merge_size,
             position_mode=self.stamp.position_mode,
-            with_blocks=self.stamp.mask_decoder != "next_token",
+            with_blocks=placeholders,
             pack=pack,
         )
 
@@ -268,7 +270,8 @@ class StampModel:
                 padding and ignore), one row per `<|seg|>` in sample-major order.
             pack: several samples per row (exact; see `stamp.model.packing`) instead of one per row.
             plan: this batch's `plan_batch(...)`, if the caller made it while the batch was on the CPU
-                (otherwise it is made here, which copies the token ids back from the device: a sync).
+                (otherwise it is made here, which copies the token ids back from the device: a sync,
+                and plans placeholders for every `<|seg|>`: `batch_planner`).
         """
         if plan is None:
             plan = self.plan_batch(input_ids, attention_mask, mm_token_type_ids, image_grid_thw, labels, pack)

@@ -48,18 +48,3 @@ def build_byte_tokenizer():
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(list(QWEN_SPECIAL_TOKENS) + list(STAMP_TOKENS))
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=IM_END, pad_token=PAD)
-
-
-LABEL_TEXT = ("0", "1")
-"""Background / foreground label of a cell for the next-token baseline (`mask_decoder: next_token`)."""
-
-
-def label_token_ids(tokenizer) -> list[int]:
-    """[background, foreground] ids of the next-token baseline's labels; each must be a single token."""
-    ids = []
-    for text in LABEL_TEXT:
-        enc = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(enc) != 1:
-            raise ValueError(f"the label {text!r} is {len(enc)} tokens in this tokenizer; need exactly one")
-        ids.append(enc[0])
-    return ids

@@ -23,6 +23,7 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
         model.processor.settings.target_threshold = cfg.loss.target_threshold
         _set_cells(model, m)
     elif m.init == "scratch":
+        from stamp.inference.generation import find_mask_decoder
         from stamp.tiny import build_model_from_scratch
         from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
 
@@ -32,8 +33,11 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
             system_prompt=m.system_prompt,
             target_threshold=cfg.loss.target_threshold,
         )
+        tokenizer = load_synth_tokenizer(m.tokenizer or SHIPPED_TOKENIZER)
+        decoder = find_mask_decoder(m.mask_decoder)
+        decoder_settings = decoder.new_model_settings(tokenizer) if decoder.new_model_settings else {}
         model = build_model_from_scratch(
-            load_synth_tokenizer(m.tokenizer or SHIPPED_TOKENIZER),
+            tokenizer,
             seed=cfg.run.seed,
             family=m.family,
             hidden_size=m.hidden_size,
@@ -49,6 +53,7 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
             attn_implementation=m.attn_implementation,
             processor_settings=settings,
             mask_decoder=m.mask_decoder,
+            **decoder_settings,
             **modes,
         )
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stamp.model.attention import ATTENTION_MODES, SUPPORTED_ATTN_IMPLEMENTATIONS
-from stamp.model.config import MASK_DECODERS, MASK_EMBEDDING_MODES
+from stamp.model.config import MASK_EMBEDDING_MODES, PLACEHOLDERS, check_name
 from stamp.model.config import check_choice as _choice
 from stamp.model.positions import POSITION_MODES
 
@@ -50,8 +50,10 @@ class ModelConfig:
     position_mode: str = "grid"
     attention_mode: str = "hybrid"
     mask_embedding: str = "visual"
-    mask_decoder: str = "placeholders"
-    """"placeholders" (STAMP) or "next_token" (the Text4Seg-style baseline of the experiments; scratch only)."""
+    mask_decoder: str = PLACEHOLDERS
+    """"placeholders" (STAMP), or the name of a mask decoder that an experiment registers (a baseline,
+    `StampSettings.mask_decoder`; trained with `python experiments/NAME.py train CONFIG ...`, from
+    scratch only)."""
     attn_implementation: str = "sdpa"
     min_cells: int | None = None
     """Smallest image after resizing, in merged 28x28 cells (64 = 224x224). None: 64 from scratch, the
@@ -69,9 +71,12 @@ class ModelConfig:
         _choice("model.position_mode", self.position_mode, POSITION_MODES)
         _choice("model.attention_mode", self.attention_mode, ATTENTION_MODES)
         _choice("model.mask_embedding", self.mask_embedding, MASK_EMBEDDING_MODES)
-        _choice("model.mask_decoder", self.mask_decoder, MASK_DECODERS)
-        if self.mask_decoder != "placeholders" and self.init != "scratch":
-            raise ValueError("model.mask_decoder 'next_token' is only for models trained from scratch")
+        check_name("model.mask_decoder", self.mask_decoder)
+        if self.mask_decoder != PLACEHOLDERS and self.init != "scratch":
+            raise ValueError(
+                f"model.mask_decoder '{self.mask_decoder}' is only for models trained from scratch (a "
+                "pretrained model keeps its own)"
+            )
         _choice("model.attn_implementation", self.attn_implementation, SUPPORTED_ATTN_IMPLEMENTATIONS)
         if self.init == "pretrained" and not self.path:
             raise ValueError("model.path is required when model.init is 'pretrained'")

@@ -29,33 +29,11 @@ def open_source(src: DataSource, cfg: DataConfig):
     return open_dataset(src.kind, src.path, src.split, image_root=src.image_root)
 
 
-def as_label_sequence(example: dict, seg_id: int, label_ids: list[int]) -> dict:
-    """The next-token baseline's version of an encoded example: each `<|seg|>` is followed by its mask
-    spelled as N label tokens (row-major, foreground where the cell's foreground fraction is >= 0.5),
-    learned as text wherever the `<|seg|>` itself is learned; ignored cells get no loss. No mask targets.
-    """
-    bg, fg = label_ids
-    ids: list[int] = []
-    labels: list[int] = []
-    k = 0
-    for tok, lab in zip(example["input_ids"], example["labels"]):
-        ids.append(tok)
-        labels.append(lab)
-        if tok != seg_id:
-            continue
-        target = example["targets"][k].flatten().tolist()
-        weight = example["weights"][k].flatten().tolist()
-        k += 1
-        cells = [fg if v >= 0.5 else bg for v in target]
-        ids.extend(cells)
-        labels.extend(c if lab != -100 and w > 0 else -100 for c, w in zip(cells, weight))
-    return {**example, "input_ids": ids, "labels": labels, "targets": [], "weights": []}
-
-
 class TrainStream:
     """Deterministic batches: `batch(indices)` depends only on the indices and the config.
 
-    `next_token=(seg_id, [bg_id, fg_id])` gives the next-token baseline's examples (`as_label_sequence`).
+    `example_transform(example) -> example`: rewrites each encoded example before collation (a mask
+    decoder's `training_example`, e.g. masks spelled as text).
     `pixel_dtype`: the dtype pixel values are delivered in. bf16 under bf16 autocast halves the bytes
     moved per batch (worker -> main process -> device, ~88 MB of fp32 per 64 SynthRef samples) and
     changes nothing: the vision tower casts its input to its fp32 weights and autocast rounds that to
@@ -63,7 +41,7 @@ class TrainStream:
     `planner` (a `stamp.model.batch_plan.BatchPlanner`): adds the training step's plan as
     `batch["plan"]`, so data-loader workers do that bookkeeping too.
     `extra_fields(samples, examples) -> {key: tensor}`: more tensors for the batch, from its samples and
-    their encodings (before the next-token rewrite): the auxiliary objectives' fields
+    their encodings (before `example_transform`): the auxiliary objectives' fields
     (`stamp.train.objectives.AuxiliaryFields`).
     """
 
@@ -72,7 +50,7 @@ class TrainStream:
         cfg: DataConfig,
         processor,
         seed: int = 0,
-        next_token: tuple[int, list[int]] | None = None,
+        example_transform: Callable[[dict], dict] | None = None,
         pixel_dtype: torch.dtype | None = None,
         planner=None,
         extra_fields: Callable[[list, list[dict]], dict[str, torch.Tensor]] | None = None,
@@ -81,7 +59,7 @@ class TrainStream:
         weights = {f"{i}:{s.kind}": s.weight for i, s in enumerate(cfg.sources)}
         self.mixture = MixtureDataset(sources, weights, seed=seed)
         self.processor = processor
-        self.next_token = next_token
+        self.example_transform = example_transform
         self.pixel_dtype = pixel_dtype
         self.planner = planner
         self.extra_fields = extra_fields
@@ -90,8 +68,8 @@ class TrainStream:
         samples = [self.mixture[i] for i in indices]
         examples = [self.processor.encode_sample(s) for s in samples]
         extra = self.extra_fields(samples, examples) if self.extra_fields is not None else {}
-        if self.next_token is not None:
-            examples = [as_label_sequence(e, *self.next_token) for e in examples]
+        if self.example_transform is not None:
+            examples = [self.example_transform(e) for e in examples]
         batch = self.processor.collate(examples)
         if self.pixel_dtype is not None and "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.pixel_dtype)

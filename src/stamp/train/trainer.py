@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from stamp.configuration import ConfigError
+from stamp.inference.generation import MaskDecoder, find_mask_decoder
 from stamp.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -40,6 +41,22 @@ from stamp.train.objectives import (
     check_registered,
     take_fields,
 )
+
+
+class ExampleTransform:
+    """A mask decoder's `training_example` with the model's settings bound (picklable into data workers
+    as long as the decoder's function is)."""
+
+    def __init__(self, decoder: MaskDecoder, settings):
+        self.rewrite, self.settings = decoder.training_example, settings
+
+    @classmethod
+    def of(cls, decoder: MaskDecoder, settings) -> ExampleTransform | None:
+        """None for a decoder that trains on the examples as encoded."""
+        return None if decoder.training_example is None else cls(decoder, settings)
+
+    def __call__(self, example: dict) -> dict:
+        return self.rewrite(example, self.settings)
 
 
 class StampTrainingModule(nn.Module):
@@ -104,6 +121,7 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(cfg.run.out_dir)
         check_registered(cfg.loss.auxiliary)
+        find_mask_decoder(cfg.model.mask_decoder)
         if cfg.run.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("run.device is 'cuda' but no CUDA device is available (use run.device=auto)")
         cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
@@ -131,18 +149,15 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg, weights_from=self.resume_from / "model" if self.resume_from else None)
         self.processor = self.model.processor
-        settings = self.model.stamp if cfg.model.lora is None else None
-        next_token = None
-        if settings is not None and settings.mask_decoder == "next_token":
-            next_token = (settings.seg_token_id, settings.label_token_ids)
+        decoder = find_mask_decoder(self.model.stamp.mask_decoder)  # the model's: a resumed run's too
         objectives = build_objectives(cfg.loss.auxiliary, self.model)
         self.stream = TrainStream(
             cfg.data,
             self.processor,
             seed=cfg.run.seed,
-            next_token=next_token,
+            example_transform=ExampleTransform.of(decoder, self.model.stamp),
             pixel_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None,  # (exact: see TrainStream)
-            planner=self.model.batch_planner(),
+            planner=self.model.batch_planner(placeholders=decoder.placeholders),
             extra_fields=AuxiliaryFields(objectives) if objectives else None,
         )
         self._data_wait = 0.0  # seconds spent waiting for batches since the last log line
