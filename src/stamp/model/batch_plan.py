@@ -12,8 +12,9 @@ with the rows' M-RoPE position ids, block ids, visibility limits and sample ids 
 mask), where the text loss is taken, and where each placeholder's logit sits in the (M, N_max) output.
 
 Why: built per sample on the accelerator, this bookkeeping costs thousands of tiny kernel launches and
-hundreds of device-to-host synchronisations per step (a profile of a 64-sample step on an H200 found the
-GPU busy 14% of the time). Here it is plain Python and CPU tensors, and the device receives one copy.
+hundreds of device-to-host synchronisations per step, leaving the GPU mostly idle
+(`benchmarks/profile_train_step.py` shows it). Here it is plain Python and CPU tensors, and the device
+receives one copy.
 """
 
 from __future__ import annotations

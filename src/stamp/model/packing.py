@@ -5,7 +5,7 @@ one placeholder block per `<|seg|>` (`stamp.model.batch_plan` builds them). Sequ
 either one per row (padded) or several per row (packed, first-fit decreasing into rows no longer than the
 longest sample). Packing is exact: a segment id per token keeps samples from attending to each other, and
 every sample keeps its own position ids, so the losses equal the padded layout's while far fewer padding
-tokens are computed (on SynthRef batches about 40% of a padded batch is padding).
+tokens are computed (SynthRef's varied answer lengths leave much of a padded batch as padding).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ Choices:
   to the full-resolution guide, so the full-resolution cost is a few multiply-adds per pixel.
 - Box filters are O(1) per pixel via cumulative sums, in float32 torch on a mean-centred guide and
   input (agrees with a float64 reference to ~1e-7).
-- Set torch's thread count to what the process may use: on shared cores, oversubscribed threads made
-  this 10x slower.
+- Set torch's thread count to what the process may use: on shared cores, oversubscribed threads slow
+  these many small operations down many times over.
 """
 
 from __future__ import annotations
