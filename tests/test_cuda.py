@@ -94,3 +94,22 @@ def test_bench_quick_on_cuda(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert '"cuda"' in out.read_text()
+
+
+def test_cuda_bf16_decoding_never_builds_cudnn_attention_plans():
+    """Every decode step has a new key length; cuDNN attention would build a plan for each step, so STAMP
+    runs sdpa without it on CUDA (`stamp.model.attention.attention_backends`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_tiny_model(seed=1).to("cuda", torch.bfloat16).eval()
+    pred = StampPredictor(model)
+    pred.set_image(random_image(112, 112, 0))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        pred.chat(
+            "Segment it.",
+            answer_prefix="<|seg|>",
+            max_new_tokens=8,
+        )
+    names = {e.key for e in prof.key_averages()}
+    assert not any("cudnn_attention" in n for n in names), sorted(n for n in names if "attention" in n)
+    assert any("attention" in n for n in names)  # the attention ran, through another backend

@@ -15,7 +15,10 @@ their own key index and the last conversation key index they may see ("limit").
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ATTENTION_MODES = ("hybrid", "causal")
 SUPPORTED_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -88,3 +91,24 @@ def to_backend_mask(allowed: torch.Tensor, attn_implementation: str) -> torch.Te
         f"attention implementation {attn_implementation!r} cannot honour STAMP's hybrid mask; "
         f"use one of {SUPPORTED_ATTN_IMPLEMENTATIONS}"
     )
+
+
+# Every sdpa backend but cuDNN, in PyTorch's own order of preference.
+_NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def attention_backends(device: torch.device):
+    """The sdpa backends STAMP runs with on `device` (a context manager).
+
+    On CUDA, cuDNN attention is left out: PyTorch tries it first for bf16/fp16 on recent GPUs, and cuDNN
+    builds a new execution plan for every new tensor shape, while STAMP's shapes change all the time
+    (every decode step has one more cached key, every image size is a new vision sequence, every
+    training batch a new row width). docs/PERFORMANCE.md gives the measurement. Elsewhere: unchanged.
+
+    Example:
+        >>> with attention_backends(torch.device("cpu")):
+        ...     pass  # on the CPU every backend stays allowed
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel(_NO_CUDNN)

@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput
 
 from stamp.model.attention import (
     SUPPORTED_ATTN_IMPLEMENTATIONS,
+    attention_backends,
     build_hybrid_attention_mask,
     to_backend_mask,
 )
@@ -115,7 +116,8 @@ class StampModel:
 
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """Vision tower + patch merger: one (gh*gw, H) tensor of merged cell features per image, row-major."""
-        out = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        with attention_backends(pixel_values.device):
+            out = self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         return list(out.pooler_output)
 
     def mask_embeddings(self, features: torch.Tensor) -> torch.Tensor:
@@ -232,14 +234,15 @@ class StampModel:
         return self._decoder(inputs_embeds, position_ids, None, cache)
 
     def _decoder(self, inputs_embeds, position_ids, mask, cache, **extra):
-        out = self.model.language_model(
-            inputs_embeds=inputs_embeds,
-            position_ids=position_ids,
-            attention_mask=mask,
-            **{_cache_kwarg(type(self.model.language_model)): cache},
-            use_cache=cache is not None,
-            **extra,
-        )
+        with attention_backends(inputs_embeds.device):
+            out = self.model.language_model(
+                inputs_embeds=inputs_embeds,
+                position_ids=position_ids,
+                attention_mask=mask,
+                **{_cache_kwarg(type(self.model.language_model)): cache},
+                use_cache=cache is not None,
+                **extra,
+            )
         return out.last_hidden_state, (out.cache if hasattr(out, "cache") else out.past_key_values)
 
     # ----------------------------------------------------------------- training forward
