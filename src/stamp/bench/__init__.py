@@ -4,6 +4,7 @@ Parts (modules):
     mask_pass  STAMP's mask pass (prefix KV cache reused) vs. the same without the cache vs. the
                autoregressive patch-token baseline, for N placeholders, on the model's own API;
     request    per-request latency by stage, a second query on the same image, batch throughput;
+    train_step the training step (`--parts train`): forward + backward + AdamW, samples/s and memory;
     flops      analytic FLOP counts and the same-run matmul reference;
     presets    random models with the published Qwen2-VL / Qwen2.5-VL dimensions (`--preset qwen2-vl-2b`);
     timing     median/spread timing and peak memory; setup: models, threads, machine;
@@ -30,6 +31,9 @@ milliseconds (median of the repeats), memory MiB:
                                     image_load, vision, prefill, decode, mask, postprocess, refine, total
                                     (first also: wall), decode_ms_per_token, peak_mem_mb, cells, ...
     batch[]                         per (dtype, batch_size): images_per_s, ms_per_batch, speedup_vs_batch_1
+    train[]                         per (grad_ckpt, batch_size): mode, cells, ms_per_step, samples_per_s,
+                                    peak_mem_mb, resident_mb, peak_total_mb, trainable_params,
+                                    estimate_bytes, loss, timings (or oom / skipped)
     targets[]                       the issue's targets: target, dtype, n, value, met (and bound)
 """
 

@@ -152,13 +152,17 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def parameter_count(config) -> int:
-    """Parameters of the model `config` describes, counted on the meta device (nothing allocated)."""
+def meta_model(config, dtype: torch.dtype = torch.float32):
+    """The model `config` describes, in `dtype` on the meta device (shapes only, nothing allocated)."""
     from stamp.model.modeling import MODEL_CLASSES
 
-    with torch.device("meta"):
-        model = MODEL_CLASSES[config.model_type](config)
-    return sum(p.numel() for p in model.parameters())
+    with torch.device("meta"), _default_dtype(dtype):
+        return MODEL_CLASSES[config.model_type](config)
+
+
+def parameter_count(config) -> int:
+    """Parameters of the model `config` describes, counted on the meta device (nothing allocated)."""
+    return sum(p.numel() for p in meta_model(config).parameters())
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -143,6 +143,39 @@ def batch_table(doc: dict, markdown: bool = False) -> str:
     return _table(["device", "dtype", "batch", "images/s", "ms/batch", "x batch 1"], rows, markdown)
 
 
+def train_table(doc: dict, markdown: bool = False) -> str:
+    rows = []
+    for r in doc.get("train", []):
+        if "ms_per_step" in r:
+            step = f"{r['ms_per_step']:.1f} [{r['min_ms_per_step']:.1f}-{r['max_ms_per_step']:.1f}]"
+            figures = [
+                step,
+                _fmt(r["samples_per_s"], ".3f"),
+                _fmt(r["peak_mem_mb"], ".0f"),
+                _fmt(r["peak_total_mb"], ".0f"),
+            ]
+        else:
+            why = "out of memory" if "oom" in r else f"skipped: {r.get('skipped')}"
+            figures = [why, "-", "-", "-"]
+        est = r["estimate_bytes"]["total_bytes"] / 2**20
+        rows.append(
+            [
+                r["device"],
+                r["mode"],
+                r["precision"],
+                "on" if r["grad_ckpt"] else "off",
+                str(r["batch_size"]),
+                str(r["cells"]),
+                f"{r['trainable_params'] / 1e6:.1f}",
+            ]
+            + figures
+            + [f"{est:.0f}"]
+        )
+    header = ["device", "mode", "autocast", "grad ckpt", "batch", "cells", "trainable M"]
+    header += ["ms/step [min-max]", "samples/s", "step peak MB", "total peak MB", "estimate MB"]
+    return _table(header, rows, markdown)
+
+
 def targets_table(doc: dict, markdown: bool = False) -> str:
     rows = []
     for t in doc.get("targets", []):
@@ -181,6 +214,8 @@ def render(doc: dict, markdown: bool = False) -> str:
         sections += ["request latency (median ms)", request_table(doc, markdown)]
     if doc.get("batch"):
         sections += ["batch throughput", batch_table(doc, markdown)]
+    if doc.get("train"):
+        sections += ["training step (forward + backward + AdamW)", train_table(doc, markdown)]
     if doc.get("targets"):
         sections += ["targets", targets_table(doc, markdown)]
     sep = "\n\n" if markdown else "\n"

@@ -1,7 +1,7 @@
 """`run_bench`: every part of `stamp bench` in one process, assembled into the JSON document.
 
 The document (schema "stamp-bench/1", documented in docs/PERFORMANCE.md and `stamp.bench`):
-    schema, command, machine, model, settings, matmul, mask_pass, request, batch, targets
+    schema, command, machine, model, settings, matmul, mask_pass, request, batch, train, targets
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import torch
 from stamp.bench.mask_pass import MaskPassSettings, run_mask_pass
 from stamp.bench.request import RequestSettings, run_requests
 from stamp.bench.setup import describe_model, load_average, machine_info
+from stamp.bench.train_step import TrainSettings, run_train
 
 SCHEMA = "stamp-bench/1"
-PARTS = ("mask_pass", "request")
+PARTS = ("mask_pass", "request", "train")
+DEFAULT_PARTS = ("mask_pass", "request")
+"""The training step runs only when asked for (`--parts train`): it is slow and changes the weights."""
 
 
 @dataclass
@@ -24,7 +27,8 @@ class BenchSettings:
 
     mask_pass: MaskPassSettings = field(default_factory=MaskPassSettings)
     request: RequestSettings = field(default_factory=RequestSettings)
-    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    train: TrainSettings = field(default_factory=TrainSettings)
+    parts: list[str] = field(default_factory=lambda: list(DEFAULT_PARTS))
     device: str = "auto"
     """"auto": the CPU, then CUDA when present; or one device ("cpu", "cuda", "cuda:1")."""
     quick: bool = False
@@ -47,6 +51,7 @@ class BenchSettings:
             request=RequestSettings(
                 dtypes=dtypes, requests=1, warmup=0, max_new_tokens=3, batch_sizes=[1, 2], batch_repeats=1
             ),
+            train=TrainSettings(batch_sizes=[1, 2], image_side=224, steps=2, warmup=1),
             device=device,
             quick=True,
         )
@@ -148,6 +153,7 @@ def run_bench(model, source: dict, settings: BenchSettings, command: str = "", l
         "mask_pass": [],
         "request": [],
         "batch": [],
+        "train": [],
     }
     m = doc["machine"]
     log(
@@ -169,6 +175,9 @@ def run_bench(model, source: dict, settings: BenchSettings, command: str = "", l
                 requests, batches = run_requests(model, settings.request, log=log)
                 doc["request"] += [{**tag, **r} for r in requests]
                 doc["batch"] += [{**tag, **r} for r in batches]
+            if "train" in settings.parts:  # last: its optimizer steps change the weights
+                records = run_train(model, settings.train, log=log)
+                doc["train"] += [{**tag, **r} for r in records]
     except (KeyboardInterrupt, BenchInterrupted) as stop:
         doc["interrupted"] = str(stop) or type(stop).__name__
         log(f"stamp bench: interrupted ({doc['interrupted']}); keeping the measurements made so far")

@@ -222,6 +222,15 @@ class MemoryProbe:
         return PeakMemory(max(0, after - self.before) / 1024, method, self.exact)
 
 
+def resident_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Memory in use now: CUDA's allocated tensors, or the process's resident set (None if unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb * 1024
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> PeakMemory:
     """Run `fn()` once and report its peak memory."""
     probe = MemoryProbe(device)

@@ -5,6 +5,7 @@ latency and batched throughput (docs/PERFORMANCE.md).
     stamp bench --preset synth --json out.json   # a random model of the sizes of configs/tiny-synth.yaml
     stamp bench --preset tiny --quick            # seconds: every code path, meaningless numbers
     stamp bench --preset qwen2-vl-2b --device cpu --dtypes bf16 --n 256,1024   # random, real dimensions
+    stamp bench --preset qwen2-vl-2b --device cuda --parts train                # training step, batch 1,4,8
     stamp bench --report docs/results/bench-qwen2-vl-2b-cpu.json --markdown    # a saved run as tables
 """
 
@@ -23,10 +24,13 @@ EXAMPLES = """examples:
   stamp bench                                    # bundled model, fp32 + bf16, N = 64..4096
   stamp bench --preset qwen2-vl-2b --device cpu --dtypes bf16 --n 256,1024 --json out.json
   stamp bench --preset tiny --quick              # seconds: every code path, meaningless numbers
+  stamp bench --preset qwen2-vl-2b --device cuda --parts train --json train.json   # full fine-tune step
+  stamp bench --preset qwen2-vl-7b --device cuda --parts train --lora --grad-ckpt on   # LoRA step
   stamp bench --report out.json --markdown       # a saved run as tables"""
 DESCRIPTION = (
     "Time the mask pass (N placeholders in one forward against the cache) against recomputing the "
-    "history and against autoregressive patch labels; request latency and batched throughput."
+    "history and against autoregressive patch labels; request latency and batched throughput; with "
+    "--parts train, the training step (samples/s and peak memory)."
 )
 
 
@@ -57,6 +61,13 @@ def _part_list(text: str) -> list[str]:
     if not values or any(v not in PARTS for v in values):
         raise argparse.ArgumentTypeError(f"parts must be among {', '.join(PARTS)}, got {text!r}")
     return values
+
+
+def _switch_list(text: str) -> list[bool]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in ("on", "off") for v in values):
+        raise argparse.ArgumentTypeError(f"expected on, off or on,off, got {text!r}")
+    return [v == "on" for v in values]
 
 
 def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -103,7 +114,36 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-new-tokens", type=int, default=None, help="answer tokens after <|seg|> (default 16)"
     )
-    p.add_argument("--parts", type=_part_list, default=None, help="mask_pass,request (default: both)")
+    p.add_argument(
+        "--parts",
+        type=_part_list,
+        default=None,
+        help="mask_pass,request,train (default: mask_pass,request; train times the training step)",
+    )
+    p.add_argument(
+        "--train-batch-sizes", type=_int_list, default=None, help="training step batch sizes (default 1,4,8)"
+    )
+    p.add_argument(
+        "--grad-ckpt",
+        type=_switch_list,
+        default=None,
+        help="gradient checkpointing for the training step: on, off or on,off (default: both)",
+    )
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        help="train the authors' LoRA (r 64, alpha 128, rsLoRA; embed_tokens, lm_head, classifier in full) "
+        "instead of every parameter",
+    )
+    p.add_argument(
+        "--train-image-size",
+        type=int,
+        default=None,
+        help="side of the training step's square images in pixels (default 896: 1,024 cells)",
+    )
+    p.add_argument(
+        "--train-steps", type=int, default=None, help="timed training steps per configuration (default 5)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes and repeats: a smoke test in seconds")
     p.add_argument(
         "--device", default=None, help="auto (default: the CPU, then CUDA if present), cpu, cuda, cuda:1 ..."
@@ -154,7 +194,7 @@ def settings_from_args(args):
         s = real_preset_settings(device)
     else:
         s = BenchSettings(device=device)
-    mp, rq = s.mask_pass, s.request
+    mp, rq, tr = s.mask_pass, s.request, s.train
     if args.dtypes:
         mp.dtypes = rq.dtypes = list(args.dtypes)
     for value, obj, name in (
@@ -169,6 +209,10 @@ def settings_from_args(args):
         (args.requests, rq, "requests"),
         (args.max_new_tokens, rq, "max_new_tokens"),
         (args.parts, s, "parts"),
+        (args.train_batch_sizes, tr, "batch_sizes"),
+        (args.grad_ckpt, tr, "grad_ckpt"),
+        (args.train_image_size, tr, "image_side"),
+        (args.train_steps, tr, "steps"),
     ):
         if value is not None:
             setattr(obj, name, value)
@@ -178,6 +222,9 @@ def settings_from_args(args):
         raise ValueError("--history, --repeats and --requests must be >= 1, --max-new-tokens >= 0")
     if mp.ar_steps is not None and mp.ar_steps < 1:
         raise ValueError("--ar-steps must be >= 1")
+    tr.lora = tr.lora or args.lora
+    if tr.image_side < 28 or tr.steps < 1:
+        raise ValueError("--train-image-size must be >= 28 and --train-steps >= 1")
     from stamp.bench.runner import resolve_devices
 
     resolve_devices(s.device)  # an unavailable device fails before the model loads
@@ -187,7 +234,7 @@ def settings_from_args(args):
 def run(args, argv: list[str] | None = None) -> int:
     """Run `stamp bench` for parsed `args`; prints the tables, writes --json. Returns the exit code."""
     from stamp.bench.mask_pass import DTYPES
-    from stamp.bench.presets import PresetMemoryError
+    from stamp.bench.presets import PRESETS, PresetMemoryError
     from stamp.bench.report import check_writable, render, write_json
     from stamp.bench.runner import resolve_devices, run_bench
     from stamp.bench.setup import load_bench_model, set_threads
@@ -202,8 +249,15 @@ def run(args, argv: list[str] | None = None) -> int:
     preset = args.preset or ("tiny" if args.quick and args.model is None else None)
     # a real-size preset is built where and as it first runs (no fp32 copy of a 7B model on the CPU)
     first_device = resolve_devices(settings.device)[0]
-    dtypes = settings.mask_pass.dtypes if "mask_pass" in settings.parts else settings.request.dtypes
+    if "mask_pass" in settings.parts:
+        dtypes = settings.mask_pass.dtypes
+    elif "request" in settings.parts:
+        dtypes = settings.request.dtypes
+    else:  # the training step alone: the weights in its precision (bf16 as a pretrained Qwen2-VL loads)
+        dtypes = [settings.train.precision]
     try:
+        if "train" in settings.parts and preset in PRESETS:  # before anything is allocated
+            check_preset_training(preset, settings, DTYPES[dtypes[0]])
         model, source = load_bench_model(args.model, preset, first_device, args.attn, DTYPES[dtypes[0]])
     except PresetMemoryError as err:
         print(f"stamp bench: {err}", file=sys.stderr)
@@ -224,6 +278,19 @@ def run(args, argv: list[str] | None = None) -> int:
         print(f"stamp bench: incomplete run (interrupted: {doc['interrupted']})", file=sys.stderr)
         return 130
     return 0
+
+
+def check_preset_training(preset: str, settings, dtype) -> None:
+    """Raise `PresetMemoryError` when the training step of a real-size preset cannot fit a device."""
+    from stamp.bench.presets import PRESETS, PROCESSOR_SETTINGS, build_config, meta_model
+    from stamp.bench.runner import resolve_devices
+    from stamp.bench.train_step import cells_for, check_train_memory
+
+    config, _ = build_config(PRESETS[preset])
+    model = meta_model(config, dtype)
+    cells = cells_for(PROCESSOR_SETTINGS, settings.train.image_side)
+    for device in resolve_devices(settings.device):
+        check_train_memory(preset, model, settings.train, cells, device)
 
 
 def _stop_on_sigterm(signum, frame):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stamp.processing import CELL, ProcessorSettings
-from stamp.train.config import TrainConfig
+from stamp.train.config import LoraConfig, TrainConfig
 
 
 def build_model(cfg: TrainConfig, weights_from: Path | None = None):
@@ -63,14 +63,25 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
     if m.freeze_vision:
         model.model.visual.requires_grad_(False)
     if m.gradient_checkpointing:
+        set_gradient_checkpointing(model, True)
+    if m.lora is not None:
+        model = apply_lora(model, m.lora, base_path=m.path, weights_from=weights_from)
+    return model.train()
+
+
+def set_gradient_checkpointing(model, on: bool) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them (non-reentrant
+    checkpoints; effective in training mode), or stop doing so."""
+    if on:
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # the name transformers keeps
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if m.lora is not None:
-        model = _apply_lora(model, cfg, weights_from)
-    return model.train()
+    elif hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
 
 
 SCRATCH_CELLS = (64, 256)
@@ -94,20 +105,23 @@ def _set_cells(model, m) -> None:
     model.processor.set_cell_range(lo, hi)
 
 
-def _apply_lora(model, cfg: TrainConfig, weights_from: Path | None):
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+def apply_lora(model, lc: LoraConfig, base_path: str | None = None, weights_from: Path | None = None):
+    """`model` wrapped by peft with the adapters `lc` asks for, inside the language model only; the
+    `modules_to_save` train in full (copies of theirs). `weights_from`: a checkpoint's model folder
+    holding `adapter_model.safetensors`. The wrapper keeps `.processor` and `.stamp_forward`."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    lc = cfg.model.lora
     processor = model.processor
-    peft_cfg = LoraConfig(
+    peft_cfg = PeftLoraConfig(
         r=lc.r,
         lora_alpha=lc.alpha,
         lora_dropout=lc.dropout,
         use_rslora=lc.rslora,
         target_modules=list(lc.target_modules),
         modules_to_save=list(lc.modules_to_save),
-        base_model_name_or_path=cfg.model.path,
+        base_model_name_or_path=base_path,
     )
     # LoRA only inside the language model: the vision tower's own linear layers keep their weights
     peft_cfg.target_modules = rf"model\.language_model\..*\.({'|'.join(lc.target_modules)})"
