@@ -82,3 +82,14 @@ def tiny_next_token_model(seed: int = 0):
     nt = load_experiment("next_token")
     labels = nt.label_token_ids(build_byte_tokenizer())
     return build_tiny_model(seed=seed, mask_decoder=nt.NAME, label_token_ids=labels)
+
+
+class LoopingHead(torch.nn.Module):
+    """An lm_head that always says the same token: a model stuck in a degenerate loop."""
+
+    def __init__(self, head, token: int):
+        super().__init__()
+        self.head, self.token = head, token
+
+    def forward(self, h):
+        return self.head(h).index_fill(-1, torch.tensor([self.token]), 1e4)

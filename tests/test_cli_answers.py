@@ -5,23 +5,11 @@ on, and an over-long prompt is one line and exit 2 before any model work."""
 import json
 
 import pytest
-import torch
-from helpers import random_image
+from helpers import LoopingHead, random_image
 
 from stamp.cli import build_parser, main
 from stamp.inference.generation import REPEAT_MIN_TOKENS
 from stamp.tiny import build_tiny_model
-
-
-class Loop(torch.nn.Module):
-    """An lm_head that always says the same token."""
-
-    def __init__(self, head, token: int):
-        super().__init__()
-        self.head, self.token = head, token
-
-    def forward(self, h):
-        return self.head(h).index_fill(-1, torch.tensor([self.token]), 1e4)
 
 
 @pytest.fixture
@@ -30,7 +18,7 @@ def looping_model(monkeypatch):
     import stamp.models
 
     model = build_tiny_model(seed=0)
-    model.lm_head = Loop(model.lm_head, model.processor._text_ids("x")[0])
+    model.lm_head = LoopingHead(model.lm_head, model.processor._text_ids("x")[0])
     model.forwards = 0
 
     def count(*args):

@@ -19,6 +19,35 @@ from stamp.model.tokens import (
 from stamp.processing import CELL, ProcessorSettings, StampProcessor
 
 
+def qwen_vl_config(tokenizer, family: str, text: dict, vision: dict, *, tie_word_embeddings: bool = False):
+    """A Qwen2-VL (`family` "qwen2_vl") or Qwen2.5-VL ("qwen2_5_vl") config around `tokenizer`.
+
+    `text`: the language model's sizes (hidden_size, layers, heads, mrope sections, vocab_size ...);
+    `vision`: the vision tower's own sizes. Added here: the special-token ids from `tokenizer`, the patch
+    sizes (14, merge 2, temporal 2) and the link from the patch merger to the LM width.
+    """
+    text = {
+        **text,
+        "bos_token_id": token_id(tokenizer, PAD),
+        "eos_token_id": token_id(tokenizer, IM_END),
+        "pad_token_id": token_id(tokenizer, PAD),
+    }
+    common = dict(
+        text_config=text,
+        image_token_id=token_id(tokenizer, IMAGE_PAD),
+        video_token_id=token_id(tokenizer, VIDEO_PAD),
+        vision_start_token_id=token_id(tokenizer, VISION_START),
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    patch = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if family == "qwen2_vl":
+        return Qwen2VLConfig(vision_config={**vision, "hidden_size": text["hidden_size"], **patch}, **common)
+    if family == "qwen2_5_vl":
+        vision = {**vision, "out_hidden_size": text["hidden_size"], **patch}
+        return Qwen2_5_VLConfig(vision_config=vision, **common)
+    raise ValueError(f"family must be one of qwen2_vl, qwen2_5_vl, got {family!r}")
+
+
 def build_model_from_scratch(
     tokenizer,
     *,
@@ -56,42 +85,21 @@ def build_model_from_scratch(
         rope_scaling={"type": "mrope", "mrope_section": list(mrope_section)},
         max_position_embeddings=8192,
         vocab_size=len(tokenizer),
-        bos_token_id=token_id(tokenizer, PAD),
-        eos_token_id=token_id(tokenizer, IM_END),
-        pad_token_id=token_id(tokenizer, PAD),
     )
-    common = dict(
-        text_config=text,
-        image_token_id=token_id(tokenizer, IMAGE_PAD),
-        video_token_id=token_id(tokenizer, VIDEO_PAD),
-        vision_start_token_id=token_id(tokenizer, VISION_START),
-        tie_word_embeddings=False,
-    )
-    patch = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-    if family == "qwen2_vl":
-        vision = dict(
-            depth=vision_depth,
-            embed_dim=vision_embed_dim,
-            num_heads=vision_heads,
-            mlp_ratio=vision_mlp_ratio,
-            hidden_size=hidden_size,
-            **patch,
-        )
-        config = Qwen2VLConfig(vision_config=vision, **common)
-    elif family == "qwen2_5_vl":
+    if family == "qwen2_5_vl":
         vision = dict(
             depth=vision_depth,
             hidden_size=vision_embed_dim,
             intermediate_size=int(vision_embed_dim * vision_mlp_ratio),
             num_heads=vision_heads,
-            out_hidden_size=hidden_size,
             window_size=112,
             fullatt_block_indexes=[vision_depth - 1],
-            **patch,
         )
-        config = Qwen2_5_VLConfig(vision_config=vision, **common)
     else:
-        raise ValueError(f"family must be one of {sorted(MODEL_CLASSES)}, got {family!r}")
+        vision = dict(
+            depth=vision_depth, embed_dim=vision_embed_dim, num_heads=vision_heads, mlp_ratio=vision_mlp_ratio
+        )
+    config = qwen_vl_config(tokenizer, family, text, vision)
     config.stamp = StampSettings(
         seg_id,
         mask_id,

@@ -6,7 +6,7 @@ import base64
 import json
 
 import pytest
-import torch
+from helpers import LoopingHead
 from serve_helpers import FORCE, image_bytes, upload
 
 from stamp.inference import StampPredictor
@@ -22,21 +22,10 @@ def _events(text: str) -> list[tuple[str, dict]]:
     return out
 
 
-class Loop(torch.nn.Module):
-    """An lm_head that always says the same token: a degenerate loop."""
-
-    def __init__(self, head, token: int):
-        super().__init__()
-        self.head, self.token = head, token
-
-    def forward(self, h):
-        return self.head(h).index_fill(-1, torch.tensor([self.token]), 1e4)
-
-
 @pytest.fixture
 def looping_client(make_client):
     model = build_tiny_model(seed=0)
-    model.lm_head = Loop(model.lm_head, model.processor._text_ids("x")[0])
+    model.lm_head = LoopingHead(model.lm_head, model.processor._text_ids("x")[0])
     return make_client(StampPredictor(model), batch_wait_ms=0)
 
 

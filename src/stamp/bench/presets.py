@@ -88,19 +88,9 @@ class PresetMemoryError(MemoryError):
 def build_config(preset: Preset):
     """The transformers config of `preset` with STAMP's settings, around the stand-in tokenizer.
     Returns (config, tokenizer)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
-
     from stamp.model.config import StampSettings
-    from stamp.model.tokens import (
-        IM_END,
-        IMAGE_PAD,
-        PAD,
-        VIDEO_PAD,
-        VISION_START,
-        add_stamp_tokens,
-        build_byte_tokenizer,
-        token_id,
-    )
+    from stamp.model.tokens import add_stamp_tokens, build_byte_tokenizer
+    from stamp.tiny import qwen_vl_config
 
     tokenizer = build_byte_tokenizer()
     seg_id, mask_id = add_stamp_tokens(tokenizer)
@@ -117,26 +107,11 @@ def build_config(preset: Preset):
         rms_norm_eps=1e-6,
         max_position_embeddings=preset.max_positions,
         vocab_size=preset.vocab,
-        bos_token_id=token_id(tokenizer, PAD),
-        eos_token_id=token_id(tokenizer, IM_END),
-        pad_token_id=token_id(tokenizer, PAD),
         tie_word_embeddings=preset.tie_word_embeddings,
     )
-    patch = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-    common = dict(
-        text_config=text,
-        image_token_id=token_id(tokenizer, IMAGE_PAD),
-        video_token_id=token_id(tokenizer, VIDEO_PAD),
-        vision_start_token_id=token_id(tokenizer, VISION_START),
-        tie_word_embeddings=preset.tie_word_embeddings,
+    config = qwen_vl_config(
+        tokenizer, preset.family, text, dict(preset.vision), tie_word_embeddings=preset.tie_word_embeddings
     )
-    if preset.family == "qwen2_vl":
-        config = Qwen2VLConfig(
-            vision_config={**preset.vision, "hidden_size": preset.hidden, **patch}, **common
-        )
-    else:
-        vision = {**preset.vision, "out_hidden_size": preset.hidden, **patch}
-        config = Qwen2_5_VLConfig(vision_config=vision, **common)
     config.stamp = StampSettings(seg_id, mask_id).to_dict()
     config._attn_implementation = "sdpa"
     return config, tokenizer

@@ -105,21 +105,27 @@ def measure(
     peak = None
     spent = 0.0
     for i in range(max(1, repeats)):
-        probe = MemoryProbe(device) if track_memory and i == 0 else None
-        if probe is not None:
-            probe.start()
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        dt = time.perf_counter() - t0
-        if probe is not None:
-            peak = probe.stop()
-        samples.append(dt * 1e3)
-        spent += dt
+        ms, probed = _timed_call(fn, device, track_memory and i == 0)
+        if i == 0:
+            peak = probed
+        samples.append(ms)
+        spent += ms / 1e3
         if budget_s is not None and spent >= budget_s:
             break
     return Timing.from_samples(samples, peak)
+
+
+def _timed_call(fn: Callable[[], object], device, track_memory: bool) -> tuple[float, PeakMemory | None]:
+    """One synchronised call of `fn`: (milliseconds, its peak memory when `track_memory`, else None)."""
+    probe = MemoryProbe(device) if track_memory else None
+    if probe is not None:
+        probe.start()
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    ms = (time.perf_counter() - t0) * 1e3
+    return ms, (probe.stop() if probe is not None else None)
 
 
 def measure_alternating(
@@ -139,16 +145,10 @@ def measure_alternating(
     peaks: dict[str, PeakMemory | None] = {name: None for name in fns}
     for i in range(max(1, repeats)):
         for name, fn in fns.items():
-            probe = MemoryProbe(device) if track_memory and i == 0 else None
-            if probe is not None:
-                probe.start()
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-            if probe is not None:
-                peaks[name] = probe.stop()
+            ms, peak = _timed_call(fn, device, track_memory and i == 0)
+            samples[name].append(ms)
+            if i == 0:
+                peaks[name] = peak
     return {name: Timing.from_samples(samples[name], peaks[name]) for name in fns}
 
 
