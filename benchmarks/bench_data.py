@@ -55,11 +55,11 @@ def bench_synthref(n: int, repeats: int) -> None:
 
 def bench_collator(n: int, repeats: int, batch_size: int, config: str) -> None:
     """encode_sample + collate with the image sizing and data of a training config (the bundled one)."""
-    from stamp.configuration import load_config
     from stamp.data.synthref import SynthRef
     from stamp.processing import CELL, ProcessorSettings, StampProcessor
     from stamp.train.config import TrainConfig
     from stamp.train.tokenizer import load_synth_tokenizer
+    from stamp.yaml_config import load_config
 
     cfg = load_config(TrainConfig, config)
     m = cfg.model

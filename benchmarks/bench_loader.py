@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from stamp.configuration import load_config
 from stamp.train.config import TrainConfig
 from stamp.train.trainer import Trainer
+from stamp.yaml_config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,8 +136,8 @@ async def run_load(url: str, args, images: list[bytes]) -> dict:
 
 def bench_mode(predictor, mode: str, args, images) -> dict:
     from stamp.serve.app import create_app
-    from stamp.serve.config import ServeSettings
     from stamp.serve.server import serve_in_thread
+    from stamp.serve.settings import ServeSettings
 
     size = args.max_batch_size if mode == "batched" else 1
     settings = ServeSettings(

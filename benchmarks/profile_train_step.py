@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from stamp.configuration import load_config
 from stamp.train.config import TrainConfig
 from stamp.train.trainer import Trainer
+from stamp.yaml_config import load_config
 
 SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::tolist")
 

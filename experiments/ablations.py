@@ -64,8 +64,8 @@ FULL_EXTRA: list[tuple[str, dict]] = [
 
 def base_task_mix() -> dict[str, float] | None:
     """The task mix of the base config (evaluations use it, so no run is tested on unseen task types)."""
-    from stamp.configuration import load_config
     from stamp.train.config import TrainConfig
+    from stamp.yaml_config import load_config
 
     return load_config(TrainConfig, BASE).data.task_weights
 
@@ -78,11 +78,11 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int, seed: int 
     """Train (or resume) run `name` with `seed`, then evaluate it; returns its results dict."""
     import time
 
-    from stamp.configuration import load_config
     from stamp.eval.runner import EvalJob, run_eval
     from stamp.train.checkpoint import latest_checkpoint
     from stamp.train.config import TrainConfig
     from stamp.train.trainer import train
+    from stamp.yaml_config import load_config
 
     label_name = run_name(name, seed)
     result_file = out / f"{label_name}.json"

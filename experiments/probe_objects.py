@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
-        from stamp.io import atomic_write_bytes
+        from stamp.outputs import atomic_write_bytes
 
         atomic_write_bytes(args.out, (text + "\n").encode())
     return 0

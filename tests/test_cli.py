@@ -244,7 +244,7 @@ def test_segment_several_images_and_a_folder(tmp_path, monkeypatch, capsys):
 
 def test_result_json_holds_the_mask_record(tmp_path):
     """result.json's masks are the shared record (the HTTP API returns the same, tests/serve)."""
-    from stamp.io.records import MASK_RECORD_KEYS
+    from stamp.outputs.records import MASK_RECORD_KEYS
 
     img = tmp_path / "in.png"
     random_image(60, 80).save(img)
@@ -351,8 +351,8 @@ def test_quiet_hides_deepspeeds_accelerator_notice():
 
 
 def test_train_finds_shipped_recipes_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
-    from stamp.configuration import ConfigError
     from stamp.recipes import PACKAGE_DIR, find_recipe
+    from stamp.yaml_config import ConfigError
 
     monkeypatch.chdir(tmp_path)
     path = find_recipe("tiny-synth")

@@ -61,9 +61,9 @@ def test_cuda_generation_matches_cpu_and_the_uncached_forward():
 
 
 def test_cuda_training_with_data_workers(tmp_path):
-    from stamp.configuration import load_config
     from stamp.train.config import TrainConfig
     from stamp.train.trainer import train
+    from stamp.yaml_config import load_config
 
     cfg = load_config(
         TrainConfig,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from stamp.cli import build_parser, main
-from stamp.configuration import load_config
 from stamp.recipes import find_recipe
 from stamp.train.config import TrainConfig
+from stamp.yaml_config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [

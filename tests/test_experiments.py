@@ -37,8 +37,8 @@ def test_ablation_runner_smoke(tmp_path, monkeypatch):
 
 
 def test_every_run_is_a_valid_config_of_the_same_budget():
-    from stamp.configuration import load_config
     from stamp.train.config import TrainConfig
+    from stamp.yaml_config import load_config
 
     mod = _load()
     base = load_config(TrainConfig, mod.BASE)
@@ -246,9 +246,9 @@ def test_the_shape_recipe_names_its_script_and_stamp_train_refuses_it_alone(monk
     import shlex
 
     from stamp.cli import build_parser, main
-    from stamp.configuration import load_config
     from stamp.train import objectives
     from stamp.train.config import TrainConfig
+    from stamp.yaml_config import load_config
 
     root = SCRIPT.parents[1]
     recipe = root / "configs" / "tiny-synth" / "13-gpu-shape-anchor.yaml"

@@ -19,8 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import Qwen2VLImageProcessorPil
 
-from stamp.image_resize import patchify, qwen2vl_fast_pixels, resize_bicubic_antialias
-from stamp.images import load_image
+from stamp.imaging import load_image
+from stamp.imaging.resize import patchify, qwen2vl_fast_pixels, resize_bicubic_antialias
 from stamp.model.tokens import build_byte_tokenizer
 from stamp.processing import (
     PROCESSOR_FILE,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stamp.images import ImageError, load_image
+from stamp.imaging import ImageError, load_image
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "I;16", "F", "CMYK", "1"])

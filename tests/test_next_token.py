@@ -11,8 +11,8 @@ from helpers import load_experiment, random_image, tiny_next_token_model
 
 from stamp.data.sample import Turn
 from stamp.inference import StampPredictor, generation
-from stamp.model.config import StampSettings
 from stamp.model.loading import StampModelError
+from stamp.model.settings import StampSettings
 from stamp.processing import load_pretrained
 
 nt = load_experiment("next_token")  # registers the decoder
@@ -122,9 +122,9 @@ def test_an_unregistered_decoder_is_a_one_line_error_naming_its_script(
     """A process that never imported experiments/next_token.py loads such a model but refuses to decode
     or train it, naming the script; the script's entry point runs the same `stamp` command."""
     from stamp.cli import main
-    from stamp.configuration import load_config
     from stamp.train.config import TrainConfig
     from stamp.train.trainer import Trainer
+    from stamp.yaml_config import load_config
 
     baseline.save_stamp(tmp_path / "m")
     monkeypatch.setattr(

@@ -3,7 +3,7 @@
 import os
 
 from stamp.bench.report import write_json
-from stamp.io.outputs import atomic_write_bytes, new_file_mode
+from stamp.outputs.files import atomic_write_bytes, new_file_mode
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
@@ -47,7 +47,7 @@ def test_overlay_outlines_show_on_a_background_of_the_masks_colour():
     import numpy as np
     from PIL import Image
 
-    from stamp.io.outputs import HALO, PALETTE, overlay_masks
+    from stamp.outputs.files import HALO, PALETTE, overlay_masks
 
     image = Image.new("RGB", (40, 30), PALETTE[0])  # the first mask's colour everywhere
     mask = np.zeros((30, 40), bool)
@@ -66,7 +66,7 @@ def test_overlay_file_has_a_legend_with_index_and_phrase(tmp_path):
     from PIL import Image
 
     from stamp.inference.predictor import StampMask, StampResult
-    from stamp.io.outputs import PALETTE, legend_labels, result_to_dict, write_result
+    from stamp.outputs.files import PALETTE, legend_labels, result_to_dict, write_result
 
     masks = []
     for k in range(2):
@@ -84,8 +84,8 @@ def test_overlay_file_has_a_legend_with_index_and_phrase(tmp_path):
 
 
 def test_records_know_the_models_seg_token():
-    from stamp.io import records
     from stamp.model import tokens
+    from stamp.outputs import records
 
     assert records.SEG_TOKEN == tokens.SEG_TOKEN
 
@@ -97,8 +97,8 @@ def test_result_json_says_why_the_answer_ended(tmp_path):
 
     from stamp.inference.generation import FINISH_REASONS
     from stamp.inference.predictor import StampResult
-    from stamp.io import records
-    from stamp.io.outputs import write_result
+    from stamp.outputs import records
+    from stamp.outputs.files import write_result
 
     assert records.FINISH_REASONS == FINISH_REASONS
     for reason in FINISH_REASONS:

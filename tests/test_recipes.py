@@ -14,8 +14,8 @@ import pytest
 from helpers import random_image
 
 from stamp.cli import build_parser, main
-from stamp.configuration import load_config
 from stamp.train.config import TrainConfig
+from stamp.yaml_config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "data"))

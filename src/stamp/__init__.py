@@ -17,7 +17,7 @@ _EXPORTS = {
     "StampPredictor": "stamp.inference.predictor",
     "StampResult": "stamp.inference.predictor",
     "StampMask": "stamp.inference.predictor",
-    "StampSettings": "stamp.model.config",
+    "StampSettings": "stamp.model.settings",
     "StampProcessor": "stamp.processing",
 }
 

@@ -5,7 +5,7 @@ for its video part, which this project does not depend on), chosen by `Processor
 
     "pil"   `Qwen2VLImageProcessorPil`: PIL bicubic resize (stamp-seg checkpoints saved before the
             field existed, and the bundled model);
-    "fast"  `stamp.image_resize`: the resize of transformers' fast (torchvision) processor, bicubic with
+    "fast"  `stamp.imaging.resize`: the resize of transformers' fast (torchvision) processor, bicubic with
             antialias on uint8 tensors, equal to it bit for bit without torchvision (the authors'
             checkpoints: their environment loads the fast processor).
 
@@ -31,8 +31,8 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import Qwen2VLImageProcessorPil
 
 from stamp.data.sample import StampSample, Turn
-from stamp.image_resize import MERGE, PATCH, qwen2vl_fast_pixels
-from stamp.images import ImageLike, load_image
+from stamp.imaging import ImageLike, load_image
+from stamp.imaging.resize import MERGE, PATCH, qwen2vl_fast_pixels
 from stamp.model.losses import patch_targets
 from stamp.model.tokens import (
     IM_END,
@@ -66,7 +66,7 @@ class ProcessorSettings:
     """Cells whose foreground area fraction is >= this are positive targets; None keeps soft targets."""
     resize: str = "pil"
     """How images are resized: "pil" (PIL bicubic; files saved before this field existed load as "pil")
-    or "fast" (as transformers' fast image processor, see `stamp.image_resize`)."""
+    or "fast" (as transformers' fast image processor, see `stamp.imaging.resize`)."""
 
     @classmethod
     def authors(cls) -> ProcessorSettings:
@@ -306,7 +306,7 @@ class StampProcessor:
 
 
 def _pil_image_processor(settings: ProcessorSettings) -> Qwen2VLImageProcessorPil | None:
-    """transformers' PIL processor for the "pil" resize; None for "fast" (done by `stamp.image_resize`)."""
+    """transformers' PIL processor for the "pil" resize; None for "fast" (done by `stamp.imaging.resize`)."""
     if settings.resize != "pil":
         return None
     return Qwen2VLImageProcessorPil(min_pixels=settings.min_pixels, max_pixels=settings.max_pixels)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stamp.configuration import ConfigError
+from stamp.yaml_config import ConfigError
 
 PACKAGE_DIR = Path(__file__).parent / "assets" / "configs"
 CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "configs"

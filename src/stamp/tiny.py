@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-from stamp.model.config import PLACEHOLDERS, StampSettings
+from stamp.model.settings import PLACEHOLDERS, StampSettings
 from stamp.model.tokens import (
     IM_END,
     IMAGE_PAD,

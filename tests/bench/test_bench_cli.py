@@ -103,7 +103,7 @@ def test_request_and_batch_records(quick_doc):
 
 def test_every_batch_size_runs_the_same_images(tmp_path, monkeypatch):
     """Batch 1 must not be timed on one image while batch 8 covers eight of other sizes."""
-    import stamp.images
+    import stamp.imaging
     from stamp.bench.request import RequestSettings, batch_records
 
     files = [(tmp_path / f"{k}.png", f"prompt {k}") for k in range(3)]
@@ -115,7 +115,7 @@ def test_every_batch_size_runs_the_same_images(tmp_path, monkeypatch):
         def predict_batch(self, items, **kwargs):
             calls.append([prompt for _, prompt in items])
 
-    monkeypatch.setattr(stamp.images, "load_image", lambda path: path)
+    monkeypatch.setattr(stamp.imaging, "load_image", lambda path: path)
     settings = RequestSettings(batch_sizes=[1, 4, 3], warmup=0, batch_repeats=1)
     recs = batch_records(Recorder(), files, settings, "fp32")
     want = ["prompt 0", "prompt 1", "prompt 2", "prompt 0"]  # the first max(sizes) = 4, cycled

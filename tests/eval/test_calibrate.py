@@ -11,7 +11,7 @@ from stamp.eval.calibrate import ReplayPredictor, choose, rule_score
 from stamp.eval.evaluate import evaluate_samples
 from stamp.eval.runner import DEFAULT_FORCE_PREFIX
 from stamp.inference import StampPredictor
-from stamp.model.config import StampSettings
+from stamp.model.settings import StampSettings
 from stamp.tiny import build_tiny_model
 
 

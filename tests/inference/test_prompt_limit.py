@@ -70,7 +70,7 @@ def test_the_servers_character_limit_fits_in_the_token_bound(tiny_model):
     """Any prompt the server's character pre-check lets through (2000 characters, even 4-byte ones a
     byte-level tokenizer splits into 4 tokens each) fits in the default token bound on its own; only a
     long history can exceed it, which the token check then refuses."""
-    from stamp.serve.config import ServeSettings
+    from stamp.serve.settings import ServeSettings
 
     pred = StampPredictor(tiny_model)
     worst = "\U0001f600" * ServeSettings().max_prompt_chars

@@ -10,7 +10,7 @@ from serve_helpers import ScriptedPredictor  # noqa: E402
 
 from stamp.inference import StampPredictor  # noqa: E402
 from stamp.serve.app import create_app  # noqa: E402
-from stamp.serve.config import ServeSettings  # noqa: E402
+from stamp.serve.settings import ServeSettings  # noqa: E402
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from serve_helpers import FORCE, ScriptedPredictor, image_bytes
 from stamp.inference import ChatRequest, StampPredictor
 from stamp.serve.app import create_app
 from stamp.serve.batching import Batcher
-from stamp.serve.config import ServeSettings
+from stamp.serve.settings import ServeSettings
 
 HISTORY = json.dumps([{"role": "user", "text": "Hi."}, {"role": "assistant", "text": "Hello."}])
 REQUESTS = [  # (path, fields, image seed): mixed sizes, a history, a stream, different budgets

@@ -6,7 +6,7 @@ import pytest
 from serve_helpers import image_bytes, upload
 
 from stamp.cli import main
-from stamp.io.records import MASK_RECORD_KEYS
+from stamp.outputs.records import MASK_RECORD_KEYS
 
 
 def test_api_masks_are_the_shared_record(client):

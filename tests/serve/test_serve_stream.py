@@ -11,8 +11,8 @@ from serve_helpers import image_bytes, upload
 from stamp.inference import StampPredictor
 from stamp.inference.generation import GenerationConfig, generate
 from stamp.serve.app import create_app
-from stamp.serve.config import ServeSettings
 from stamp.serve.server import serve_in_thread
+from stamp.serve.settings import ServeSettings
 from stamp.serve.stream import TextStreamer, phrase_spans
 
 PREFIX = "The cat <|seg|> and the dog is <|seg|>."

@@ -15,10 +15,10 @@ from PIL import Image
 from serve_helpers import FORCE, image_bytes
 
 from stamp.inference import StampPredictor
-from stamp.io.outputs import overlay_masks
+from stamp.outputs.files import overlay_masks
 from stamp.serve.app import create_app
-from stamp.serve.config import ServeSettings
 from stamp.serve.server import serve_in_thread
+from stamp.serve.settings import ServeSettings
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -123,7 +123,7 @@ def test_pick_a_sample_ask_and_see_coloured_masks(page, site):
         assert np.array_equal(masks[-1], _decode_png("data:image/png;base64," + want["masks"][k]["png"]))
     assert page.is_visible("#download-json")
 
-    # The canvas shows the overlay stamp.io draws for the CLI (up to rounding).
+    # The canvas shows the overlay stamp.outputs draws for the CLI (up to rounding).
     canvas = _canvas_pixels(page).astype(int)
     expected = np.asarray(overlay_masks(Image.open(io.BytesIO(png)), masks)).astype(int)
     assert canvas.shape == expected.shape

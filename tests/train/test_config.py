@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from stamp.configuration import ConfigError, load_config
 from stamp.train.config import TrainConfig
+from stamp.yaml_config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if "accelerate" not in p.relative_to(ROOT).parts)

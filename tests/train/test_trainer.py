@@ -14,7 +14,6 @@ import torch
 from helpers import run_two_cpu_ranks
 from safetensors.torch import load_file
 
-from stamp.configuration import ConfigError, load_config
 from stamp.processing import load_pretrained
 from stamp.tiny import build_tiny_model
 from stamp.train import objectives
@@ -22,6 +21,7 @@ from stamp.train.checkpoint import latest_checkpoint
 from stamp.train.config import TrainConfig
 from stamp.train.objectives import AUXILIARY_FILE, AuxiliaryObjective
 from stamp.train.trainer import Trainer, train
+from stamp.yaml_config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tiny-synth.yaml"
@@ -294,8 +294,8 @@ def test_sharding_configs_are_not_silently_downgraded(monkeypatch):
     """accelerate turns an FSDP/DeepSpeed config into plain CPU data parallelism without a word; stop."""
     import pytest
 
-    from stamp.configuration import ConfigError
     from stamp.train.trainer import _check_sharding_honoured
+    from stamp.yaml_config import ConfigError
 
     _check_sharding_honoured("MULTI_CPU")  # nothing asked for: fine
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

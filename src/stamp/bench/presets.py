@@ -88,7 +88,7 @@ class PresetMemoryError(MemoryError):
 def build_config(preset: Preset):
     """The transformers config of `preset` with STAMP's settings, around the stand-in tokenizer.
     Returns (config, tokenizer)."""
-    from stamp.model.config import StampSettings
+    from stamp.model.settings import StampSettings
     from stamp.model.tokens import add_stamp_tokens, build_byte_tokenizer
     from stamp.tiny import qwen_vl_config
 

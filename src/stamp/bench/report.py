@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from stamp.io.outputs import new_file_mode
+from stamp.outputs.files import new_file_mode
 
 
 def check_writable(path: str | Path, force: bool) -> Path:

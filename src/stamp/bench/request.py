@@ -80,7 +80,7 @@ def _median_ms(values: list[float]) -> float:
 
 def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSettings, dtype: str) -> dict:
     """The latency breakdown (median ms per stage) of first and second queries on `files`."""
-    from stamp.images import load_image
+    from stamp.imaging import load_image
 
     device = predictor.model.device
     first: dict[str, list[float]] = {s: [] for s in (*STAGES, "total", "wall")}
@@ -149,7 +149,7 @@ def batch_records(
     max(batch_sizes) of `files` (cycled if fewer), in consecutive batches of B. So batch 1 and batch 8
     do the same work; images differ in size (SynthRef's range), and timing batch 1 on one image alone
     would credit or charge it with that image's size."""
-    from stamp.images import load_image
+    from stamp.imaging import load_image
 
     if not settings.batch_sizes:
         return []

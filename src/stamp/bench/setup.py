@@ -57,9 +57,9 @@ def load_bench_model(
 
         net, source = build_tiny_model(seed=0), {"kind": "preset", "name": "tiny", "random_weights": True}
     elif preset is not None:
-        from stamp.configuration import load_config
         from stamp.train.build import build_model
         from stamp.train.config import TrainConfig
+        from stamp.yaml_config import load_config
 
         path = _find_config(SYNTH_CONFIG) if preset == "synth" else Path(preset)
         if preset != "synth" and not (path.suffix in (".yaml", ".yml") and path.is_file()):

@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from stamp.configuration import ConfigError
 from stamp.data.errors import DataError
-from stamp.images import ImageError
+from stamp.imaging import ImageError
 from stamp.model.loading import StampModelError
 from stamp.refine import RefineError
+from stamp.yaml_config import ConfigError
 
 USER_ERRORS = (
     ImageError,
@@ -57,7 +57,7 @@ def announce_bundled(model) -> None:
 
 def warn_unfinished(what: str, result) -> None:
     """One line on stderr when `result`'s answer did not end by itself (token limit or a loop)."""
-    from stamp.io.records import finish_warning
+    from stamp.outputs.records import finish_warning
 
     warning = finish_warning(result.finish_reason, len(result.token_ids))
     if warning:

@@ -33,7 +33,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from stamp.eval.compare import compare, format_comparison, load_results
-    from stamp.io.outputs import atomic_write_bytes, ensure_writable
+    from stamp.outputs.files import atomic_write_bytes, ensure_writable
 
     if args.json:
         ensure_writable([Path(args.json)], args.force)

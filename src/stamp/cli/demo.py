@@ -40,8 +40,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from stamp.images import load_image
-    from stamp.io import ensure_writable, write_result
+    from stamp.imaging import load_image
+    from stamp.outputs import ensure_writable, write_result
 
     out = Path(args.out)
     check_out_dir(out)

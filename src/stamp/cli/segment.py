@@ -62,7 +62,7 @@ def add_parser(sub):
 def segment_inputs(paths: list[str]) -> list[Path]:
     """The image files named by the arguments: files as given, folders' image files (by suffix) in name
     order. ImageError for a missing path or a folder without images."""
-    from stamp.images import ImageError
+    from stamp.imaging import ImageError
 
     files: list[Path] = []
     for text in paths:
@@ -95,7 +95,7 @@ def _check_image(path: Path) -> None:
     """Refuse a file that is not an image (format from its header; nothing decoded)."""
     from PIL import Image, UnidentifiedImageError
 
-    from stamp.images import ImageError
+    from stamp.imaging import ImageError
 
     try:
         with Image.open(path):
@@ -107,9 +107,9 @@ def _check_image(path: Path) -> None:
 
 
 def run(args) -> int:
-    from stamp.images import load_image
+    from stamp.imaging import load_image
     from stamp.inference import ChatRequest
-    from stamp.io import atomic_write_bytes, ensure_writable, write_result
+    from stamp.outputs import atomic_write_bytes, ensure_writable, write_result
 
     out = Path(args.out)
     check_out_dir(out)

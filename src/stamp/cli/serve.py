@@ -31,7 +31,7 @@ HELP = {
 
 
 def add_parser(sub, name: str = "serve"):
-    from stamp.serve.config import ServeSettings
+    from stamp.serve.settings import ServeSettings
 
     d = ServeSettings()
     p = add_command(sub, name, HELP[name], EXAMPLES[name], description=HELP[name])
@@ -93,7 +93,7 @@ def add_web_parser(sub):
 
 def settings_from_args(args, *, web: bool):
     """`ServeSettings` from parsed arguments (ValueError on a bad value)."""
-    from stamp.serve.config import ServeSettings
+    from stamp.serve.settings import ServeSettings
 
     return ServeSettings(
         max_batch_size=args.max_batch_size,

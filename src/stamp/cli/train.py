@@ -35,11 +35,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from stamp.configuration import load_config
     from stamp.recipes import find_recipe
     from stamp.train.checkpoint import latest_checkpoint
     from stamp.train.config import TrainConfig
     from stamp.train.trainer import train
+    from stamp.yaml_config import load_config
 
     cfg = load_config(TrainConfig, find_recipe(args.config), args.overrides)
     try:

@@ -63,6 +63,6 @@ class StampSample:
 
     def load_image(self) -> Image.Image:
         """The image as an RGB PIL image (paths are opened here, EXIF orientation applied)."""
-        from stamp.images import load_image
+        from stamp.imaging import load_image
 
         return load_image(self.image)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stamp.inference.predictor import StampPredictor
-from stamp.io import atomic_write_bytes, ensure_writable
+from stamp.outputs import atomic_write_bytes, ensure_writable
 
 DEFAULT_THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 RULE_METRICS = ("ciou", "giou", "n_acc", "t_acc")

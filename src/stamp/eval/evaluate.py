@@ -185,7 +185,7 @@ def evaluate_samples(
                 "seconds": seconds,
             }
             if save_masks is not None and not declined:
-                from stamp.io.outputs import save_mask_png
+                from stamp.outputs.files import save_mask_png
 
                 rec["mask_file"] = save_mask_png(pred, Path(save_masks) / f"{len(records):06d}.png")
             records.append(rec)

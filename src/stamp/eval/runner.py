@@ -27,7 +27,7 @@ import torch
 
 from stamp.eval.evaluate import EvalReport, evaluate_samples, merge_reports
 from stamp.eval.protocols import get_protocol
-from stamp.io.outputs import atomic_write_bytes, ensure_writable
+from stamp.outputs.files import atomic_write_bytes, ensure_writable
 from stamp.refine import check_refine_source
 
 DEFAULT_FORCE_PREFIX = "Sure, it is <|seg|>"

@@ -33,9 +33,9 @@ import torch
 from transformers import DynamicCache
 
 from stamp.model.attention import build_hybrid_attention_mask
-from stamp.model.config import PLACEHOLDERS
 from stamp.model.loading import StampModelError
 from stamp.model.positions import placeholder_position_ids
+from stamp.model.settings import PLACEHOLDERS
 
 FINISH_REASONS = ("eos", "length", "repetition")
 """Why an answer ended: the model's end-of-turn token, the token budget, or a degenerate loop."""

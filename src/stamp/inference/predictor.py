@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from stamp.data.sample import Turn
-from stamp.images import ImageLike
+from stamp.imaging import ImageLike
 from stamp.inference.generation import (
     FINISH_REASONS,
     EventCallback,
@@ -26,7 +26,7 @@ from stamp.inference.generation import (
     GenerationRequest,
     generate,
 )
-from stamp.model.config import check_probability
+from stamp.model.settings import check_probability
 from stamp.model.tokens import PAD
 from stamp.processing import EncodedImage, StampProcessor
 

@@ -35,7 +35,7 @@ import torch
 from safetensors import safe_open
 
 from stamp.filemodes import new_dir_mode
-from stamp.model.config import StampSettings
+from stamp.model.settings import StampSettings
 from stamp.model.tokens import add_stamp_tokens
 
 

@@ -30,8 +30,8 @@ from stamp.model.attention import (
     to_backend_mask,
 )
 from stamp.model.batch_plan import BatchPlan, BatchPlanner
-from stamp.model.config import StampSettings
 from stamp.model.losses import mask_losses, text_loss_at
+from stamp.model.settings import StampSettings
 
 
 @dataclass

@@ -6,7 +6,7 @@ Needs the `serve` extra (fastapi, uvicorn, python-multipart); importing this pac
 
 from __future__ import annotations
 
-from stamp.serve.config import ServeSettings
+from stamp.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]
 

@@ -24,7 +24,6 @@ from stamp.inference.predictor import ChatRequest, PromptTooLongError, StampPred
 from stamp.model.tokens import SEG_TOKEN
 from stamp.models import BUNDLED_NOTE, is_bundled
 from stamp.serve.batching import Batcher, Job, Overloaded, ShuttingDown
-from stamp.serve.config import ServeSettings
 from stamp.serve.docs_page import render_docs_page
 from stamp.serve.errors import ApiError, error_responses, install_error_handlers
 from stamp.serve.inputs import SegmentInput, read_segment_input
@@ -37,6 +36,7 @@ from stamp.serve.schemas import (
     SegmentMultipartRequest,
     SegmentResponse,
 )
+from stamp.serve.settings import ServeSettings
 from stamp.serve.stream import TextStreamer, mask_payload, sse
 
 API_VERSION = "1.0"

@@ -20,15 +20,15 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from stamp.images import ImageError, load_image
+from stamp.imaging import ImageError, load_image
 from stamp.model.tokens import QWEN_SPECIAL_TOKENS, SEG_TOKEN, STAMP_TOKENS
-from stamp.serve.config import ServeSettings
 from stamp.serve.errors import ApiError, describe_validation
 from stamp.serve.schemas import SegmentJSONRequest, SegmentOptions
+from stamp.serve.settings import ServeSettings
 
 # Formats a client may send (Pillow can read more, e.g. EPS or PSD; they are refused with 415).
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF", "PPM"})
-# Pixel modes `stamp.images.load_image` turns into RGB faithfully (e.g. LAB or HSV are refused).
+# Pixel modes `stamp.imaging.load_image` turns into RGB faithfully (e.g. LAB or HSV are refused).
 ALLOWED_MODES = frozenset(
     {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"}
     | {"I;16", "I;16B", "I;16L", "I;16N"}

@@ -69,7 +69,7 @@ class RLE(BaseModel):
 
 class MaskResult(BaseModel):
     """One predicted mask; `index` k belongs to the k-th `<|seg|>` of the answer. The same record as in
-    `stamp segment`'s result.json (`stamp.io.records`), plus `png`."""
+    `stamp segment`'s result.json (`stamp.outputs.records`), plus `png`."""
 
     index: int
     phrase: str = Field(description="The words of the answer the mask belongs to (before its <|seg|>).")

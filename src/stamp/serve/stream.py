@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from stamp.inference.predictor import StampMask
-from stamp.io.records import COLORS, color_of, mask_record, phrase_spans  # noqa: F401  (re-exported)
+from stamp.outputs.records import COLORS, color_of, mask_record, phrase_spans  # noqa: F401  (re-exported)
 
 
 class TextStreamer:
@@ -56,7 +56,7 @@ def png_base64(mask: np.ndarray) -> str:
 
 
 def mask_payload(mask: StampMask, k: int, text: str, return_png: bool) -> dict:
-    """The API's entry for mask k: its record (`stamp.io.records.mask_record`, `file` null) and, when
+    """The API's entry for mask k: its record (`stamp.outputs.records.mask_record`, `file` null) and, when
     `return_png`, the mask as a base64 PNG; `text` is the answer up to (at least) its `<|seg|>`."""
     return {**mask_record(mask, k, text), "png": png_base64(mask.mask) if return_png else None}
 

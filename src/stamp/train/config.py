@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stamp.model.attention import ATTENTION_MODES, SUPPORTED_ATTN_IMPLEMENTATIONS
-from stamp.model.config import MASK_EMBEDDING_MODES, PLACEHOLDERS, check_name
-from stamp.model.config import check_choice as _choice
 from stamp.model.positions import POSITION_MODES
+from stamp.model.settings import MASK_EMBEDDING_MODES, PLACEHOLDERS, check_name
+from stamp.model.settings import check_choice as _choice
 
 
 @dataclass

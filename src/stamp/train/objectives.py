@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stamp.configuration import ConfigError
+from stamp.yaml_config import ConfigError
 
 AUXILIARY_FILE = "auxiliary.safetensors"
 """A checkpoint's file of auxiliary objectives' parameters (kept out of its exported model)."""

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from stamp.configuration import ConfigError
 from stamp.inference.generation import MaskDecoder, find_mask_decoder
 from stamp.train.checkpoint import (
     latest_checkpoint,
@@ -41,6 +40,7 @@ from stamp.train.objectives import (
     check_registered,
     take_fields,
 )
+from stamp.yaml_config import ConfigError
 
 
 class ExampleTransform:

@@ -95,7 +95,7 @@ function hexToRgb(hex) {
   return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
 }
 
-// Same look as stamp.io.overlay_masks: each mask blended at 50 % in its colour, outlined in it.
+// Same look as stamp.outputs.overlay_masks: each mask blended at 50 % in its colour, outlined in it.
 function draw() {
   const canvas = $("canvas");
   const img = state.image;

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from stamp.filemodes import new_dir_mode, new_file_mode  # noqa: F401  (re-exported)
-from stamp.io.records import PALETTE, encode_rle, mask_record  # noqa: F401  (re-exported)
+from stamp.outputs.records import PALETTE, encode_rle, mask_record  # noqa: F401  (re-exported)
 
 HALO = (0, 0, 0)
 """The colour of the line drawn just outside each mask (inside it, the edge is in the mask's colour): the
@@ -44,7 +44,7 @@ def ensure_writable(paths: list[Path], force: bool) -> None:
 
 def result_to_dict(result, files: bool = False) -> dict:
     """The JSON form of a StampResult: text, finish_reason, one mask record per mask
-    (`stamp.io.records`), timings. `files`: each record's `file` is `mask_<k>.png` (written next to the
+    (`stamp.outputs.records`), timings. `files`: each record's `file` is `mask_<k>.png` (written next to the
     JSON by `write_result`)."""
     return {
         "text": result.text,

@@ -36,7 +36,7 @@ RESCALE = 1 / 255
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """(3, H, W) uint8 from an RGB PIL image (other modes: convert first, e.g. `stamp.images.load_image`)."""
+    """(3, H, W) uint8 from an RGB PIL image (other modes: convert first, e.g. `stamp.imaging.load_image`)."""
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()

@@ -27,7 +27,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 SEG_TOKEN = "<|seg|>"
-"""The mask trigger token (`stamp.model.tokens.SEG_TOKEN`; stamp.io imports nothing from the model)."""
+"""The mask trigger token (`stamp.model.tokens.SEG_TOKEN`; stamp.outputs imports nothing from the model)."""
 
 # Distinct, colour-blind friendly colours (Okabe-Ito), one per mask in order.
 PALETTE = [
