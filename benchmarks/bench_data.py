@@ -39,8 +39,8 @@ def report(name: str, seconds: float) -> None:
 
 
 def bench_synthref(n: int, repeats: int) -> None:
-    from stamp.data.scenes import SceneConfig, sample_scene
     from stamp.data.synthref import DEFAULT_TASK_WEIGHTS, SynthRef
+    from stamp.data.synthref.scenes import SceneConfig, sample_scene
 
     cfg = SceneConfig()
     report("scene only (224..448)", timed(lambda i: sample_scene(np.random.default_rng(i), cfg), n, repeats))

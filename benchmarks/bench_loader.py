@@ -1,7 +1,7 @@
 """How fast the training loop's data loader delivers batches: the trainer's own DataLoader (worker
 processes, pinned memory on CUDA), timed without any model work.
 
-    python benchmarks/bench_loader.py configs/tiny-synth/01-scratch-gpu.yaml [key=value ...] [--batches 40]
+    python benchmarks/bench_loader.py configs/tiny-synth/final.yaml [key=value ...] [--batches 40]
 
 Prints samples/s delivered, the mean tensor bytes per batch (the plan aside) and the share of it that is pixel values, next to
 the rate of building the same batches in this process (no workers), so the cost of moving batches

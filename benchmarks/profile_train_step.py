@@ -1,6 +1,6 @@
 """Where one training step's time goes: torch.profiler over a few optimizer steps of a training config.
 
-    python benchmarks/profile_train_step.py configs/tiny-synth/01-scratch-gpu.yaml [key=value ...] [--steps 3]
+    python benchmarks/profile_train_step.py configs/tiny-synth/final.yaml [key=value ...] [--steps 3]
         [--warmup 3] [--out DIR]
 
 Every profiled step reuses one pre-built batch, so the figures are the model's and the optimizer's

@@ -11,8 +11,8 @@ Each run trains `configs/experiments/ablation-base.yaml` plus its overrides into
 (`--resume` semantics: an interrupted run continues from its last checkpoint) and then evaluates the
 final model; a run whose results JSON exists is skipped. Results: <out>/<name>.json.
 The `next_token` run is the Text4Seg-style baseline: the same backbone and data, trained to spell each
-mask as N label tokens after `<|seg|>` (`model.mask_decoder=next_token`) and decoded autoregressively;
-its decoder is defined in `experiments/next_token.py`, which this script imports (registering it).
+mask as N label tokens after `<|seg|>` and decoded autoregressively; it is trained and evaluated through
+`experiments/next_token.py` (`SCRIPT_RUNS`: its trainer arguments and its predictor).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import next_token  # noqa: E402,F401 - registers the `next_token` run's mask decoder
+import next_token  # noqa: E402 - the `next_token` run's training and decoding
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "experiments" / "ablation-base.yaml"
@@ -40,11 +40,11 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "text_positions": (["model.position_mode=text"], "1-D placeholder positions (the authors' checkpoints)"),
     "seg_only": ([f"data.task_weights={SEG_TASKS}"], "segmentation data only (no VQA, no dialogue)"),
     "vqa_only": (["data.task_weights={vqa: 1.0}"], "VQA data only (dialogue baseline)"),
-    "next_token": (
-        ["model.mask_decoder=next_token"],
-        "Text4Seg-style baseline: the mask as N label tokens, decoded one by one",
-    ),
+    "next_token": ([], "Text4Seg-style baseline: the mask as N label tokens, decoded one by one"),
 }
+# Runs trained and evaluated through an experiment's script: name -> (config -> the trainer's extra
+# keyword arguments, the predictor class of its evaluations).
+SCRIPT_RUNS = {"next_token": (next_token.training_extras, next_token.LabelPredictor)}
 # Evaluations of every run (label, eval overrides), at the training image size and on the training task
 # mix (`base_task_mix()`), with refinement off so that the rows compare the models themselves.
 TRAIN_SIZE = (224, 256)
@@ -96,8 +96,9 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int, seed: int 
     cfg = load_config(TrainConfig, BASE, overrides)
     last = latest_checkpoint(run_dir)
     t0 = time.time()
+    extras, predictor_type = SCRIPT_RUNS.get(name, (lambda _: {}, None))
     if last is None or int(last.name.split("_")[1]) < cfg.run.steps:
-        train(cfg, resume=last is not None)
+        train(cfg, resume=last is not None, **extras(cfg))
         last = latest_checkpoint(run_dir)
     train_minutes = (time.time() - t0) / 60
     evals = EVALS + (FULL_EXTRA if name == "full" and seed == 0 else [])
@@ -120,7 +121,7 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int, seed: int 
             synth_tasks=mix,
             **kw,
         )
-        metrics = run_eval(job, progress=False)["metrics"]
+        metrics = run_eval(job, progress=False, predictor_type=predictor_type)["metrics"]
         metrics.update(_seconds(run_dir / f"eval_{label}.json"))
         results["evals"][label] = metrics
         print(

@@ -19,26 +19,26 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from next_token import NAME, as_label_sequence, model_labels  # noqa: E402 - also registers the decoder
+from next_token import as_label_sequence, load_model, model_labels  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="a model trained with model.mask_decoder=next_token")
+    ap.add_argument("--model", required=True, help="a model trained by experiments/next_token.py")
     ap.add_argument("--n", type=int, default=30, help="referring samples")
     args = ap.parse_args(argv)
     import torch
 
     from stamp.data.synthref import SynthRef
-    from stamp.processing import load_pretrained
 
     torch.set_num_threads(1)
-    model = load_pretrained(args.model).eval()
-    st = model.stamp
-    if st.mask_decoder != NAME:
-        print(f"{args.model} is not a next-token model (mask_decoder={st.mask_decoder})", file=sys.stderr)
+    try:
+        model = load_model(args.model).eval()
+    except ValueError as err:
+        print(err, file=sys.stderr)
         return 2
-    bg, fg = model_labels(st)
+    st = model.stamp
+    bg, fg = model_labels(model)
     ds = SynthRef("val", seed=0, task_weights={"refer": 1.0}, image_size_range=(224, 256))
     scores: dict[int, list[float]] = {fg: [], bg: []}
     for i in range(args.n):

@@ -102,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         print("probe_objects: need --scenes >= 10", file=sys.stderr)
         return 2
     import torch
+    from stamp.models import load_model
     from tqdm import tqdm
 
     from stamp.data.synthref import SynthRef
     from stamp.inference import StampPredictor
-    from stamp.models import load_model
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, dtype=args.dtype)
@@ -156,7 +156,7 @@ def _region(scene: dict, obj: dict) -> str | None:
     """The object's 3x3 grid position as SynthRef's VQA answers name it (None near a third's border)."""
     from types import SimpleNamespace
 
-    from stamp.data.synth_chat import grid_position
+    from stamp.data.synthref.chat import grid_position
 
     return grid_position(
         SimpleNamespace(width=scene["width"], height=scene["height"]), SimpleNamespace(centre=obj["centre"])

@@ -1,23 +1,25 @@
 """An auxiliary shape loss: training STAMP with a per-cell shape classifier on the vision features.
 
-    python experiments/shape_aux.py train configs/tiny-synth/13-gpu-shape-anchor.yaml run.steps=1000
-    python experiments/shape_aux.py train CONFIG [key=value ...] [--resume]      # any `stamp train` args
+    python experiments/shape_aux.py train configs/tiny-synth/final.yaml --weight 0.3
+    python experiments/shape_aux.py train CONFIG [key=value ...] [--weight W] [--resume] [--no-progress]
 
 The bundled model's image tokens hardly encode an object's shape (`experiments/probe_objects.py`).
 This objective asks the vision tower for it during the whole model's training: a linear head on the
 tower's merged cell features (what the language model receives for each 28x28 cell) classifies every
 cell that one object covers (foreground fraction >= 0.5) by the object's kind, with cross-entropy;
-background, mixed cells and samples without a scene (data other than SynthRef) are ignored. A config
-turns it on with `loss.auxiliary: {shape_aux: WEIGHT}`; the step's metrics log it as `shape_loss`.
+background, mixed cells and samples without a scene (data other than SynthRef) are ignored. `--weight`
+is its weight beside STAMP's losses; the step's metrics log it as `shape_loss`.
 
-Importing this file registers the objective as `shape_aux` (`stamp.train.objectives`); `train` then runs
-`stamp train` with it. The head is trained with the model, saved in each checkpoint's
-`auxiliary.safetensors` (`shape_aux.head.weight`, `shape_aux.head.bias`), restored on `--resume`, and
-never part of the exported model.
+`train` runs STAMP's trainer (`stamp.train.trainer.train`, the arguments of `stamp train`) with this
+term passed as one of its extra losses (`ShapeObjective`, a `stamp.train.trainer.ExtraLoss`): the head
+is trained with the model, saved in each checkpoint's `auxiliary.safetensors` (`shape_aux.head.weight`,
+`shape_aux.head.bias`), restored on `--resume` (which continues exactly), and never part of the
+exported model.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from stamp.train.objectives import AuxiliaryObjective, register_objective
+from stamp.train.trainer import ExtraLoss
 
 NAME = "shape_aux"
 IGNORE = -100
@@ -44,7 +46,7 @@ def cell_kind_labels(meta: dict, grid_hw: tuple[int, int]) -> torch.Tensor:
         (gh * gw,) long, row-major: the index in SynthRef's KINDS of the object covering at least half
         of each cell, or IGNORE for background, mixed cells and samples without a scene.
     """
-    from stamp.data.scenes import KINDS
+    from stamp.data.synthref.scenes import KINDS
     from stamp.model.losses import patch_targets
 
     labels = torch.full(tuple(grid_hw), IGNORE, dtype=torch.long)
@@ -62,15 +64,15 @@ def vision_tower(model: nn.Module) -> nn.Module:
     for name, module in model.named_modules():
         if name.endswith("visual"):
             return module
-    raise ValueError(f"loss.auxiliary.{NAME} needs a model with a vision tower (`visual`)")
+    raise ValueError(f"{NAME} needs a model with a vision tower (`visual`)")
 
 
-class ShapeObjective(AuxiliaryObjective):
+class ShapeObjective(ExtraLoss):
     """Cross-entropy of a Linear(hidden, len(KINDS)) head on every image's merged cell features."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        from stamp.data.scenes import KINDS
+        from stamp.data.synthref.scenes import KINDS
 
         self.head = nn.Linear(model.config.get_text_config().hidden_size, len(KINDS))
 
@@ -112,24 +114,71 @@ class ShapeObjective(AuxiliaryObjective):
         return shape_loss, {"shape_loss": shape_loss}
 
 
-register_objective(NAME, ShapeObjective)
+USAGE = f"usage: python experiments/{NAME}.py train CONFIG [key=value ...] [--weight W] [--resume] [--no-progress]"
+DEFAULT_WEIGHT = 0.3
+"""The weight of the shape loss unless `--weight` gives another (that of the bundled model's last run)."""
 
 
-USAGE = f"usage: python experiments/{NAME}.py train CONFIG [key=value ...] [--resume] [--no-progress]"
+def train_command(
+    config: str, overrides: list[str], *, weight: float = DEFAULT_WEIGHT, resume=False, progress=True
+):
+    """Train per a STAMP training config with the shape loss at `weight`; returns the last checkpoint."""
+    from stamp.recipes import find_recipe
+    from stamp.train.config import TrainConfig
+    from stamp.train.trainer import train
+    from stamp.yaml_config import load_config
+
+    cfg = load_config(TrainConfig, find_recipe(config), overrides)
+    return train(cfg, resume=resume, progress=progress, extra_losses={NAME: (ShapeObjective, weight)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"python experiments/{NAME}.py", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train per a STAMP training config, with the shape loss")
+    tr.add_argument("config", help="a shipped recipe's name or a YAML file")
+    tr.add_argument("overrides", nargs="*", help="overrides like run.steps=100")
+    tr.add_argument(
+        "--weight",
+        type=float,
+        default=DEFAULT_WEIGHT,
+        help=f"the shape loss's weight (default {DEFAULT_WEIGHT})",
+    )
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    return ap
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse_args`, with key=value overrides also accepted after an option (as `stamp train`)."""
+    args, extra = parser.parse_known_args(argv)
+    if (
+        extra
+        and getattr(args, "overrides", None) is not None
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`train ...`: `stamp train ...` with this objective registered (same arguments, same errors)."""
-    from stamp.cli import main as stamp_main
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["-h"], ["--help"]):
-        print(f"{__doc__.splitlines()[0]}\n\n{USAGE}\n(`train --help`: the arguments of `stamp train`)")
-        return 0
-    if argv[:1] != ["train"]:
+    if argv[:1] not in (["train"], ["-h"], ["--help"]):
         print(USAGE, file=sys.stderr)
         return 2
-    return stamp_main(argv)
+    args = parse(build_parser(), argv)
+    if args.weight < 0:
+        print(f"{NAME}: --weight must be >= 0, got {args.weight}", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
+    last = train_command(
+        args.config, args.overrides, weight=args.weight, resume=args.resume, progress=progress
+    )
+    if last is not None:
+        print(f"last checkpoint: {last} (model: {last / 'model'})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shape_signal: {out} already exists; choose another --out", file=sys.stderr)
         return 2
     import torch
-
-    from stamp.data.scenes import KINDS
-    from stamp.data.synthref import SynthRef
     from stamp.models import load_model
+
+    from stamp.data.synthref import SynthRef
+    from stamp.data.synthref.scenes import KINDS
 
     sys.path.insert(0, str(Path(__file__).parent))
     from probe_objects import object_cells

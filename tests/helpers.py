@@ -15,18 +15,14 @@ def random_image(h: int, w: int, seed: int = 0) -> Image.Image:
 
 
 def full_recompute_logits(model, image, prompt: str, answer: str) -> list[torch.Tensor]:
-    """Mask logits from ONE uncached forward over [conversation ; placeholders] (the training path)."""
+    """Mask logits of the reference forward (`stamp.model.reference`) over [conversation ; placeholders]:
+    the specification the cached generation is held equal to."""
+    from stamp.model.reference import reference_forward
+
     proc = model.processor
     enc = proc.encode_image(image)
-    ids, labels = proc.encode_turns([Turn("user", prompt), Turn("assistant", answer)], enc)
-    batch = proc.collate([{"input_ids": ids, "labels": labels, "image": enc}])
-    with torch.no_grad():
-        out = model.stamp_forward(**batch)
-    if out.mask_logits is None:
-        return []
-    return [
-        lg[: int(g[0] * g[1])].view(int(g[0]), int(g[1])) for lg, g in zip(out.mask_logits, out.mask_grids)
-    ]
+    ids, _ = proc.encode_turns([Turn("user", prompt), Turn("assistant", answer)], enc)
+    return reference_forward(model, torch.tensor(ids), enc.pixel_values, enc.grid_thw).mask_logits
 
 
 def run_two_cpu_ranks(stamp_args: list[str], port: int, timeout: int = 600, accelerate_config=None):
@@ -65,8 +61,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def load_experiment(script: str):
-    """An experiments/ script as a module (they are scripts, not part of the package); importing it runs
-    its registrations."""
+    """An experiments/ script as a module (they are scripts, not part of the package)."""
     spec = importlib.util.spec_from_file_location(script, EXPERIMENTS / f"{script}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -74,14 +69,11 @@ def load_experiment(script: str):
 
 
 def tiny_next_token_model(seed: int = 0):
-    """The tiny random model with the next-token baseline's decoder (experiments/next_token.py, which
-    this registers)."""
-    from stamp.model.tokens import build_byte_tokenizer
+    """The tiny random model, as a model of the next-token baseline (experiments/next_token.py: a STAMP
+    model used through that script; saved with its `save_model`)."""
     from stamp.tiny import build_tiny_model
 
-    nt = load_experiment("next_token")
-    labels = nt.label_token_ids(build_byte_tokenizer())
-    return build_tiny_model(seed=seed, mask_decoder=nt.NAME, label_token_ids=labels)
+    return build_tiny_model(seed=seed)
 
 
 class LoopingHead(torch.nn.Module):

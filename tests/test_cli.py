@@ -155,12 +155,12 @@ def test_segment_cells_sets_the_resolution(tmp_path):
 
 def _no_model(monkeypatch):
     """Make any model load fail loudly: a check that runs after it would be too late."""
-    import stamp.models
+    import stamp.processing
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(stamp.models, "load_model", refuse)
+    monkeypatch.setattr(stamp.processing, "load_pretrained", refuse)
 
 
 def _exit_code(argv) -> int:
@@ -266,12 +266,13 @@ def test_same_defaults_in_the_predictor_the_cli_and_the_server(monkeypatch):
     from stamp.cli import serve as serve_cli
     from stamp.cli.common import build_predictor
     from stamp.inference import StampPredictor
-    from stamp.models import bundled_model_path, load_model
+    from stamp.model.loading import shipped_model_names
+    from stamp.processing import load_pretrained
     from stamp.refine import GuidedRefiner
 
-    if bundled_model_path() is None:
+    if "tiny-synth" not in shipped_model_names():
         pytest.skip("no bundled model in this installation")
-    model = load_model()
+    model = load_pretrained("tiny-synth")
     api = StampPredictor(model)
     assert isinstance(api.refiner, GuidedRefiner) and api.threshold == model.stamp.mask_threshold
     assert StampPredictor(build_tiny_model(seed=0)).refiner is None  # other models: no refinement

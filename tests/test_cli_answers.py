@@ -14,8 +14,8 @@ from stamp.tiny import build_tiny_model
 
 @pytest.fixture
 def looping_model(monkeypatch):
-    """`stamp.models.load_model` gives a tiny model that says "x" forever; its forwards are counted."""
-    import stamp.models
+    """`stamp.processing.load_pretrained` gives a tiny model that says "x" forever; its forwards are counted."""
+    import stamp.processing
 
     model = build_tiny_model(seed=0)
     model.lm_head = LoopingHead(model.lm_head, model.processor._text_ids("x")[0])
@@ -26,7 +26,7 @@ def looping_model(monkeypatch):
 
     model.model.language_model.register_forward_hook(count)
     model.model.visual.register_forward_hook(count)
-    monkeypatch.setattr(stamp.models, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(stamp.processing, "load_pretrained", lambda *a, **k: model)
     return model
 
 
@@ -92,7 +92,7 @@ def test_no_repetition_stop_flag(command):
 
 def test_eval_passes_the_switch_and_names_the_bundled_model(monkeypatch, capsys):
     import stamp.eval.runner
-    from stamp.models import bundled_model_path
+    from stamp.model.loading import shipped_model_names
 
     jobs = []
 
@@ -104,13 +104,13 @@ def test_eval_passes_the_switch_and_names_the_bundled_model(monkeypatch, capsys)
     assert main(["eval", "--data", "synthref", "--no-repetition-stop"]) == 0
     assert jobs[0].repetition_stop is False
     err = capsys.readouterr().err
-    assert ("synthetic shapes" in err) == (bundled_model_path() is not None)
+    assert ("synthetic shapes" in err) == ("tiny-synth" in shipped_model_names())
 
 
 def test_bundled_model_says_what_it_is(tmp_path, capsys):
-    from stamp.models import bundled_model_path
+    from stamp.model.loading import shipped_model_names
 
-    if bundled_model_path() is None:
+    if "tiny-synth" not in shipped_model_names():
         pytest.skip("no bundled model in this installation")
     argv, out = _segment(
         tmp_path, "b", "--prompt", "Segment it.", "--answer-prefix", "x", "--max-new-tokens", "0"

@@ -85,7 +85,7 @@ def test_default_is_pil_and_old_settings_files_load_as_pil(tmp_path, tokenizer):
     assert ProcessorSettings().resize == "pil"
     old = {"min_pixels": 3136, "max_pixels": 12544, "system_prompt": None, "target_threshold": 0.5}
     (tmp_path / PROCESSOR_FILE).write_text(json.dumps(old))
-    proc = StampProcessor.from_pretrained(tmp_path, tokenizer)
+    proc = StampProcessor._from_folder(tmp_path, tokenizer)
     assert proc.settings.resize == "pil" and proc.image_processor is not None
     with pytest.raises(ValueError, match="resize must be one of"):
         ProcessorSettings(resize="bilinear")
@@ -99,7 +99,7 @@ def test_settings_round_trip_through_save_and_from_pretrained(tmp_path, tokenize
     # a preprocessor_config.json beside it must not win over the stamp-seg file
     other = "Qwen2VLImageProcessorPil" if resize == "fast" else "Qwen2VLImageProcessorFast"
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": other}))
-    assert StampProcessor.from_pretrained(tmp_path, tokenizer).settings == settings
+    assert StampProcessor._from_folder(tmp_path, tokenizer).settings == settings
 
 
 @pytest.mark.parametrize("resize", ["fast", "pil"])
@@ -132,7 +132,7 @@ def test_from_pretrained_reads_the_resize_from_preprocessor_config(
     if image_processor_type is not None:
         pre["image_processor_type"] = image_processor_type
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(pre))
-    settings = StampProcessor.from_pretrained(tmp_path, tokenizer).settings
+    settings = StampProcessor._from_folder(tmp_path, tokenizer).settings
     assert (settings.resize, settings.min_pixels, settings.max_pixels) == (expected, 1024 * 784, 1280 * 784)
     assert resize_mode_for(image_processor_type) == expected
     # `size` is the fallback for the range; the other settings are kept

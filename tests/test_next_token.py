@@ -1,6 +1,8 @@
-"""The Text4Seg-style next-token baseline of the experiments (experiments/next_token.py, a registered mask
-decoder): training examples, decoding, and the core's refusal of it when it is not registered."""
+"""The Text4Seg-style next-token baseline of the experiments (experiments/next_token.py, built from STAMP's
+public pieces): training examples, decoding, its model folders, and the core's refusal of its old
+checkpoints."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -10,12 +12,11 @@ import torch
 from helpers import load_experiment, random_image, tiny_next_token_model
 
 from stamp.data.sample import Turn
-from stamp.inference import StampPredictor, generation
 from stamp.model.loading import StampModelError
 from stamp.model.settings import StampSettings
 from stamp.processing import load_pretrained
 
-nt = load_experiment("next_token")  # registers the decoder
+nt = load_experiment("next_token")
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +41,20 @@ def _uncached_scores(model, image, prompt: str, answer_ids: list[int], seg_at: i
         causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
         hidden, _ = model.run_language_model(embeds, pos, causal)
         logits = model.lm_head(hidden[0])
-    bg, fg = model.stamp.label_token_ids
+    bg, fg = nt.model_labels(model)
     rows = slice(start + seg_at, start + seg_at + n)
     return (logits[rows, fg] - logits[rows, bg]).float()
 
 
 def test_labels_decoded_with_cache_equal_one_causal_forward(baseline):
     image = random_image(200, 260, 5)
-    pred = StampPredictor(baseline)
+    pred = nt.LabelPredictor(baseline)
     pred.set_image(image)
     res = pred.chat("Segment the box.", answer_prefix="It is <|seg|>", max_new_tokens=3)
     assert len(res.masks) == 1
     got = res.masks[0].patch_logits
     gh, gw = got.shape
-    bg, fg = baseline.stamp.label_token_ids
+    bg, fg = nt.model_labels(baseline)
     prefix = baseline.processor._text_ids("It is <|seg|>")
     seg_at = prefix.index(baseline.stamp.seg_token_id)
     labels = [fg if v > 0 else bg for v in got.flatten().tolist()]
@@ -68,7 +69,7 @@ def test_batched_rows_of_different_sizes_equal_single(baseline):
         (random_image(120, 140, 1), "Segment the thing."),
         (random_image(300, 200, 2), "Longer prompt: it."),
     ]
-    pred = StampPredictor(baseline)
+    pred = nt.LabelPredictor(baseline)
     batch = pred.predict_batch(items, answer_prefix="<|seg|>", max_new_tokens=3)
     sizes = {r.masks[0].patch_logits.size for r in batch}
     assert len(sizes) == 2  # different N per row: one row pads while the other decodes labels
@@ -94,72 +95,82 @@ def test_label_sequence_example():
     assert out["targets"] == [] and out["weights"] == []
     hist = dict(example, labels=[-100, -100, -100, 9])  # a <|seg|> without loss: labels without loss
     assert nt.as_label_sequence(hist, seg, [bg, fg])["labels"][3:7] == [-100] * 4
-    settings = StampSettings(seg, 3, mask_decoder=nt.NAME, label_token_ids=[bg, fg])
-    assert nt.training_example(example, settings)["input_ids"] == out["input_ids"]
+    assert nt.LabelSpelling([bg, fg])(example, StampSettings(seg, 3))["input_ids"] == out["input_ids"]
 
 
-def test_settings_need_two_label_ids():
-    with pytest.raises(ValueError, match="label_token_ids"):
-        nt.model_labels(StampSettings(1, 2, mask_decoder=nt.NAME))
-    with pytest.raises(ValueError, match="label_token_ids"):
-        StampSettings(1, 2, mask_decoder=nt.NAME, label_token_ids=[3, 3])
-    with pytest.raises(ValueError, match="mask_decoder"):
-        StampSettings(1, 2, mask_decoder="not a name")
-    settings = StampSettings(1, 2, mask_decoder=nt.NAME, label_token_ids=[3, 4])
-    assert settings.label_token_ids == [3, 4] and nt.model_labels(settings) == (3, 4)
+def test_a_saved_model_is_marked_as_the_scripts(baseline, tmp_path):
+    """The script's model folder: STAMP's checkpoint (no trace of the baseline in its settings) plus its
+    own file; the script refuses a plain STAMP model."""
+    nt.save_model(baseline, tmp_path / "m")
+    marker = json.loads((tmp_path / "m" / nt.MARKER_FILE).read_text())
+    assert marker["label_token_ids"] == list(nt.model_labels(baseline))
+    assert "next_token" not in (tmp_path / "m" / "config.json").read_text()
+    again = nt.load_model(tmp_path / "m")
+    assert nt.model_labels(again) == nt.model_labels(baseline)
+    nt.LabelPredictor(again)
+    baseline.save_stamp(tmp_path / "plain")
+    with pytest.raises(ValueError, match="not a next-token model"):
+        nt.load_model(tmp_path / "plain")
+    with pytest.raises(ValueError, match="not a next-token model"):
+        nt.LabelPredictor(load_pretrained(tmp_path / "plain"))
 
 
-def test_save_load_keeps_the_decoder(baseline, tmp_path):
-    baseline.save_stamp(tmp_path / "m")
-    again = load_pretrained(tmp_path / "m")
-    assert again.stamp.mask_decoder == "next_token"
-    assert again.stamp.label_token_ids == baseline.stamp.label_token_ids
+def _old_style(model, path: Path) -> None:
+    """A checkpoint as the baseline wrote it when STAMP's settings named its decoder."""
+    model.save_stamp(path)
+    config = json.loads((path / "config.json").read_text())
+    config["stamp"].update(mask_decoder="next_token", label_token_ids=list(nt.model_labels(model)))
+    (path / "config.json").write_text(json.dumps(config))
 
 
-def test_an_unregistered_decoder_is_a_one_line_error_naming_its_script(
-    baseline, tmp_path, monkeypatch, capsys
-):
-    """A process that never imported experiments/next_token.py loads such a model but refuses to decode
-    or train it, naming the script; the script's entry point runs the same `stamp` command."""
+def test_an_old_checkpoint_is_a_one_line_error_naming_the_script(baseline, tmp_path, capsys):
+    """A checkpoint whose config names the baseline's decoder: `stamp` refuses it in one line naming the
+    script, and the script evaluates it."""
     from stamp.cli import main
-    from stamp.train.config import TrainConfig
-    from stamp.train.trainer import Trainer
-    from stamp.yaml_config import load_config
 
-    baseline.save_stamp(tmp_path / "m")
-    monkeypatch.setattr(
-        generation, "_MASK_DECODERS", {"placeholders": generation._MASK_DECODERS["placeholders"]}
-    )
-    pred = StampPredictor(load_pretrained(tmp_path / "m"))
-    pred.set_image(random_image(100, 120, 1))
-    with pytest.raises(
-        StampModelError, match=r"'next_token' is not registered: .*experiments/next_token\.py"
-    ):
-        pred.chat("Segment it.", answer_prefix="<|seg|>", max_new_tokens=1)
+    _old_style(baseline, tmp_path / "m")
+    with pytest.raises(StampModelError, match=r"decoded by 'next_token'.*python experiments/next_token\.py"):
+        load_pretrained(tmp_path / "m")
     common = ["--data", "synthref", "--limit", "1", "--model", str(tmp_path / "m"), "--no-progress"]
-    common += ["--force-seg", "--max-new-tokens", "2"]
+    common += ["--force-seg", "--max-new-tokens", "2", "--refine", "none"]
     capsys.readouterr()
     assert main(["eval", *common, "--out", str(tmp_path / "a.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "python experiments/next_token.py" in err
-    config = Path(__file__).resolve().parents[1] / "configs" / "tiny-synth.yaml"
-    with pytest.raises(StampModelError, match="experiments/next_token.py"):
-        Trainer(
-            load_config(
-                TrainConfig, config, ["model.mask_decoder=next_token", f"run.out_dir={tmp_path / 'r'}"]
-            )
-        )
-    assert not (tmp_path / "r").exists()
-    monkeypatch.undo()
+    assert not (tmp_path / "a.json").exists()
     assert nt.main(["eval", *common, "--out", str(tmp_path / "b.json")]) == 0
-    assert (tmp_path / "b.json").is_file()
+    results = json.loads((tmp_path / "b.json").read_text())
+    assert results["n_samples"] == 1 and results["samples"][0]["has_mask"]
+    assert nt.model_labels(nt.load_model(tmp_path / "m")) == nt.model_labels(baseline)
 
 
-def test_the_script_passes_commands_to_stamp(capsys):
-    assert nt.main([]) == 2 and "usage: python experiments/next_token.py COMMAND" in capsys.readouterr().err
-    assert nt.main(["--help"]) == 0 and "next-token baseline" in capsys.readouterr().out
+def test_the_script_trains_and_evaluates_through_stamps_pieces(tmp_path, capsys):
+    """`train` runs STAMP's trainer with the baseline's arguments (label text, no placeholders, the
+    marker in each checkpoint's model); `eval` runs STAMP's evaluation with its predictor."""
+    from tests_train_overrides import TINY_MODEL
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny-synth.yaml")
+    run = [*TINY_MODEL, "run.steps=2", "run.eval_every=0", f"run.out_dir={tmp_path / 'r'}"]
+    assert nt.main(["train", config, *run, "--no-progress"]) == 0
+    model = tmp_path / "r" / "checkpoints" / "step_0000002" / "model"
+    assert (model / nt.MARKER_FILE).is_file()
+    common = ["--data", "synthref", "--limit", "1", "--model", str(model), "--no-progress"]
+    assert nt.main(["eval", *common, "--force-seg", "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["n_samples"] == 1
+    capsys.readouterr()
+    assert nt.main(["train", config, "run.eval_every=1", f"run.out_dir={tmp_path / 'v'}"]) == 2
+    assert "run.eval_every" in capsys.readouterr().err
+
+
+def test_the_script_has_its_own_commands(capsys):
     with pytest.raises(SystemExit):
-        nt.main(["eval", "--help"])  # stamp eval's own help
+        nt.main([])
+    assert "usage: python experiments/next_token.py" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        nt.main(["--help"])
+    assert "next-token baseline" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        nt.main(["eval", "--help"])  # stamp eval's arguments
     assert "--data" in capsys.readouterr().out
 
 

@@ -140,7 +140,24 @@ class StampProcessor:
         (Path(path) / PROCESSOR_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, tokenizer=None) -> StampProcessor:
+    def from_pretrained(
+        cls, name_or_path: str | Path, *, base_model: str | Path | None = None
+    ) -> StampProcessor:
+        """The processor of a model folder or shipped model's name, of any layout
+        `StampModel.from_pretrained` loads (read beside the model, as in transformers):
+
+            model = StampModel.from_pretrained("tiny-synth")
+            processor = StampProcessor.from_pretrained("tiny-synth")
+        """
+        from stamp.model.loading import checkpoint_of
+
+        ckpt = checkpoint_of(name_or_path, base_model)
+        return cls.for_checkpoint(ckpt.path, ckpt.layout, ckpt.base)
+
+    @classmethod
+    def _from_folder(cls, path: str | Path, tokenizer=None) -> StampProcessor:
+        """The processor files of `path` (stamp_processor.json, else a preprocessor_config.json) around
+        `tokenizer` (default: the folder's)."""
         from transformers import AutoTokenizer
 
         path = Path(path)
@@ -178,9 +195,9 @@ class StampProcessor:
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
         add_stamp_tokens(tokenizer)
         if has_processor_files(path):
-            return cls.from_pretrained(path, tokenizer)
+            return cls._from_folder(path, tokenizer)
         if layout == "adapter" and base is not None and (Path(base) / PROCESSOR_FILE).is_file():
-            return cls.from_pretrained(base, tokenizer)
+            return cls._from_folder(base, tokenizer)
         if layout in ("authors", "adapter"):
             return cls(tokenizer, ProcessorSettings.authors())
         return cls(tokenizer, ProcessorSettings())

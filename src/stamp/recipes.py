@@ -34,7 +34,7 @@ def recipe_names() -> list[str]:
 
 def find_recipe(name_or_path: str | Path) -> Path:
     """The YAML file for `name_or_path`: an existing file as given, else the shipped recipe of that name
-    (`tiny-synth`, `tiny-synth.yaml`, `tiny-synth/02-cpu`, `configs/tiny-synth.yaml`). ConfigError when
+    (`tiny-synth`, `tiny-synth.yaml`, `tiny-synth/final`, `configs/tiny-synth.yaml`). ConfigError when
     there is none, listing the shipped names."""
     path = Path(name_or_path)
     if path.is_file():

@@ -92,13 +92,13 @@ def test_refuses_a_preset_that_cannot_fit(monkeypatch, capsys):
 def test_estimates_of_the_real_shapes():
     cells = cells_for(PROCESSOR_SETTINGS, 896)
     assert cells == 1024
-    config, _ = build_config(PRESETS["qwen2-vl-2b"])
+    config, _ = build_config("qwen2-vl-2b")
     model = meta_model(config, torch.bfloat16)
     on = estimate_memory(model, TrainSettings(), 1, True, cells)
     off = estimate_memory(model, TrainSettings(), 1, False, cells)
     assert on["weights_bytes"] == 2 * on["trainable_params"]  # bf16, every parameter trained
     assert on["grads_and_adamw_bytes"] == 3 * on["weights_bytes"]
     assert off["activation_bytes"] > 4 * on["activation_bytes"]
-    config7, _ = build_config(PRESETS["qwen2-vl-7b"])
+    config7, _ = build_config("qwen2-vl-7b")
     lora = estimate_memory(meta_model(config7, torch.bfloat16), TrainSettings(lora=True), 1, True, cells)
     assert lora["trainable_params"] < 0.2 * lora["weights_bytes"] / 2

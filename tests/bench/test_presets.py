@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from stamp.bench import presets
-from stamp.bench.presets import PRESETS, Preset, PresetMemoryError, build_config, build_preset_model
+from stamp.bench.presets import PRESETS, PresetMemoryError, build_config, build_preset_model
+from stamp.model.build import Architecture
 
 
 @pytest.mark.parametrize(
@@ -20,7 +21,7 @@ from stamp.bench.presets import PRESETS, Preset, PresetMemoryError, build_config
     ],
 )
 def test_published_sizes(name, billions, tied, vocab):
-    config, tokenizer = build_config(PRESETS[name])
+    config, tokenizer = build_config(name)
     text = config.get_text_config()
     assert text.vocab_size == vocab and config.tie_word_embeddings is tied
     assert text.rope_scaling["mrope_section"] == [16, 24, 24]
@@ -29,7 +30,7 @@ def test_published_sizes(name, billions, tied, vocab):
 
 
 def test_qwen2_5_vision_layout():
-    config, _ = build_config(PRESETS["qwen2.5-vl-3b"])
+    config, _ = build_config("qwen2.5-vl-3b")
     vision = config.vision_config
     assert vision.fullatt_block_indexes == [7, 15, 23, 31] and vision.window_size == 112
     assert (vision.depth, vision.hidden_size, vision.intermediate_size, vision.out_hidden_size) == (
@@ -43,15 +44,17 @@ def test_qwen2_5_vision_layout():
 def test_built_in_the_target_dtype_without_an_fp32_copy(monkeypatch):
     small = dataclasses.replace(
         PRESETS["qwen2-vl-2b"],
-        name="small",
-        hidden=64,
-        layers=2,
-        heads=4,
-        kv_heads=2,
-        intermediate=128,
-        vocab=1000,
-        vision={"depth": 1, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2},
-        mrope_section=(2, 3, 3),
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=128,
+        vocab_size=1000,
+        vision_depth=1,
+        vision_embed_dim=32,
+        vision_heads=2,
+        vision_mlp_ratio=2,
+        mrope_section=[2, 3, 3],
     )
     monkeypatch.setitem(PRESETS, "small", small)
     made = []
@@ -69,7 +72,7 @@ def test_built_in_the_target_dtype_without_an_fp32_copy(monkeypatch):
     assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as the 2B model
     assert model.lm_head.out_features == 1000 and estimate["weights_bytes"] > 0
     assert torch.get_default_dtype() == torch.float32  # restored
-    assert isinstance(small, Preset)
+    assert isinstance(small, Architecture)
 
 
 def test_memory_check_refuses_before_building(monkeypatch):

@@ -7,7 +7,8 @@ import collections
 import numpy as np
 import pytest
 
-from stamp.data import MixtureDataset, StampSample, SynthRef, Turn
+from stamp.data import MixtureDataset, StampSample, Turn
+from stamp.data.synthref import SynthRef
 
 
 class _Tiny:

@@ -111,9 +111,9 @@ def test_calibrate_cli_writes_the_choice(model_dir, tmp_path, capsys):
     assert res["best"] == choose(res["results"]) and f"best threshold: {res['best']}" in printed
     config = json.loads((model / "config.json").read_text())
     assert config["stamp"]["mask_threshold"] == res["best"]
-    from stamp.models import load_model
+    from stamp.processing import load_pretrained
 
-    assert StampPredictor(load_model(str(model))).threshold == res["best"]
+    assert StampPredictor(load_pretrained(str(model))).threshold == res["best"]
     # the sweep file is not overwritten without --force; bad thresholds are a one-line usage error
     assert main(argv) == 2 and "already exists" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
@@ -143,9 +143,9 @@ def test_calibrate_write_refuses_a_directory_without_stamp_settings(tmp_path, ca
 def test_cell_range_deploys_another_resolution(model_dir, tmp_path, capsys):
     from helpers import random_image
 
-    from stamp.models import load_model
+    from stamp.processing import load_pretrained
 
-    proc = load_model(str(model_dir)).processor
+    proc = load_pretrained(str(model_dir)).processor
     for lo, hi in ((4, 9), (16, 25)):
         proc.set_cell_range(lo, hi)
         for h, w in ((56, 56), (500, 400), (300, 900)):

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from stamp.cli import main
-from stamp.data.export import export_synthref
 from stamp.data.registry import open_dataset
+from stamp.data.synthref.export import export_synthref
 from stamp.eval.protocols import AUTHORS_QUESTIONS, get_protocol
 
 TESTS = Path(__file__).resolve().parents[1]

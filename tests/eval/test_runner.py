@@ -6,7 +6,7 @@ import pytest
 from helpers import run_two_cpu_ranks
 
 from stamp.cli import main
-from stamp.data.export import export_synthref
+from stamp.data.synthref.export import export_synthref
 from stamp.tiny import build_tiny_model
 
 
@@ -231,17 +231,19 @@ def test_save_masks_folder_is_never_mixed_with_an_old_run(model_dir, tmp_path, m
     stale.write_bytes(b"an old run's mask")
     argv = ["eval", "--data", "synthref", "--limit", "3", "--model", str(model_dir), "--no-progress"]
     argv += ["--force-seg", "--max-new-tokens", "2", "--synth-tasks", "refer=1", "--save-masks", str(masks)]
-    import stamp.models
+    import stamp.processing
 
-    real = stamp.models.load_model
-    monkeypatch.setattr(stamp.models, "load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    real = stamp.processing.load_pretrained
+    monkeypatch.setattr(
+        stamp.processing, "load_pretrained", lambda *a, **k: pytest.fail("loaded before the check")
+    )
     assert main(argv + ["--out", str(tmp_path / "a.json")]) == 2
     assert "--force" in capsys.readouterr().err and stale.exists()
     (masks / "notes.txt").write_text("mine")  # not a mask: --force does not delete it, and says so
     assert main(argv + ["--out", str(tmp_path / "a.json"), "--force"]) == 2
     assert "more than mask PNGs" in capsys.readouterr().err and stale.exists()
     (masks / "notes.txt").unlink()
-    monkeypatch.setattr(stamp.models, "load_model", real)
+    monkeypatch.setattr(stamp.processing, "load_pretrained", real)
     assert main(argv + ["--out", str(tmp_path / "a.json"), "--force"]) == 0
     res = json.loads((tmp_path / "a.json").read_text())
     written = sorted(p.name for p in masks.iterdir())

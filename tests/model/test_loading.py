@@ -136,8 +136,32 @@ def test_hub_id_says_models_are_local_folders():
     with pytest.raises(StampModelError, match="huggingface-cli download Qwen/Qwen2-VL-2B-Instruct") as err:
         load_pretrained("Qwen/Qwen2-VL-2B-Instruct")
     assert "\n" not in str(err.value) and "nothing is downloaded" in str(err.value)
-    with pytest.raises(StampModelError, match="^model directory not found: runs/x/y/model$"):
+    with pytest.raises(StampModelError, match=r"^model directory not found: runs/x/y/model \(a local folder, "):
         load_pretrained("runs/x/y/model")
+
+
+def test_the_bundled_model_by_name_and_a_copy_of_it_behave_the_same(tmp_path):
+    """A checkpoint carries its own defaults (dtype, threshold, refinement): loaded by its name or from
+    a copy saved anywhere, the bundled model gives the same answer and the same mask."""
+    from stamp.processing import StampProcessor
+
+    model = StampModel.from_pretrained("tiny-synth")
+    assert next(model.parameters()).dtype == torch.float32  # saved in bf16, runs in fp32 everywhere
+    processor = StampProcessor.from_pretrained("tiny-synth")
+    model.processor = processor
+    model.save_pretrained(tmp_path / "copy")
+    copy = StampModel.from_pretrained(tmp_path / "copy")
+    assert next(copy.parameters()).dtype == torch.float32 and copy.stamp == model.stamp
+    image = random_image(128, 160, seed=5)
+    results = []
+    for m in (model, copy):
+        predictor = StampPredictor(m)
+        assert predictor.refiner is not None and predictor.threshold == m.stamp.mask_threshold
+        predictor.set_image(image)
+        results.append(predictor.chat("Please segment the red circle.", answer_prefix="Sure, it is <|seg|>"))
+    a, b = results
+    assert a.text == b.text and len(a.masks) == len(b.masks) >= 1
+    assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a.masks, b.masks))
 
 
 def test_save_pretrained_writes_a_complete_folder_and_the_processor_loads_apart(tmp_path, tiny_model):
@@ -156,3 +180,22 @@ def test_save_pretrained_writes_a_complete_folder_and_the_processor_loads_apart(
     assert predictor.processor.tokenizer.get_vocab() == tiny_model.processor.tokenizer.get_vocab()
     image = random_image(224, 224, 3)
     np.testing.assert_allclose(_mask_logits(model, image), _mask_logits(tiny_model, image), atol=1e-6)
+
+
+def test_old_checkpoints_naming_a_mask_decoder(tmp_path, tiny_model):
+    """Configs written when STAMP's settings named a mask decoder: STAMP's own ("placeholders", no label
+    ids) loads as before; another is refused in one line naming the script that decodes it."""
+    d = tmp_path / "old"
+    tiny_model.save_stamp(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["stamp"].update(mask_decoder="placeholders", label_token_ids=None)
+    (d / "config.json").write_text(json.dumps(cfg))
+    loaded = load_pretrained(d)
+    assert loaded.stamp == tiny_model.stamp
+    cfg["stamp"].update(mask_decoder="next_token", label_token_ids=[48, 49])
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(StampModelError) as err:
+        load_pretrained(d)
+    message = str(err.value)
+    assert "\n" not in message and str(d) in message and "'next_token'" in message
+    assert "python experiments/next_token.py" in message

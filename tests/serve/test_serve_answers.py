@@ -50,11 +50,12 @@ def test_finish_reason_in_the_response_and_the_done_event(looping_client):
 def test_model_info_says_bundled(make_client, tiny_model):
     info = make_client(batch_wait_ms=0).get("/v1/model").json()
     assert info["bundled"] is False and info["note"] is None and info["max_prompt_tokens"] == 8192
-    from stamp.models import bundled_model_path, load_model
+    from stamp.model.loading import shipped_model_names
+    from stamp.processing import load_pretrained
 
-    if bundled_model_path() is None:
+    if "tiny-synth" not in shipped_model_names():
         pytest.skip("no bundled model in this installation")
-    info = make_client(StampPredictor(load_model()), batch_wait_ms=0).get("/v1/model").json()
+    info = make_client(StampPredictor(load_pretrained("tiny-synth")), batch_wait_ms=0).get("/v1/model").json()
     assert info["bundled"] is True and "synthetic shapes" in info["note"] and "--model" in info["note"]
 
 

@@ -33,12 +33,12 @@ def test_docs_page_lists_every_endpoint_without_outside_assets(client):
 
 
 def test_serve_on_a_busy_port_is_one_line_exit_2_before_the_model(monkeypatch, capsys):
-    import stamp.models
+    import stamp.processing
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the port was checked")
 
-    monkeypatch.setattr(stamp.models, "load_model", refuse)
+    monkeypatch.setattr(stamp.processing, "load_pretrained", refuse)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

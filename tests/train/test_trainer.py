@@ -16,11 +16,9 @@ from safetensors.torch import load_file
 
 from stamp.processing import load_pretrained
 from stamp.tiny import build_tiny_model
-from stamp.train import objectives
 from stamp.train.checkpoint import latest_checkpoint
 from stamp.train.config import TrainConfig
-from stamp.train.objectives import AUXILIARY_FILE, AuxiliaryObjective
-from stamp.train.trainer import Trainer, train
+from stamp.train.trainer import AUXILIARY_FILE, ExtraLoss, Trainer, train
 from stamp.yaml_config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,35 +254,28 @@ def test_resume_takes_data_settings_from_the_config(tiny_overrides, tmp_path):
 
 
 def test_next_token_baseline_trains_on_label_text(tiny_overrides, tmp_path):
-    """The Text4Seg-style baseline of the experiments (experiments/next_token.py, a registered mask
-    decoder): masks become label tokens after `<|seg|>`, learned by the text loss."""
+    """The Text4Seg-style baseline of the experiments (experiments/next_token.py), through the trainer's
+    arguments: masks become label tokens after `<|seg|>`, learned by the text loss, no placeholders
+    planned, and the script's file in each checkpoint's model."""
     from helpers import load_experiment
 
-    load_experiment("next_token")  # registers the decoder
-    cfg = _cfg(
-        tiny_overrides,
-        "run.steps=6",
-        "optim.lr=3e-3",
-        "model.mask_decoder=next_token",
-        "data.task_weights={refer: 1.0}",
-    )
-    trainer = Trainer(cfg, progress=False)
+    nt = load_experiment("next_token")
+    cfg = _cfg(tiny_overrides, "run.steps=6", "optim.lr=3e-3", "data.task_weights={refer: 1.0}")
+    trainer = Trainer(cfg, progress=False, **nt.training_extras(cfg))
     batch = trainer.stream.batch(range(2))
     settings = trainer.model.stamp
     assert "mask_targets" not in batch
     ids = batch["input_ids"][0].tolist()
     seg = ids.index(settings.seg_token_id)
     n_cells = int(batch["image_grid_thw"][0][1] * batch["image_grid_thw"][0][2]) // 4
-    assert set(ids[seg + 1 : seg + 1 + n_cells]) <= set(settings.label_token_ids)
+    assert set(ids[seg + 1 : seg + 1 + n_cells]) <= set(nt.model_labels(trainer.model))
     with torch.no_grad():
         out = trainer.model.stamp_forward(**batch)
     assert out.mask_logits is None and out.text_loss is not None
     last = trainer.fit()
-    from stamp.inference import StampPredictor
-
-    model = load_pretrained(last / "model")
-    assert model.stamp.mask_decoder == "next_token"
-    pred = StampPredictor(model)
+    assert (last / "model" / nt.MARKER_FILE).is_file()
+    model = nt.load_model(last / "model")
+    pred = nt.LabelPredictor(model)
     pred.set_image(np.zeros((100, 120, 3), dtype=np.uint8))
     res = pred.chat("Segment it.", answer_prefix="<|seg|>", max_new_tokens=2)
     assert len(res.masks) == 1 and res.masks[0].mask.shape == (100, 120)
@@ -387,7 +378,7 @@ def test_pretrained_keeps_its_image_range_unless_the_config_sets_one(tiny_overri
         _cfg(overrides, "model.min_cells=9", "model.max_cells=4")
 
 
-class _Toy(AuxiliaryObjective):
+class _Toy(ExtraLoss):
     """A scalar fit to the batch size, with a field from the samples and a count of the head's calls."""
 
     def __init__(self, model):
@@ -414,13 +405,11 @@ class _Toy(AuxiliaryObjective):
         return term, {"toy_loss": term, "toy_calls": torch.tensor(float(len(observed))), "toy_images": images}
 
 
-def test_an_auxiliary_objective_trains_with_the_model_and_resumes_exactly(
-    tiny_overrides, tmp_path, monkeypatch
-):
-    monkeypatch.setitem(objectives._REGISTRY, "toy", _Toy)
-    common = ["run.steps=4", "run.save_every=2", "run.keep_checkpoints=5", "loss.auxiliary={toy: 0.5}"]
+def test_an_extra_loss_trains_with_the_model_and_resumes_exactly(tiny_overrides, tmp_path):
+    toy = {"extra_losses": {"toy": (_Toy, 0.5)}}
+    common = ["run.steps=4", "run.save_every=2", "run.keep_checkpoints=5"]
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-    last = train(_cfg(tiny_overrides, *common, f"run.out_dir={full_dir}"), progress=False)
+    last = train(_cfg(tiny_overrides, *common, f"run.out_dir={full_dir}"), progress=False, **toy)
     rows = [line.split(",") for line in (full_dir / "metrics.csv").read_text().splitlines()]
     logged = {
         name: [float(r[-1]) for r in rows if r[2] == name] for name in ("toy_loss", "toy_calls", "loss")
@@ -432,8 +421,8 @@ def test_an_auxiliary_objective_trains_with_the_model_and_resumes_exactly(
     assert "scale" not in " ".join(_weights(last))  # the exported model holds none of it
     # stopped half-way and resumed (batches built by a data worker): the same weights and parameter
     cut = [*common, f"run.out_dir={cut_dir}", "data.num_workers=1"]
-    train(_cfg(tiny_overrides, *cut, "run.stop_at_step=2"), progress=False)
-    resumed = train(_cfg(tiny_overrides, *cut), resume=True, progress=False)
+    train(_cfg(tiny_overrides, *cut, "run.stop_at_step=2"), progress=False, **toy)
+    resumed = train(_cfg(tiny_overrides, *cut), resume=True, progress=False, **toy)
     a, b = _weights(last), _weights(resumed)
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
@@ -442,16 +431,20 @@ def test_an_auxiliary_objective_trains_with_the_model_and_resumes_exactly(
     )
     # weight 0 turns it off: no parameters, no file
     off = train(
-        _cfg(tiny_overrides, "run.steps=1", "loss.auxiliary={toy: 0}", f"run.out_dir={tmp_path / 'off'}")
+        _cfg(tiny_overrides, "run.steps=1", f"run.out_dir={tmp_path / 'off'}"),
+        extra_losses={"toy": (_Toy, 0.0)},
     )
     assert not (off / AUXILIARY_FILE).exists()
 
 
-def test_an_unregistered_or_bad_auxiliary_objective_is_refused(tiny_overrides):
-    with pytest.raises(ConfigError, match=r"'nothing_here'.*python experiments/nothing_here\.py train"):
-        Trainer(_cfg(tiny_overrides, "loss.auxiliary={nothing_here: 0.3}"), progress=False)
-    Trainer(_cfg(tiny_overrides, "loss.auxiliary={nothing_here: 0}"), progress=False)  # off: not needed
-    with pytest.raises(ConfigError, match=r"loss.auxiliary.toy must be >= 0"):
-        _cfg(tiny_overrides, "loss.auxiliary={toy: -1}")
-    with pytest.raises(ConfigError, match="identifier"):
-        _cfg(tiny_overrides, "loss.auxiliary={'no-name': 1}")
+def test_a_bad_extra_loss_is_refused_and_the_config_names_none(tiny_overrides):
+    with pytest.raises(ValueError, match="must be >= 0"):
+        Trainer(_cfg(tiny_overrides), progress=False, extra_losses={"toy": (_Toy, -1.0)})
+    with pytest.raises(ValueError, match="identifier"):
+        Trainer(_cfg(tiny_overrides), progress=False, extra_losses={"no-name": (_Toy, 1.0)})
+    with pytest.raises(TypeError, match="returned Linear"):
+        Trainer(
+            _cfg(tiny_overrides), progress=False, extra_losses={"bad": (lambda m: torch.nn.Linear(1, 1), 1.0)}
+        )
+    with pytest.raises(ConfigError, match="auxiliary"):
+        _cfg(tiny_overrides, "loss.auxiliary={toy: 1}")  # extra terms are a script's, never the config's

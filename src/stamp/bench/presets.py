@@ -17,59 +17,51 @@ For a fixed N and history, random weights cost exactly what trained weights cost
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from stamp.model.build import Architecture, build_from_config, meta_model, stamp_config
 from stamp.processing import CELL, ProcessorSettings
 
 
-@dataclass(frozen=True)
-class Preset:
-    """The dimensions of one published model (its `config.json`)."""
-
-    name: str
-    family: str  # "qwen2_vl" | "qwen2_5_vl"
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    tie_word_embeddings: bool
-    max_positions: int
-    vision: dict = field(default_factory=dict)
-    mrope_section: tuple[int, int, int] = (16, 24, 24)
-    rope_theta: float = 1_000_000.0
+def _qwen2_vl(**sizes) -> Architecture:
+    vision = dict(vision_depth=32, vision_embed_dim=1280, vision_heads=16, vision_mlp_ratio=4)
+    return Architecture(family="qwen2_vl", max_position_embeddings=32768, **_COMMON, **vision, **sizes)
 
 
-_QWEN2_VL_VISION = {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4}
-_QWEN2_5_VL_VISION = {
-    "depth": 32,
-    "hidden_size": 1280,
-    "intermediate_size": 3420,
-    "num_heads": 16,
-    "window_size": 112,
-    "fullatt_block_indexes": [7, 15, 23, 31],
-    "hidden_act": "silu",
-}
+def _qwen2_5_vl(**sizes) -> Architecture:
+    vision = dict(
+        vision_depth=32,
+        vision_embed_dim=1280,
+        vision_intermediate_size=3420,
+        vision_heads=16,
+        vision_fullatt_blocks=[7, 15, 23, 31],
+        vision_hidden_act="silu",
+    )
+    return Architecture(family="qwen2_5_vl", max_position_embeddings=128000, **_COMMON, **vision, **sizes)
+
+
+_COMMON = dict(mrope_section=[16, 24, 24], rope_theta=1_000_000.0, rms_norm_eps=1e-6)
 
 PRESETS = {
-    p.name: p
-    for p in (
-        Preset("qwen2-vl-2b", "qwen2_vl", 1536, 28, 12, 2, 8960, 151_936, True, 32768, _QWEN2_VL_VISION),
-        Preset("qwen2-vl-7b", "qwen2_vl", 3584, 28, 28, 4, 18944, 152_064, False, 32768, _QWEN2_VL_VISION),
-        Preset(
-            "qwen2.5-vl-3b", "qwen2_5_vl", 2048, 36, 16, 2, 11008, 151_936, True, 128000, _QWEN2_5_VL_VISION
-        ),
-        Preset(
-            "qwen2.5-vl-7b", "qwen2_5_vl", 3584, 28, 28, 4, 18944, 152_064, False, 128000, _QWEN2_5_VL_VISION
-        ),
-    )
-}
+    "qwen2-vl-2b": _qwen2_vl(
+        hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960,
+        vocab_size=151_936, tie_word_embeddings=True,
+    ),
+    "qwen2-vl-7b": _qwen2_vl(
+        hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, intermediate_size=18944,
+        vocab_size=152_064,
+    ),
+    "qwen2.5-vl-3b": _qwen2_5_vl(
+        hidden_size=2048, num_layers=36, num_heads=16, num_kv_heads=2, intermediate_size=11008,
+        vocab_size=151_936, tie_word_embeddings=True,
+    ),
+    "qwen2.5-vl-7b": _qwen2_5_vl(
+        hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, intermediate_size=18944,
+        vocab_size=152_064,
+    ),
+}  # fmt: skip
 """Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct."""
 
 PROCESSOR_SETTINGS = ProcessorSettings(min_pixels=4 * CELL * CELL, max_pixels=1280 * CELL * CELL)
@@ -85,54 +77,13 @@ class PresetMemoryError(MemoryError):
     """The machine lacks the memory for a preset (one line: what is needed, what is free)."""
 
 
-def build_config(preset: Preset):
-    """The transformers config of `preset` with STAMP's settings, around the stand-in tokenizer.
+def build_config(name: str):
+    """The transformers config of preset `name` with STAMP's settings, around the stand-in tokenizer.
     Returns (config, tokenizer)."""
-    from stamp.model.settings import StampSettings
-    from stamp.model.tokens import add_stamp_tokens, build_byte_tokenizer
-    from stamp.tiny import qwen_vl_config
+    from stamp.model.tokens import build_byte_tokenizer
 
     tokenizer = build_byte_tokenizer()
-    seg_id, mask_id = add_stamp_tokens(tokenizer)
-    if len(tokenizer) > preset.vocab:
-        raise ValueError(f"the stand-in tokenizer has more tokens than {preset.name}'s vocabulary")
-    text = dict(
-        hidden_size=preset.hidden,
-        num_hidden_layers=preset.layers,
-        num_attention_heads=preset.heads,
-        num_key_value_heads=preset.kv_heads,
-        intermediate_size=preset.intermediate,
-        rope_scaling={"type": "mrope", "mrope_section": list(preset.mrope_section)},
-        rope_theta=preset.rope_theta,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=preset.max_positions,
-        vocab_size=preset.vocab,
-        tie_word_embeddings=preset.tie_word_embeddings,
-    )
-    config = qwen_vl_config(
-        tokenizer, preset.family, text, dict(preset.vision), tie_word_embeddings=preset.tie_word_embeddings
-    )
-    config.stamp = StampSettings(seg_id, mask_id).to_dict()
-    config._attn_implementation = "sdpa"
-    return config, tokenizer
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def meta_model(config, dtype: torch.dtype = torch.float32):
-    """The model `config` describes, in `dtype` on the meta device (shapes only, nothing allocated)."""
-    from stamp.model.modeling import MODEL_CLASSES
-
-    with torch.device("meta"), _default_dtype(dtype):
-        return MODEL_CLASSES[config.model_type](config)
+    return stamp_config(tokenizer, PRESETS[name]), tokenizer
 
 
 def parameter_count(config) -> int:
@@ -174,17 +125,13 @@ def build_preset_model(
 ):
     """A random STAMP model of preset `name` in `dtype` on `device`, eval mode, `.processor` attached.
     Returns (model, memory estimate dict)."""
-    from stamp.model.modeling import MODEL_CLASSES
     from stamp.processing import StampProcessor
 
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     device = torch.device(device)
-    config, tokenizer = build_config(PRESETS[name])
+    config, tokenizer = build_config(name)
     estimate = check_memory(name, parameter_count(config), dtype, device)
-    torch.manual_seed(seed)
-    with torch.device(device), _default_dtype(dtype):
-        model = MODEL_CLASSES[config.model_type](config)
-    model.eval().requires_grad_(False)
+    model = build_from_config(config, seed=seed, dtype=dtype, device=device).requires_grad_(False)
     model.processor = StampProcessor(tokenizer, PROCESSOR_SETTINGS)
     return model, estimate

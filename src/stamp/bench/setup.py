@@ -1,7 +1,7 @@
 """Which model the benchmark runs, on which machine, with how many threads.
 
 Models:
-- `--model DIR`: a saved STAMP model (`stamp.models.load_model`);
+- `--model DIR`: a saved STAMP model (`stamp.processing.load_pretrained`);
 - nothing: the bundled model (`load_model(None)`; a tiny random model with a notice where none is bundled);
 - `--preset tiny`: `build_tiny_model()` (hidden 64, 2 layers: the test model);
 - `--preset qwen2-vl-2b | qwen2-vl-7b | qwen2.5-vl-3b | qwen2.5-vl-7b`: a RANDOM model with the published
@@ -70,14 +70,14 @@ def load_bench_model(
         net = build_model(cfg)
         source = {"kind": "preset", "name": preset, "config": str(path), "random_weights": True}
     else:
-        from stamp.models import bundled_model_path, load_model
+        from stamp.bundled import is_bundled, model_name
+        from stamp.processing import load_pretrained
 
-        net = load_model(model)
-        random = model is None and bundled_model_path() is None
+        net = load_pretrained(model_name(model))
         source = {
-            "kind": "path" if model else "bundled",
+            "kind": "bundled" if is_bundled(model) else "path",
             "name": model or "bundled",
-            "random_weights": random,
+            "random_weights": False,
         }
     if attn is not None:
         from stamp.model.attention import SUPPORTED_ATTN_IMPLEMENTATIONS

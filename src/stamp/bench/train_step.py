@@ -240,21 +240,16 @@ def _time_steps(module, params: list, batch: dict, settings: TrainSettings, devi
 
 def run_train(model, settings: TrainSettings, log=print) -> list[dict]:
     """One record per (gradient checkpointing, batch size): ms per step, samples/s, peak memory."""
-    from stamp.inference.generation import find_mask_decoder
     from stamp.train.build import apply_lora, set_gradient_checkpointing
     from stamp.train.config import LoraConfig, LossConfig
-    from stamp.train.trainer import ExampleTransform, StampTrainingModule
+    from stamp.train.trainer import StampTrainingModule
 
     device = model.device
     processor = model.processor
-    decoder = find_mask_decoder(model.stamp.mask_decoder)
-    transform = ExampleTransform.of(decoder, model.stamp)
-    planner = model.batch_planner(placeholders=decoder.placeholders)
+    planner = model.batch_planner()
     examples = [
         processor.encode_sample(s) for s in synthetic_samples(max(settings.batch_sizes), settings.image_side)
     ]
-    if transform is not None:
-        examples = [transform(e) for e in examples]
     loss_cfg = LossConfig()
     weights = {"text_weight": loss_cfg.text, "bce_weight": loss_cfg.bce, "dice_weight": loss_cfg.dice}
     mode = "lora" if settings.lora else "full"

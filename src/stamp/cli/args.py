@@ -1,13 +1,27 @@
-"""What the `stamp` commands share: the parser class, argument types and the argument groups declared
-once (model, refine, output). Every type checks its value when the command line is parsed, so a bad one
-is a one-line usage error (exit 2) before any model loads."""
+"""What the `stamp` commands share: the parser class, argument types, the argument groups declared
+once (model, predictor, decoding, output, progress) and the generator that turns a dataclass's fields
+into options (`add_dataclass_args`, `from_args`). Every type checks its value when the command line is
+parsed, so a bad one is a one-line usage error (exit 2) before any model loads.
+
+Options that configure a library object (`PredictorOptions`, `GenerationConfig`, `ServeSettings`) are
+generated from its dataclass: the name, default and help come from the field, so the command line, the
+Python API and the server cannot disagree. What only the command line needs (a validating type, a
+metavar, another option name) is given here as a `Flag`."""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import difflib
+import inspect
 import os
 import sys
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
 
 EXIT_USAGE = 2
 REFINE_METAVAR = "auto|none|guided|sam[:PATH]|sam-authors[:PATH]"
@@ -134,12 +148,161 @@ def refine_spec(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown refinement {text!r}; use {REFINE_METAVAR}")
 
 
-# ---------------------------------------------------------------------------------------------- groups
-def add_model_args(
-    p: argparse.ArgumentParser, *, adapters: bool = True, threshold: bool = True, cells_help: str = ""
+# ---------------------------------------------------------------------------------------------- dataclasses
+FIELD_DEFAULT: Any = type("FieldDefault", (), {"__repr__": lambda self: "FIELD_DEFAULT"})()
+"""`Flag.default` when the option's default is the field's own."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """What the command line needs of a dataclass field beyond its name, type, default and help."""
+
+    type: Callable[[str], Any] | None = None
+    """Parses and checks the text (default: the field's own type, `int`, `float` or `str`)."""
+    metavar: str | None = None
+    option: str | None = None
+    """The option's name where it is not --field-name (`ServeSettings.default_max_new_tokens` is
+    --max-new-tokens)."""
+    default: Any = FIELD_DEFAULT
+    """A command's own default, where it differs from the dataclass's on purpose (give `help` saying so)."""
+    help: str | None = None
+    """The help instead of the field's (metadata "help", else its docstring)."""
+
+
+GENERATED = "_dataclass_fields"
+"""The parser default in which `add_dataclass_args` records, per class, the fields it added and their
+destinations; `from_args` reads it back."""
+
+
+def add_dataclass_args(
+    p: argparse.ArgumentParser,
+    cls: type,
+    fields: Iterable[str] | None = None,
+    *,
+    exclude: Iterable[str] = (),
+    title: str | None = None,
+    **flags: Flag,
 ) -> None:
-    """--model, --dtype, --device, --cells; --base-model (LoRA adapters) and --threshold unless the
-    command has no use for them."""
+    """One option per field of dataclass `cls` (`fields`, default all, less `exclude`), in field order.
+
+    A field `max_batch_size: int = 8` becomes `--max-batch-size` (type int, default 8) with the field's
+    help: its metadata "help" if it has one, else its docstring, ending "(default 8)" unless the help
+    already speaks of the default. `X | None` parses as X. A bool defaulting to False becomes a
+    `--name` switch; one defaulting to True becomes `--no-name` (destination `no_name`), and its help
+    (metadata "help") says what turning it off does. `flags` give what the field cannot: a validating
+    type, a metavar, another option name, a command's own default. A field whose type is none of these
+    needs a `Flag(type=...)`: TypeError otherwise, when the parser is built."""
+    chosen = [f for f in dataclasses.fields(cls) if fields is None or f.name in fields]
+    skip = set(exclude)
+    unknown = (set(fields or ()) | skip | set(flags)) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
+    target = p.add_argument_group(title) if title else p
+    added = []
+    for f in chosen:
+        if f.name in skip:
+            continue
+        spec = flags.get(f.name, Flag())
+        added.append(_add_field(target, cls, f, spec))
+    record = dict(p.get_default(GENERATED) or {})
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    record[key] = tuple(record.get(key, ())) + tuple(added)
+    p.set_defaults(**{GENERATED: record})
+
+
+def from_args(cls, args: argparse.Namespace, **values: Any):
+    """An instance of dataclass `cls` from the options `add_dataclass_args` added for it (a `--no-name`
+    switch read back as `name`), with `values` (fields the command sets itself) taking precedence.
+    Fields without an option keep the dataclass's defaults; `cls` checks the values (ValueError)."""
+    record = (getattr(args, GENERATED, None) or {}).get(f"{cls.__module__}.{cls.__qualname__}", ())
+    kwargs = {
+        name: (not getattr(args, dest)) if negated else getattr(args, dest) for name, dest, negated in record
+    }
+    return cls(**{**kwargs, **values})
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default (its factory called); TypeError for a field without one."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"field {f.name} has no default: it cannot be an option")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring written under each field of dataclass `cls` (inherited fields included), by name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (e.g. a frozen application): help from metadata only
+            continue
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def _add_field(p, cls, f: dataclasses.Field, spec: Flag) -> tuple[str, str, bool]:
+    """Add the option of field `f`; (field name, destination, whether the switch is negated)."""
+    kind = _option_type(cls, f)
+    default = field_default(f) if spec.default is FIELD_DEFAULT else spec.default
+    text = spec.help or f.metadata.get("help") or _sentence(field_docs(cls).get(f.name, ""))
+    name = spec.option or "--" + f.name.replace("_", "-")
+    if kind is None and spec.type is None:
+        raise TypeError(f"{cls.__name__}.{f.name}: give Flag(type=...) to parse it from the command line")
+    if kind is bool and spec.type is None:
+        negated = bool(default)
+        dest = f"no_{f.name}" if negated else f.name
+        option = spec.option or ("--no-" if negated else "--") + f.name.replace("_", "-")
+        action = p.add_argument(option, dest=dest, action="store_true", help=text)
+    else:
+        negated, dest = False, f.name
+        if "default" not in text.lower() and default is not None:
+            text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
+        action = p.add_argument(
+            name,
+            dest=dest,
+            type=spec.type or kind,
+            default=default,
+            metavar=spec.metavar or name.lstrip("-").replace("-", "_").upper(),
+            help=text,
+        )
+    action.dataclass_field = f"{cls.__name__}.{f.name}"  # for the test that defaults do not drift
+    action.dataclass_default = field_default(f)
+    action.own_default = spec.default is not FIELD_DEFAULT
+    return f.name, dest, negated
+
+
+def _option_type(cls, f: dataclasses.Field) -> Callable[[str], Any] | None:
+    """The field's type with `| None` dropped, when it is bool, int, float or str; else None."""
+    hint = typing.get_type_hints(cls).get(f.name, Any)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else Any
+    return hint if hint in (bool, int, float, str) else None
+
+
+def _sentence(doc: str) -> str:
+    """A field docstring as help text: one line, lower-case start, no final period."""
+    text = " ".join(doc.split()).removesuffix(".")
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
+# ---------------------------------------------------------------------------------------------- groups
+def add_model_args(p: argparse.ArgumentParser, *, adapters: bool = True, cells_help: str = "") -> None:
+    """--model, --dtype, --device, --cells; --base-model (LoRA adapters) unless the command has no use
+    for it."""
     p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     if adapters:
         p.add_argument(
@@ -147,14 +310,6 @@ def add_model_args(
         )
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ... (default cpu)")
-    if threshold:
-        p.add_argument(
-            "--threshold",
-            type=probability,
-            default=None,
-            help="foreground probability threshold in (0, 1) (default: the model's calibrated "
-            "mask_threshold, else 0.5)",
-        )
     p.add_argument(
         "--cells",
         type=int_pair,
@@ -165,28 +320,41 @@ def add_model_args(
     )
 
 
-def add_refine_arg(p: argparse.ArgumentParser) -> None:
-    """--refine: how coarse cell masks are refined to pixels."""
-    p.add_argument(
-        "--refine",
-        type=refine_spec,
-        default="auto",
-        metavar=REFINE_METAVAR,
-        help="sub-patch refinement: image-guided upsampling, or SAM from a local transformers SAM folder "
-        "or an original checkpoint file (sam_vit_h_4b8939.pth): 'sam' is the project's refiner, "
-        "'sam-authors' the authors' evaluation procedure (seeded points) "
-        "(default auto: guided for the bundled model, none for others)",
-    )
+PREDICTOR_FLAGS = {
+    "threshold": Flag(type=probability),
+    "refine": Flag(type=refine_spec, metavar=REFINE_METAVAR),
+    "upsample": Flag(metavar="prob|logit|nearest"),
+    "max_prompt_tokens": Flag(type=positive_int),
+}
+"""How `PredictorOptions` fields parse from the command line (names, defaults and help are the fields')."""
+
+PREDICTOR_OPTIONS = ("threshold", "refine", "repetition_stop")
+"""The `PredictorOptions` a command that answers prompts offers: --threshold, --refine,
+--no-repetition-stop."""
+
+GENERATION_FLAGS = {
+    "max_new_tokens": Flag(type=non_negative_int),
+    "top_k": Flag(type=non_negative_int),
+}
+"""How `GenerationConfig` fields parse from the command line (names, defaults and help are the fields')."""
 
 
-def add_repetition_arg(p: argparse.ArgumentParser) -> None:
-    """--no-repetition-stop: let an answer caught in a loop run on (`GenerationConfig.repetition_stop`)."""
-    p.add_argument(
-        "--no-repetition-stop",
-        action="store_true",
-        help="let an answer that keeps repeating itself (the same n-gram over and over) run on to the "
-        "token limit; by default it is stopped and its finish_reason is 'repetition'",
-    )
+def add_predictor_args(p: argparse.ArgumentParser, fields: Iterable[str] = PREDICTOR_OPTIONS) -> None:
+    """Options of `stamp.inference.PredictorOptions` (`fields`); `from_args(PredictorOptions, args)`
+    reads them back."""
+    from stamp.inference.predictor import PredictorOptions
+
+    add_dataclass_args(p, PredictorOptions, tuple(fields), **PREDICTOR_FLAGS)
+
+
+def add_generation_args(
+    p: argparse.ArgumentParser, fields: Iterable[str] = ("max_new_tokens",), **own: Flag
+) -> None:
+    """Decoding options of `stamp.inference.GenerationConfig` (`fields`); `own` replaces a field's
+    `Flag` where a command has its own default. `from_args(GenerationConfig, args)` reads them back."""
+    from stamp.inference.generation import GenerationConfig
+
+    add_dataclass_args(p, GenerationConfig, tuple(fields), **{**GENERATION_FLAGS, **own})
 
 
 def add_output_args(p: argparse.ArgumentParser, out_help: str, *, default: str | None = None) -> None:
@@ -198,5 +366,8 @@ def add_output_args(p: argparse.ArgumentParser, out_help: str, *, default: str |
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
-def add_progress_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+def add_progress_arg(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--no-progress: no progress bar (`note`, e.g. what is shown instead, follows in parentheses)."""
+    p.add_argument(
+        "--no-progress", action="store_true", help=f"no progress bar{f' ({note})' if note else ''}"
+    )

@@ -286,7 +286,7 @@ def check_preset_training(preset: str, settings, dtype) -> None:
     from stamp.bench.runner import resolve_devices
     from stamp.bench.train_step import cells_for, check_train_memory
 
-    config, _ = build_config(PRESETS[preset])
+    config, _ = build_config(preset)
     model = meta_model(config, dtype)
     cells = cells_for(PROCESSOR_SETTINGS, settings.train.image_side)
     for device in resolve_devices(settings.device):

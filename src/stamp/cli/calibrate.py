@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from stamp.cli.args import (
+    Flag,
     add_command,
+    add_generation_args,
     add_model_args,
-    add_refine_arg,
+    add_predictor_args,
+    add_progress_arg,
     int_pair,
     non_negative_int,
     positive_int,
@@ -42,19 +45,15 @@ def add_parser(sub):
     p.add_argument(
         "--synth-size", type=int_pair, default=None, metavar="MIN,MAX", help="SynthRef image size range in px"
     )
-    p.add_argument(
-        "--max-new-tokens", type=non_negative_int, default=64, help="answer token budget (default 64)"
-    )
+    add_generation_args(p, max_new_tokens=Flag(type=non_negative_int, default=64))
     p.add_argument("--out", default=None, help="write the sweep as JSON (never overwritten without --force)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.add_argument(
         "--write", action="store_true", help="store the chosen threshold in the model directory's config.json"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_model_args(
-        p, adapters=False, threshold=False, cells_help="; the chosen threshold is for that resolution"
-    )
-    add_refine_arg(p)
+    add_progress_arg(p)
+    add_model_args(p, adapters=False, cells_help="; the chosen threshold is for that resolution")
+    add_predictor_args(p, ("refine",))
     return p
 
 

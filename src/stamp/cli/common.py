@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from stamp.cli.args import from_args
 from stamp.data.errors import DataError
 from stamp.imaging import ImageError
 from stamp.model.loading import StampModelError
@@ -29,30 +30,31 @@ USER_ERRORS = (
 
 def build_predictor(args):
     """The model and predictor of the model/refine arguments (the SAM source checked first)."""
+    from stamp.bundled import model_name
     from stamp.inference import StampPredictor
-    from stamp.models import load_model, resolve_refine
+    from stamp.inference.predictor import PredictorOptions, resolve_refine
+    from stamp.processing import load_pretrained
     from stamp.refine import check_refine_source
 
     check_refine_source(args.refine)
-    model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
-    announce_bundled(model)
+    model = load_pretrained(
+        model_name(args.model), dtype=args.dtype, device=args.device, base_model=args.base_model
+    )
+    announce_bundled(args.model)
     if args.cells is not None:
         model.processor.set_cell_range(*args.cells)
-    return StampPredictor(
-        model,
-        threshold=args.threshold,
-        refine=resolve_refine(args.refine, model),
-        repetition_stop=not getattr(args, "no_repetition_stop", False),
-    )
+    options = from_args(PredictorOptions, args, refine=resolve_refine(args.refine, model))
+    return StampPredictor(model, options=options)
 
 
-def announce_bundled(model) -> None:
-    """One line on stderr when `model` is the bundled one: what it is, and how to use real weights."""
-    from stamp.models import bundled_notice
+def announce_bundled(model: str | None) -> None:
+    """One line on stderr when `--model` (None: not given) means the bundled model: what it is, and how
+    to use real weights."""
+    from stamp.bundled import notice
 
-    notice = bundled_notice(model)
-    if notice:
-        print(notice, file=sys.stderr)
+    line = notice(model)
+    if line:
+        print(line, file=sys.stderr)
 
 
 def warn_unfinished(what: str, result) -> None:

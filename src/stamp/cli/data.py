@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from stamp.cli.args import Parser, add_command, positive_int
+from stamp.cli.args import Parser, add_command, add_progress_arg, positive_int
 
 EXAMPLES = """examples:
   stamp data synth --out synth_refer --split val --n 200 --format refer
@@ -45,7 +45,7 @@ def add_parser(sub):
     )
     synth.add_argument("--seed", type=int, default=0, help="SynthRef scenes seed (default 0)")
     synth.add_argument("--force", action="store_true", help="replace an existing output folder")
-    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(synth)
     tok = add_command(
         dsub,
         "tokenizer",
@@ -71,7 +71,7 @@ def _refuse_existing(out: Path, force: bool) -> None:
 
 
 def _synth(args) -> int:
-    from stamp.data.export import EVAL_KINDS, export_synthref
+    from stamp.data.synthref.export import EVAL_KINDS, export_synthref
 
     out = Path(args.out)
     _refuse_existing(out, args.force)

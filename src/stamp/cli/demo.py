@@ -9,8 +9,7 @@ from stamp.cli.args import (
     add_command,
     add_model_args,
     add_output_args,
-    add_refine_arg,
-    add_repetition_arg,
+    add_predictor_args,
     non_negative_int,
 )
 from stamp.cli.common import build_predictor, check_out_dir, print_result, warn_unfinished
@@ -25,7 +24,7 @@ def add_parser(sub):
         sub, "demo", "run the bundled model on a SynthRef scene (or --image) and write an overlay", EXAMPLES
     )
     add_model_args(p)
-    add_refine_arg(p)
+    add_predictor_args(p)
     p.add_argument("--image", default=None, help="an image file instead of a generated scene")
     p.add_argument("--prompt", default=None, help="segmentation request (default: the scene's own)")
     p.add_argument(
@@ -35,7 +34,6 @@ def add_parser(sub):
         "--seed", type=non_negative_int, default=0, help="which SynthRef val scene to render (default 0)"
     )
     add_output_args(p, "output directory", default="stamp_out/demo")
-    add_repetition_arg(p)
     return p
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from stamp.cli.args import (
+    Flag,
     add_command,
+    add_generation_args,
     add_model_args,
-    add_refine_arg,
-    add_repetition_arg,
+    add_predictor_args,
+    add_progress_arg,
     int_pair,
     non_negative_int,
     positive_int,
@@ -64,11 +66,11 @@ def add_parser(sub):
         help="write each predicted mask as a PNG into this folder (a folder that is not empty needs "
         "--force, which replaces its masks)",
     )
-    p.add_argument(
-        "--max-new-tokens",
-        type=non_negative_int,
-        default=None,
-        help="answer token budget (default: the protocol's)",
+    add_generation_args(
+        p,
+        max_new_tokens=Flag(
+            type=non_negative_int, default=None, help="answer token budget (default: the protocol's)"
+        ),
     )
     p.add_argument(
         "--protocol",
@@ -78,7 +80,7 @@ def add_parser(sub):
         "1024 cells, 1024 answer tokens, logit 0, nearest upsampling; see docs/EVALUATION.md)",
     )
     p.add_argument("--force", action="store_true", help="overwrite --out and replace --save-masks")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(p)
     p.add_argument(
         "--synth-size", type=int_pair, default=None, metavar="MIN,MAX", help="SynthRef image size range in px"
     )
@@ -90,19 +92,18 @@ def add_parser(sub):
         help="SynthRef task mix, e.g. refer=0.5,vqa=0.3 (default: the split's mix)",
     )
     add_model_args(p)
-    add_refine_arg(p)
-    add_repetition_arg(p)
+    add_predictor_args(p)
     return p
 
 
 def run(args) -> int:
     import sys
 
+    from stamp.bundled import notice
     from stamp.eval.runner import EvalJob, run_eval
-    from stamp.models import BUNDLED_NOTE, is_bundled_path
 
-    if is_bundled_path(args.model):
-        print(f"stamp: note: {BUNDLED_NOTE}", file=sys.stderr)
+    if notice(args.model):
+        print(notice(args.model), file=sys.stderr)
 
     job = EvalJob(
         data=args.data,

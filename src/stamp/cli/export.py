@@ -6,18 +6,18 @@ from stamp.cli.args import add_command
 
 EXAMPLES = """examples:
   stamp export runs/x/checkpoints/step_0001000/model --out runs/x/model-bf16
-  stamp export runs/x/checkpoints/step_0001000/model --force   # replace the bundled model"""
+  stamp export runs/x/checkpoints/step_0001000/model            # writes ./model-bf16/"""
 
 
 def add_parser(sub):
     p = add_command(
         sub,
         "export",
-        "write a trained model in bf16 (weights, config, tokenizer, processor), by default as the bundled model",
+        "write a trained model in the bundled model's form: bf16 weights that load in fp32, config, tokenizer, processor",
         EXAMPLES,
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder (e.g. a checkpoint's model/)")
-    p.add_argument("--out", default=None, help="output folder (default: the bundled model's folder)")
+    p.add_argument("--out", default=None, help="output folder (default: ./NAME-bf16, NAME the model folder's name)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     return p
 
@@ -25,10 +25,10 @@ def add_parser(sub):
 def run(args) -> int:
     from pathlib import Path
 
-    from stamp.models import BUNDLED_DIR, export_bundled
+    from stamp.bundled import export
 
-    out = Path(args.out) if args.out else BUNDLED_DIR
+    out = Path(args.out) if args.out else Path(f"{Path(args.model_dir).resolve().name}-bf16")
     if out.exists() and not args.force and (out.is_file() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not empty; use --force to replace it")
-    print(f"wrote {export_bundled(args.model_dir, out, args.force)}")
+    print(f"wrote {export(args.model_dir, out, args.force)}")
     return 0

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from stamp.cli.args import (
     add_command,
+    add_generation_args,
     add_model_args,
     add_output_args,
-    add_refine_arg,
-    add_repetition_arg,
-    non_negative_int,
+    add_predictor_args,
+    from_args,
     positive_int,
 )
 from stamp.cli.common import build_predictor, check_out_dir, print_result, warn_unfinished
@@ -39,11 +39,9 @@ def add_parser(sub):
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders of images")
     p.add_argument("--prompt", required=True, help="what to segment or ask")
     add_model_args(p)
-    add_refine_arg(p)
+    add_predictor_args(p)
     add_output_args(p, "output directory")
-    p.add_argument(
-        "--max-new-tokens", type=non_negative_int, default=128, help="answer token budget (default 128)"
-    )
+    add_generation_args(p)
     p.add_argument(
         "--answer-prefix",
         default=None,
@@ -55,7 +53,6 @@ def add_parser(sub):
         default=4,
         help="images answered together in one batched generation (default 4)",
     )
-    add_repetition_arg(p)
     return p
 
 
@@ -108,7 +105,7 @@ def _check_image(path: Path) -> None:
 
 def run(args) -> int:
     from stamp.imaging import load_image
-    from stamp.inference import ChatRequest
+    from stamp.inference import ChatRequest, GenerationConfig
     from stamp.outputs import atomic_write_bytes, ensure_writable, write_result
 
     out = Path(args.out)
@@ -128,15 +125,13 @@ def run(args) -> int:
         for f in files:
             _check_image(f)
     predictor = build_predictor(args)
+    generation = from_args(GenerationConfig, args)
     summary = []
     for start in range(0, len(files), args.batch_size):
         batch = files[start : start + args.batch_size]
         images = [load_image(f) for f in batch]
-        requests = [
-            ChatRequest(im, args.prompt, answer_prefix=args.answer_prefix, max_new_tokens=args.max_new_tokens)
-            for im in images
-        ]
-        results = predictor.chat_batch(requests)
+        requests = [ChatRequest(im, args.prompt, answer_prefix=args.answer_prefix) for im in images]
+        results = predictor.chat_batch(requests, generation=generation)
         for k, (f, image, result) in enumerate(zip(batch, images, results)):
             folder = folders[start + k]
             paths = write_result(

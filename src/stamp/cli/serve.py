@@ -9,7 +9,16 @@ import errno
 import socket
 import sys
 
-from stamp.cli.args import EXIT_USAGE, add_command, add_model_args, add_refine_arg, add_repetition_arg
+from stamp.cli.args import (
+    EXIT_USAGE,
+    Flag,
+    add_command,
+    add_dataclass_args,
+    add_model_args,
+    add_predictor_args,
+    from_args,
+    non_negative_int,
+)
 from stamp.cli.common import announce_bundled
 
 EXAMPLES = {
@@ -30,49 +39,22 @@ HELP = {
 }
 
 
+NOT_OPTIONS = ("web", "model_name")
+"""`ServeSettings` fields that are no options: `stamp web` sets `web`, --model gives `model_name`."""
+
+SETTINGS_FLAGS = {"default_max_new_tokens": Flag(type=non_negative_int, option="--max-new-tokens")}
+"""How `ServeSettings` fields parse where their name and type alone do not say it."""
+
+
 def add_parser(sub, name: str = "serve"):
     from stamp.serve.settings import ServeSettings
 
-    d = ServeSettings()
     p = add_command(sub, name, HELP[name], EXAMPLES[name], description=HELP[name])
     add_model_args(p)
-    add_refine_arg(p)
-    add_repetition_arg(p)
+    add_predictor_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=d.max_batch_size,
-        help=f"requests per batched generation; 1 disables batching (default {d.max_batch_size})",
-    )
-    p.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=d.batch_wait_ms,
-        help=f"how long a request waits for others to batch with (default {d.batch_wait_ms:g})",
-    )
-    p.add_argument(
-        "--timeout-s",
-        type=float,
-        default=d.timeout_s,
-        help=f"per-request time limit (default {d.timeout_s:g})",
-    )
-    p.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=d.max_upload_mb,
-        help=f"largest image upload in MiB (default {d.max_upload_mb:g})",
-    )
-    p.add_argument(
-        "--max-pixels", type=int, default=d.max_pixels, help=f"largest image, w x h (default {d.max_pixels})"
-    )
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=d.default_max_new_tokens,
-        help=f"default answer token budget (default {d.default_max_new_tokens})",
-    )
+    add_dataclass_args(p, ServeSettings, exclude=NOT_OPTIONS, title="server settings", **SETTINGS_FLAGS)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--log-level",
@@ -95,16 +77,7 @@ def settings_from_args(args, *, web: bool):
     """`ServeSettings` from parsed arguments (ValueError on a bad value)."""
     from stamp.serve.settings import ServeSettings
 
-    return ServeSettings(
-        max_batch_size=args.max_batch_size,
-        batch_wait_ms=args.batch_wait_ms,
-        timeout_s=args.timeout_s,
-        max_upload_mb=args.max_upload_mb,
-        max_pixels=args.max_pixels,
-        default_max_new_tokens=args.max_new_tokens,
-        web=web,
-        model_name=args.model,
-    )
+    return from_args(ServeSettings, args, web=web, model_name=args.model)
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -140,8 +113,9 @@ def _serve(args, *, web: bool) -> int:
         return 0
     import torch
 
-    from stamp.inference import StampPredictor
-    from stamp.models import load_model, resolve_refine
+    from stamp.bundled import model_name
+    from stamp.inference.predictor import PredictorOptions, resolve_refine
+    from stamp.processing import load_pretrained
     from stamp.refine import check_refine_source
     from stamp.serve.app import create_app
 
@@ -153,15 +127,14 @@ def _serve(args, *, web: bool) -> int:
         return EXIT_USAGE
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model, dtype=args.dtype, device=args.device, base_model=args.base_model)
-    announce_bundled(model)
+    model = load_pretrained(
+        model_name(args.model), dtype=args.dtype, device=args.device, base_model=args.base_model
+    )
+    announce_bundled(args.model)
     if args.cells is not None:
         model.processor.set_cell_range(*args.cells)
-    refine = resolve_refine(args.refine, model)
-    predictor = StampPredictor(
-        model, threshold=args.threshold, refine=refine, repetition_stop=not args.no_repetition_stop
-    )
-    app = create_app(predictor, settings)
+    options = from_args(PredictorOptions, args, refine=resolve_refine(args.refine, model))
+    app = create_app(model, settings, options)
     what = "web demo" if web else "API"
     print(f"stamp: {what} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from stamp.cli.args import add_command
+from stamp.cli.args import add_command, add_progress_arg
 from stamp.cli.common import exit_now, several_ranks
 
 EXAMPLES = """examples:
@@ -30,7 +30,7 @@ def add_parser(sub):
         "'data.sources.*.path=...')",
     )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    add_progress_arg(p, "log lines only")
     return p
 
 

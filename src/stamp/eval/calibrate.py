@@ -110,14 +110,12 @@ def choose(results: list[dict]) -> float:
 
 
 def model_config_path(model: str | None) -> Path:
-    """config.json of the model directory (`None`: the bundled model); ValueError if it holds no STAMP
-    settings (e.g. a LoRA adapter directory)."""
-    from stamp.models import bundled_model_path
+    """config.json of the model directory or shipped model's name (`None`: the bundled model); ValueError
+    if it holds no STAMP settings (e.g. a LoRA adapter directory)."""
+    from stamp.bundled import model_name
+    from stamp.model.loading import resolve_model_path
 
-    root = Path(model) if model is not None else bundled_model_path()
-    if root is None:
-        raise ValueError("no bundled model in this installation: pass --model DIR")
-    path = root / "config.json"
+    path = resolve_model_path(model_name(model)) / "config.json"
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -142,7 +140,9 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
 
     from stamp.data.registry import open_dataset, parse_data_spec
     from stamp.eval.evaluate import evaluate_samples
-    from stamp.models import load_model, resolve_refine
+    from stamp.bundled import model_name
+    from stamp.inference.predictor import resolve_refine
+    from stamp.processing import load_pretrained
     from stamp.refine import check_refine_source
 
     thresholds = sorted({float(t) for t in job.thresholds})
@@ -160,7 +160,7 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
     )
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     torch.manual_seed(job.seed)
-    model = load_model(job.model, dtype=job.dtype, device=job.device)
+    model = load_pretrained(model_name(job.model), dtype=job.dtype, device=job.device)
     if job.cells is not None:
         model.processor.set_cell_range(*job.cells)
     refine = resolve_refine(job.refine, model)

@@ -68,14 +68,17 @@ class EvalJob:
     """Stop an answer caught in a degenerate loop (`StampPredictor(repetition_stop=...)`)."""
 
 
-def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict:
+def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True, predictor_type=None) -> dict:
     """Evaluate and write `job.out`; returns the results dict. Shards over accelerate ranks if launched so.
 
     `teardown=False` leaves the process group of a multi-process run up, for a caller that ends the
-    process with os._exit (as `stamp eval` does: a gloo group's destructor can deadlock on the GIL)."""
+    process with os._exit (as `stamp eval` does: a gloo group's destructor can deadlock on the GIL).
+    `predictor_type`: the class that answers, called as `StampPredictor` is (a subclass with its own
+    `chat`, e.g. a script's other way of producing masks); None: `StampPredictor`."""
     from stamp.data.registry import open_dataset, parse_data_spec
     from stamp.inference import StampPredictor
-    from stamp.models import load_model
+    from stamp.bundled import model_name
+    from stamp.processing import load_pretrained
 
     out = Path(job.out)
     if out.is_dir():
@@ -104,17 +107,17 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True) -> dict
         if world > 1:
             torch.distributed.barrier()
     torch.manual_seed(job.seed)
-    model = load_model(job.model, dtype=job.dtype, device=job.device, base_model=job.base_model)
+    model = load_pretrained(model_name(job.model), dtype=job.dtype, device=job.device, base_model=job.base_model)
     cells = job.cells or protocol.cells
     if cells is not None:
         model.processor.set_cell_range(*cells)
-    from stamp.models import resolve_refine
+    from stamp.inference.predictor import resolve_refine
 
     if protocol.name == "authors" and job.refine == "auto":
         job.refine = "none"  # their raw masks; their SAM step is --refine sam-authors:PATH
     job.refine = resolve_refine(job.refine, model)
     threshold = job.threshold if job.threshold is not None else protocol.threshold
-    predictor = StampPredictor(
+    predictor = (predictor_type or StampPredictor)(
         model,
         threshold=threshold,
         refine=job.refine,

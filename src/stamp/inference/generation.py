@@ -8,11 +8,6 @@ their last hidden states go through the classifier. Afterwards the N placeholder
 from the cache, so the answer continues from the unforked history and the placeholders never enter the
 text stream. Rows of a batch that are not at a `<|seg|>` carry masked-out placeholder slots in that step.
 
-How a step produces the masks is the model's mask decoder (`StampSettings.mask_decoder`), looked up by
-name among the registered `MaskDecoder`s: the package registers one, "placeholders" (STAMP's mask pass
-above); experiments register others with `register_mask_decoder` (e.g. a baseline under `experiments/`
-that spells each mask as label tokens, one decode step per cell).
-
 Each answer ends for one reason (`GenerationOutput.finish_reason`): "eos" (the model ended its turn),
 "length" (the token budget ran out) or "repetition" (a degenerate loop, `repeating_period`, stopped by
 default: `GenerationConfig.repetition_stop`).
@@ -27,15 +22,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from transformers import DynamicCache
 
 from stamp.model.attention import build_hybrid_attention_mask
-from stamp.model.loading import StampModelError
 from stamp.model.positions import placeholder_position_ids
-from stamp.model.settings import PLACEHOLDERS
 
 FINISH_REASONS = ("eos", "length", "repetition")
 """Why an answer ended: the model's end-of-turn token, the token budget, or a degenerate loop."""
@@ -54,22 +46,27 @@ attention backend other than sdpa): its mask is (B, 1, C, K), at most B x 512 x 
 
 @dataclass
 class GenerationConfig:
-    """Decoding settings."""
+    """Decoding settings: the one declaration of the decoding options, which `StampPredictor.chat`,
+    `chat_batch` and the command line's options (`stamp.cli.args.add_generation_args`) take."""
 
     max_new_tokens: int = 128
-    """Upper bound on generated answer tokens (after any forced prefix)."""
+    """Answer token budget: most tokens generated after any forced prefix."""
     do_sample: bool = False
-    """Greedy decoding when False."""
+    """Sample the answer (temperature, top-k, top-p) instead of decoding greedily."""
     temperature: float = 1.0
+    """Sampling temperature (> 0)."""
     top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens reaching this probability, in (0, 1]."""
     top_k: int = 0
+    """Sample among the k likeliest tokens only (0: all)."""
     seed: int | None = None
     """Seed of the sampling generator (sampling is reproducible given a seed)."""
     predict_masks: bool = True
     """Run the mask pass at each `<|seg|>`; False gives the text alone (used to show isolation)."""
-    repetition_stop: bool = True
+    repetition_stop: bool | None = None
     """End an answer caught in a degenerate loop (`repeating_period`) with finish reason "repetition";
-    False lets it run to the end-of-turn token or the budget."""
+    False lets it run to the end-of-turn token or the budget. None: the caller's default (a
+    `StampPredictor`'s `repetition_stop`; on for `generate` itself)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -249,7 +246,6 @@ def generate(
     bsz = len(requests)
     seg_id = model.stamp.seg_token_id
 
-    step_masks = find_mask_decoder(model.stamp.mask_decoder).step
     with timer("prefill"):
         pre = prefill(model, requests, pad_id)
         logits = model.lm_head(pre.hidden[:, -1])
@@ -266,7 +262,8 @@ def generate(
         len(r.forced_ids) + (cfg.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens)
         for r in requests
     ]
-    watch = [cfg.repetition_stop if r.repetition_stop is None else r.repetition_stop for r in requests]
+    stop = cfg.repetition_stop is not False
+    watch = [stop if r.repetition_stop is None else r.repetition_stop for r in requests]
     total = max(limits)
     for step in range(total):
         with timer("decode"):
@@ -294,7 +291,18 @@ def generate(
             break
         stage = "mask" if seg_rows else "decode"
         with timer(stage):
-            logits, row_masks = step_masks(model, state, step_tokens, finished, seg_rows, requests, grids)
+            logits, row_masks, state.cache = decode_step(
+                model,
+                state.cache,
+                state.key_block,
+                state.next_pos,
+                step_tokens,
+                finished,
+                seg_rows,
+                requests,
+                grids,
+            )
+            state.appended(finished)
             for b in seg_rows:
                 masks[b].append(row_masks[b].float().cpu())
                 if on_event is not None:
@@ -337,8 +345,8 @@ def decode_step(model, cache, key_block, next_pos, step_tokens, finished, seg_ro
 
 @dataclass
 class DecodeState:
-    """What the answer continues from, for a left-padded batch of B rows with K cached entries. A mask
-    decoder's step updates it in place."""
+    """What the answer continues from, for a left-padded batch of B rows with K cached entries, updated
+    in place after each step."""
 
     cache: DynamicCache
     """The KV cache of the history (K entries per row)."""
@@ -352,90 +360,6 @@ class DecodeState:
         live = torch.tensor([[-1 if done else 0] for done in finished], device=self.key_block.device)
         self.key_block = torch.cat([self.key_block, live], dim=1)
         self.next_pos = self.next_pos + 1
-
-
-MaskStep = Callable[..., tuple[torch.Tensor, dict[int, torch.Tensor]]]
-"""`step(model, state, step_tokens, finished, seg_rows, requests, grids) -> (logits, masks)`: one answer
-step of a mask decoder.
-
-Args:
-    model: the StampModel.
-    state: the `DecodeState`; the step feeds `step_tokens` (one per row of B; a finished row feeds
-        masked-out padding) and leaves the state after them, plus whatever else of the answer the
-        decoder keeps in the cache (the placeholders are cropped; a text-spelled mask stays).
-    step_tokens: B token ids; finished: B bools.
-    seg_rows: the rows whose token is `<|seg|>` (empty on most steps).
-    requests: the batch's `GenerationRequest`s (image features, grid); grids: each row's (gh, gw) cells.
-Returns:
-    next-token logits (B, V) for the token after this step, and {row: (gh, gw) mask logits} for the
-    seg rows."""
-
-
-@dataclass(frozen=True)
-class MaskDecoder:
-    """How a model produces the mask of each `<|seg|>`, registered under the name that its
-    `StampSettings.mask_decoder` holds. Generation calls `step` at every answer step; training and
-    model building use the rest."""
-
-    step: MaskStep
-    """One answer step, masks included (`MaskStep`)."""
-    placeholders: bool = True
-    """Each `<|seg|>` carries N placeholder slots in the model's forward: training plans them
-    (`StampModel.batch_planner`) and fits the classifier on them. False for a decoder whose masks are
-    something else (text): training plans none."""
-    training_example: Callable[[dict, Any], dict] | None = None
-    """`(example, settings) -> example`: how a training example spells its masks for this decoder, from
-    the processor's encoding (`StampProcessor.encode_sample`) and the model's `StampSettings`. None:
-    as encoded (placeholder targets)."""
-    new_model_settings: Callable[[Any], dict[str, Any]] | None = None
-    """`tokenizer -> {StampSettings field: value}`: what a model built from scratch with this decoder
-    needs besides its name (e.g. `label_token_ids`). None: nothing."""
-
-
-_MASK_DECODERS: dict[str, MaskDecoder] = {}
-
-
-def register_mask_decoder(name: str, decoder: MaskDecoder) -> None:
-    """Make models with `mask_decoder: NAME` use `decoder` (registering a name again replaces it)."""
-    if not name.isidentifier():
-        raise ValueError(f"a mask decoder's name must be a Python identifier, got {name!r}")
-    _MASK_DECODERS[name] = decoder
-
-
-def find_mask_decoder(name: str) -> MaskDecoder:
-    """The decoder registered as `name`; StampModelError (one line, naming the script that registers it)
-    if no imported module registered it."""
-    decoder = _MASK_DECODERS.get(name)
-    if decoder is None:
-        raise StampModelError(
-            f"mask decoder '{name}' is not registered: it is defined in experiments/{name}.py, which "
-            f"registers it; run `python experiments/{name}.py COMMAND ...` for a `stamp` COMMAND (train, "
-            "eval, bench, ...)"
-        )
-    return decoder
-
-
-def placeholder_step(model, state, step_tokens, finished, seg_rows, requests, grids):
-    """STAMP's `MaskStep`: `decode_step`, the masks in the same forward as the `<|seg|>`."""
-    logits, row_masks, state.cache = decode_step(
-        model, state.cache, state.key_block, state.next_pos, step_tokens, finished, seg_rows, requests, grids
-    )
-    state.appended(finished)
-    return logits, row_masks
-
-
-register_mask_decoder(PLACEHOLDERS, MaskDecoder(step=placeholder_step))
-
-
-def feed_tokens(model, state: DecodeState, step_tokens: list[int], finished: list[bool]) -> torch.Tensor:
-    """Feed one token per row (a finished row: masked-out padding) into the cache, as a plain answer
-    step, and advance `state`. Returns the last hidden states (B, 1, H). For decoders whose masks are
-    not placeholders."""
-    hidden, state.cache = _forward(
-        model, state.cache, state.key_block, state.next_pos, step_tokens, finished, [], [], []
-    )
-    state.appended(finished)
-    return hidden
 
 
 def _forward(model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,63 @@ answer prefix (the image's cells are not counted). Above it a request is refused
 
 class PromptTooLongError(ValueError):
     """A request with more text tokens than the predictor's `max_prompt_tokens`."""
+
+
+@dataclass
+class PredictorOptions:
+    """How a `StampPredictor` turns answers into masks and which requests it takes: the one declaration
+    of these options, read by `StampPredictor(model, options, **same names)`, the server
+    (`create_app(model, settings, options)`) and the command line (`stamp.cli.args.add_predictor_args`
+    generates its --threshold, --refine and --no-repetition-stop from these fields). A field's metadata
+    "help" is its command-line help where the docstring speaks of Python values."""
+
+    threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "foreground probability threshold in (0, 1) (default: the model's calibrated "
+            "mask_threshold, else 0.5)"
+        },
+    )
+    """Foreground probability threshold in (0, 1); None: the model's own (`mask_threshold` of its STAMP
+    settings, 0.5 unless calibrated)."""
+    upsample: str = "prob"
+    """How cell logits become pixels: "prob" (bilinear on probabilities), "logit" (bilinear on logits) or
+    "nearest" (threshold the cells, then nearest: the authors' evaluation)."""
+    refine: Any = field(
+        default="auto",
+        metadata={
+            "help": "sub-patch refinement: image-guided upsampling, or SAM from a local transformers SAM "
+            "folder or an original checkpoint file (sam_vit_h_4b8939.pth): 'sam' is the project's "
+            "refiner, 'sam-authors' the authors' evaluation procedure (seeded points) "
+            "(default auto: guided for the bundled model, none for others)"
+        },
+    )
+    """How coarse cell masks are refined to pixels: "auto" (the checkpoint's own, `StampSettings.refine`:
+    "guided" for the bundled model, "none" unless a checkpoint says otherwise), "none", "guided" (image-guided upsampling), "sam:PATH" (a local SAM directory), or any
+    object with `refine(image, coarse_probs, coarse_mask) -> RefineResult`."""
+    repetition_stop: bool = field(
+        default=True,
+        metadata={
+            "help": "let an answer that keeps repeating itself (the same n-gram over and over) run on to "
+            "the token limit; by default it is stopped and its finish_reason is 'repetition'"
+        },
+    )
+    """End an answer caught in a degenerate loop (the same n-gram repeating:
+    `stamp.inference.generation.repeating_period`) with finish reason "repetition"; False lets it run to
+    the end of its turn or its token budget. A request's own `ChatRequest.repetition_stop`, or a
+    `GenerationConfig.repetition_stop` handed to a call, goes first."""
+    max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS
+    """Refuse (`PromptTooLongError`, a ValueError) a request with more text tokens than this -- chat
+    template, history, prompt and answer prefix; the image's cells are not counted -- before any model
+    work. None: no bound."""
+
+    def __post_init__(self) -> None:
+        if self.upsample not in UPSAMPLE_SPACES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_SPACES}, got {self.upsample!r}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1 or None, got {self.max_prompt_tokens}")
+        if self.threshold is not None:
+            check_probability("threshold", self.threshold)
 
 
 @dataclass
@@ -99,11 +157,13 @@ class ChatRequest:
     prompt: str
     history: Sequence[Turn | tuple[str, str]] | None = None
     answer_prefix: str | None = None
-    max_new_tokens: int = 128
+    max_new_tokens: int | None = None
+    """This request's token budget (None: the call's `GenerationConfig.max_new_tokens`)."""
     refine: bool = True
     """False: the result's masks skip the refiner (for callers that refine streamed masks themselves)."""
     repetition_stop: bool | None = None
-    """Stop this answer in a degenerate loop (None: the predictor's `repetition_stop`)."""
+    """Stop this answer in a degenerate loop (None: the call's `GenerationConfig.repetition_stop`, else
+    the predictor's)."""
 
 
 def logits_to_mask(
@@ -141,6 +201,15 @@ def resolve_threshold(model, threshold: float | None = None) -> float:
     return check_probability("threshold", threshold)
 
 
+def resolve_refine(spec, model):
+    """The refinement to use with `model`: "auto" (or None) -> the model's own default
+    (`StampSettings.refine` of its checkpoint: "none" unless the checkpoint says otherwise); any other
+    spec (or refiner object) as given."""
+    if spec is None or spec == "auto":
+        return getattr(getattr(model, "stamp", None), "refine", "none")
+    return spec
+
+
 class StampPredictor:
     """Stateful predictor: `set_image()` (expensive, once) then `chat()` (cheap, many times)."""
 
@@ -149,45 +218,24 @@ class StampPredictor:
         model,
         processor: StampProcessor | None = None,
         *,
-        threshold: float | None = None,
-        upsample: str = "prob",
-        refine="auto",
-        repetition_stop: bool = True,
-        max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS,
+        options: PredictorOptions | None = None,
+        **option_values: Any,
     ):
-        """
-        Args:
-            threshold: foreground probability threshold; None: the model's own (`mask_threshold` of its
-                STAMP settings, 0.5 unless calibrated).
-            upsample: "prob" (bilinear on probabilities, default), "logit" (bilinear on logits) or
-                "nearest" (threshold the cells, then nearest: the authors' evaluation).
-            refine: "auto" (default: "guided" for the bundled model, "none" for others -- the CLI's and
-                the server's default too), "none", "guided" (image-guided upsampling), "sam:PATH" (a
-                local SAM directory), or any object with `refine(image, coarse_probs, coarse_mask) ->
-                RefineResult`.
-            repetition_stop: end an answer caught in a degenerate loop (the same n-gram repeating:
-                `stamp.inference.generation.repeating_period`) with finish reason "repetition" (default);
-                False lets it run to the end of its turn or its token budget.
-            max_prompt_tokens: refuse (`PromptTooLongError`, a ValueError) a request with more text tokens
-                than this -- chat template, history, prompt and answer prefix; the image's cells are not
-                counted -- before any model work. Default 8192; None: no bound.
-        """
-        if max_prompt_tokens is not None and max_prompt_tokens < 1:
-            raise ValueError(f"max_prompt_tokens must be >= 1 or None, got {max_prompt_tokens}")
-        self.repetition_stop = bool(repetition_stop)
-        self.max_prompt_tokens = max_prompt_tokens
+        """`options` (default `PredictorOptions()`), with any of its fields given as keywords on top:
+        `StampPredictor(model, threshold=0.4, refine="none")`. TypeError for a name that is not one of
+        its fields, ValueError for a bad value; see `PredictorOptions` for what each does."""
+        options = replace(options or PredictorOptions(), **option_values)
+        self.options = options
+        threshold, upsample, refine = options.threshold, options.upsample, options.refine
+        self.repetition_stop = bool(options.repetition_stop)
+        self.max_prompt_tokens = options.max_prompt_tokens
         self.model = model.eval()
         self.processor = processor or getattr(model, "processor", None)
         if self.processor is None:  # a model from StampModel.from_pretrained: its folder's processor
             self.processor = model.processor = StampProcessor.for_model(model)
-        if upsample not in UPSAMPLE_SPACES:
-            raise ValueError(f"upsample must be one of {UPSAMPLE_SPACES}, got {upsample!r}")
         self.threshold = resolve_threshold(model, threshold)
         self.upsample = upsample
-        if refine is None or refine == "auto":
-            from stamp.models import default_refine
-
-            refine = default_refine(model)
+        refine = resolve_refine(refine, model)
         if isinstance(refine, str):
             from stamp.refine import build_refiner
 
@@ -316,39 +364,31 @@ class StampPredictor:
         prompt: str,
         history: Sequence[Turn | tuple[str, str]] | None = None,
         *,
-        max_new_tokens: int = 128,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
         answer_prefix: str | None = None,
-        predict_masks: bool = True,
+        generation: GenerationConfig | None = None,
         on_event: EventCallback | None = None,
+        **decoding: Any,
     ) -> StampResult:
         """Answer `prompt` about the current image; one mask per `<|seg|>` the answer contains.
+
+        `chat_batch` with one request, on the image `set_image` encoded (its vision tower output reused).
 
         Args:
             history: earlier (role, text) turns of the conversation, oldest first, starting with "user".
             answer_prefix: text the answer is forced to start with (e.g. "Sure, it is <|seg|>" to force
                 a mask, as the literature's evaluations do); generation continues after it.
-            predict_masks: False skips the mask passes (the text is the same either way).
+            generation: the decoding settings (default `GenerationConfig()`).
             on_event: streaming callback, see `stamp.inference.generation.EventCallback` (row is 0).
+            decoding: `GenerationConfig` fields on top of `generation`, e.g. `max_new_tokens=32`,
+                `do_sample=True, seed=0`, `predict_masks=False` (the text is the same either way).
         """
         if self._image is None:
             raise ValueError("no image: call set_image() first")
-        cfg = GenerationConfig(
-            max_new_tokens,
-            do_sample,
-            temperature,
-            top_p,
-            seed=seed,
-            predict_masks=predict_masks,
-            repetition_stop=self.repetition_stop,
-        )
+        cfg = replace(generation or GenerationConfig(), **decoding)
+        request = ChatRequest(self._image.image, prompt, history, answer_prefix)
         self.check_prompt(prompt, history, answer_prefix)
-        req = self._request(self._image, self._features, prompt, history, answer_prefix)
-        out = generate(self.model, [req], cfg, self.pad_id, self.eos_ids, on_event)[0]
-        result = self._finish(out, self._image, self._vision_seconds)
+        encoded = [(self._image, self._features, self._vision_seconds)]
+        result = self._answer([request], encoded, cfg, on_event)[0]
         self._vision_seconds = 0.0  # later queries on this image do not run the vision tower
         return result
 
@@ -356,50 +396,44 @@ class StampPredictor:
         self,
         items: Sequence[tuple[ImageLike, str]],
         *,
-        max_new_tokens: int = 128,
-        do_sample: bool = False,
-        seed: int | None = None,
         answer_prefix: str | None = None,
+        generation: GenerationConfig | None = None,
         on_event: EventCallback | None = None,
+        **decoding: Any,
     ) -> list[StampResult]:
-        """Several (image, prompt) pairs in one left-padded batch (images may differ in size).
-        `on_event`: streaming callback (see `EventCallback`); its row is the item's index."""
-        for _, prompt in items:  # every request's length, before the vision tower runs
-            self.check_prompt(prompt, None, answer_prefix)
-        encoded = self._encode_many([image for image, _ in items])
-        reqs = [
-            self._request(enc, feats, prompt, None, answer_prefix)
-            for (enc, feats, _), (_, prompt) in zip(encoded, items)
-        ]
-        cfg = GenerationConfig(max_new_tokens, do_sample, seed=seed, repetition_stop=self.repetition_stop)
-        outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
-        return [self._finish(o, enc, secs) for o, (enc, _, secs) in zip(outs, encoded)]
+        """`chat_batch` for (image, prompt) pairs that share an answer prefix; `decoding` as for `chat`."""
+        requests = [ChatRequest(image, prompt, answer_prefix=answer_prefix) for image, prompt in items]
+        cfg = replace(generation or GenerationConfig(), **decoding)
+        return self.chat_batch(requests, generation=cfg, on_event=on_event)
 
     def chat_batch(
         self,
         requests: Sequence[ChatRequest],
         *,
-        predict_masks: bool = True,
+        generation: GenerationConfig | None = None,
         on_event: EventCallback | None = None,
     ) -> list[StampResult]:
-        """Greedy answers to several `ChatRequest`s in one left-padded batch: each may have its own
-        image, history, answer prefix and token budget, and they share every forward pass.
-        `on_event`: streaming callback (see `EventCallback`); its row is the request's index."""
+        """Answers to several `ChatRequest`s in one left-padded batch: each may have its own image,
+        history, answer prefix, token budget and repetition stop, and they share every forward pass and
+        the decoding settings `generation` (default `GenerationConfig()`; its `repetition_stop`, when
+        None, is the predictor's). Every request's length is checked (`check_prompt`) before the vision
+        tower runs. `on_event`: streaming callback (see `EventCallback`); its row is the request's index."""
         if not requests:
             return []
-        for r in requests:  # every request's length, before the vision tower runs
+        for r in requests:
             self.check_prompt(r.prompt, r.history, r.answer_prefix)
         encoded = self._encode_many([r.image for r in requests])
+        return self._answer(requests, encoded, generation or GenerationConfig(), on_event)
+
+    def _answer(self, requests, encoded, cfg: GenerationConfig, on_event) -> list[StampResult]:
+        """Generate for checked `requests` whose images are `encoded` ((image, features, seconds) each)."""
+        if cfg.repetition_stop is None:
+            cfg = replace(cfg, repetition_stop=self.repetition_stop)
         reqs = []
         for (enc, feats, _), r in zip(encoded, requests):
             req = self._request(enc, feats, r.prompt, r.history, r.answer_prefix)
             req.max_new_tokens, req.repetition_stop = r.max_new_tokens, r.repetition_stop
             reqs.append(req)
-        cfg = GenerationConfig(
-            max(r.max_new_tokens for r in requests),
-            predict_masks=predict_masks,
-            repetition_stop=self.repetition_stop,
-        )
         outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
         return [self._finish(o, enc, secs, r.refine) for o, (enc, _, secs), r in zip(outs, encoded, requests)]
 

@@ -77,6 +77,33 @@ def _dtype(dtype) -> torch.dtype | None:
     return table[dtype]
 
 
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "assets"
+"""Models shipped inside the package, each a checkpoint folder named as the model (`tiny-synth`)."""
+
+
+def shipped_model_names() -> list[str]:
+    """The names `from_pretrained` accepts besides local folders: the package's shipped checkpoints."""
+    if not SHIPPED_MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_MODELS_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """The folder of `name_or_path`: a local model folder, or the name of a shipped model (a local folder
+    of that name wins, as in transformers). StampModelError (one line) otherwise; nothing is downloaded."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    if text in shipped_model_names():
+        return SHIPPED_MODELS_DIR / text
+    shipped = ", ".join(shipped_model_names()) or "none"
+    raise StampModelError(
+        hub_id_error(text)
+        or f"model directory not found: {text} (a local folder, or a shipped model: {shipped})"
+    )
+
+
 def hub_id_error(path) -> str | None:
     """The error for a model path that names no local folder and may be a Hugging Face hub id
     (`Qwen/Qwen2-VL-2B-Instruct`: ORG/NAME), else None. Models are local folders: nothing is downloaded."""
@@ -104,8 +131,25 @@ class Checkpoint:
     base: Path | None = None
 
 
+def checkpoint_of(name_or_path: str | os.PathLike, base_model: str | os.PathLike | None = None) -> Checkpoint:
+    """The `Checkpoint` a folder (or shipped model's name) would load as, read from its files alone: no
+    weights are loaded (what the processor is read from: `StampProcessor.from_pretrained`)."""
+    path = resolve_model_path(name_or_path)
+    if (path / "adapter_config.json").is_file():
+        named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = base_model or named
+        return Checkpoint(path, "adapter", Path(base) if base else None)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise StampModelError(f"{path}: cannot read config.json ({e})") from None
+    if "stamp" in config:
+        return Checkpoint(path, "stamp")
+    return Checkpoint(path, "authors" if CLASSIFIER_KEYS <= _checkpoint_keys(path) else "stock")
+
+
 def load_stamp_model(
-    path: str | os.PathLike,
+    path: str | os.PathLike,  # a folder, or a shipped model's name
     model_classes: dict,
     *,
     dtype: torch.dtype | str | None = None,
@@ -116,14 +160,14 @@ def load_stamp_model(
     attention_mode: str | None = None,
     mask_embedding: str | None = None,
 ):
-    """Load any of the layouts in the module docstring; returns a StampModel (eval mode) whose
-    `checkpoint` says where it came from. `model_classes`: model_type -> StampModel class.
+    """Load any of the layouts in the module docstring from a folder or a shipped model's name
+    (`resolve_model_path`); returns a StampModel (eval mode) whose `checkpoint` says where it came from.
+    `model_classes`: model_type -> StampModel class. `dtype` None: the checkpoint's
+    `StampSettings.default_dtype`, else as saved.
 
     The three `*_mode` arguments override the saved STAMP settings (e.g. for ablations).
     """
-    if not Path(path).is_dir():
-        raise StampModelError(hub_id_error(path) or f"model directory not found: {path}")
-    path = Path(path)
+    path = resolve_model_path(path)
     if (path / "adapter_config.json").is_file():
         return _load_adapter(
             path,
@@ -156,13 +200,13 @@ def load_stamp_model(
         "attention_mode": attention_mode,
         "mask_embedding": mask_embedding,
     }
-    config.stamp = StampSettings.from_dict(
-        {**config.stamp, **{k: v for k, v in overrides.items() if v}}
-    ).to_dict()
+    config.stamp = _without_mask_decoder(path, config.stamp)
+    settings = StampSettings.from_dict({**config.stamp, **{k: v for k, v in overrides.items() if v}})
+    config.stamp = settings.to_dict()
     model, info = model_classes[config.model_type].from_pretrained_weights(
         str(path),
         config=config,
-        dtype=_dtype(dtype),
+        dtype=_dtype(dtype if dtype is not None else settings.default_dtype),
         attn_implementation=attn_implementation,
         local_files_only=True,
         output_loading_info=True,
@@ -175,6 +219,22 @@ def load_stamp_model(
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.checkpoint = Checkpoint(path, layout)
     return model.to(device).eval()
+
+
+def _without_mask_decoder(path: Path, section: dict) -> dict:
+    """A config's "stamp" section without the keys older checkpoints wrote for pluggable mask decoders
+    ("mask_decoder", "label_token_ids"). A checkpoint whose masks were decoded otherwise than by STAMP's
+    one pass (e.g. the next-token baseline of `experiments/`) is refused, in one line naming the script
+    that uses it."""
+    section = dict(section)
+    decoder = section.pop("mask_decoder", "placeholders")
+    section.pop("label_token_ids", None)
+    if decoder != "placeholders":
+        raise StampModelError(
+            f"{path}: its masks are decoded by {decoder!r}, which is not STAMP's mask pass: use "
+            f"`python experiments/{decoder}.py COMMAND ...` (train, eval) with this model"
+        )
+    return section
 
 
 def _check_loading_info(path: Path, info: dict, *, new_head_allowed: bool, tied: bool) -> None:

@@ -163,8 +163,8 @@ class StampModel:
 
     def batch_planner(self, pack: bool = True, placeholders: bool = True) -> BatchPlanner:
         """This model's training-step planner (`stamp.model.batch_plan`), e.g. for data-loader workers.
-        `placeholders=False` plans none, for a mask decoder whose masks are not placeholders (its
-        `MaskDecoder.placeholders`, `stamp.inference.generation`)."""
+        `placeholders=False` plans no placeholder slots after each `<|seg|>`: for training examples
+        whose masks are not placeholder targets (the text alone is learned)."""
         return BatchPlanner(
             seg_token_id=self.stamp.seg_token_id,
             image_token_id=self.config.image_token_id,

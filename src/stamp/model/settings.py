@@ -9,8 +9,9 @@ from stamp.model.attention import ATTENTION_MODES
 from stamp.model.positions import POSITION_MODES
 
 MASK_EMBEDDING_MODES = ("visual", "plain")
-PLACEHOLDERS = "placeholders"
-"""The mask decoder of STAMP: one pass of N placeholders per `<|seg|>` (`StampSettings.mask_decoder`)."""
+CHECKPOINT_REFINES = ("none", "guided")
+"""The refinements a checkpoint may name as its default (`StampSettings.refine`)."""
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -29,32 +30,29 @@ class StampSettings:
     mask_embedding: str = "visual"
     """"visual": E_mask = embed(<|mask|>) + merged visual feature of the cell (the paper); "plain":
     embed(<|mask|>) only (ablation)."""
-    mask_decoder: str = PLACEHOLDERS
-    """How the mask of a `<|seg|>` is produced, by the name of a registered mask decoder
-    (`stamp.inference.generation.register_mask_decoder`): "placeholders" is STAMP's one-pass mask
-    prediction; other names are decoders that experiments define and register (baselines), which
-    generation and training refuse until the module defining them is imported."""
-    label_token_ids: list[int] | None = None
-    """For a mask decoder that spells each mask as text: the ids of its label tokens, in the order that
-    decoder gives them (e.g. [background, foreground]). None for "placeholders"."""
     mask_threshold: float = 0.5
     """Foreground probability above which a cell (and an upsampled pixel) belongs to the mask, unless the
     caller gives another. Trained on area-fraction targets, a cell's probability estimates its foreground
     share, and the IoU-maximising cut for such probabilities lies below 0.5; so a model may carry a
     threshold calibrated on held-out data (never on the reported split)."""
+    refine: str = "none"
+    """The refinement of the upsampled mask unless the caller picks another (`refine="auto"`, the default
+    of the CLI, the Python API and the server): "none" or "guided" (image-guided edges, for models whose
+    cell-level masks gain from them). A SAM refiner needs weights of its own, so it is always the
+    caller's choice."""
+    default_dtype: str | None = None
+    """The dtype the weights are loaded in when the caller names none: "float32", "bfloat16" or
+    "float16"; None loads them as saved. A small model may be saved in bf16 to halve its size and still
+    run in fp32."""
 
     def __post_init__(self) -> None:
         check_choice("position_mode", self.position_mode, POSITION_MODES)
         check_choice("attention_mode", self.attention_mode, ATTENTION_MODES)
         check_choice("mask_embedding", self.mask_embedding, MASK_EMBEDDING_MODES)
-        check_name("mask_decoder", self.mask_decoder)
-        if self.label_token_ids is not None:
-            ids = self.label_token_ids
-            valid = isinstance(ids, (list, tuple)) and ids and len(set(ids)) == len(ids)
-            if not (valid and all(isinstance(i, int) and i >= 0 for i in ids)):
-                raise ValueError(f"label_token_ids must be distinct non-negative ints, got {ids!r}")
-            self.label_token_ids = [int(i) for i in ids]
         self.mask_threshold = check_probability("mask_threshold", self.mask_threshold)
+        check_choice("refine", self.refine, CHECKPOINT_REFINES)
+        if self.default_dtype is not None:
+            check_choice("default_dtype", self.default_dtype, DTYPES)
         for name in ("seg_token_id", "mask_token_id"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)!r}")
@@ -78,12 +76,6 @@ def check_probability(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
     return float(value)
-
-
-def check_name(name: str, value) -> None:
-    """Raise ValueError naming `name` when `value` is not a Python identifier (a registered name)."""
-    if not (isinstance(value, str) and value.isidentifier()):
-        raise ValueError(f"{name} must be a name (a Python identifier), got {value!r}")
 
 
 def check_choice(name: str, value, choices) -> None:

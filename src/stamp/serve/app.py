@@ -20,9 +20,17 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from stamp.inference.predictor import ChatRequest, PromptTooLongError, StampPredictor, StampResult
+from stamp.inference.predictor import (
+    ChatRequest,
+    PredictorOptions,
+    PromptTooLongError,
+    StampPredictor,
+    StampResult,
+)
 from stamp.model.tokens import SEG_TOKEN
-from stamp.models import BUNDLED_NOTE, is_bundled
+from stamp.bundled import NOTE as BUNDLED_NOTE
+from stamp.bundled import display_name
+from stamp.bundled import is_bundled as is_bundled_model
 from stamp.serve.batching import Batcher, Job, Overloaded, ShuttingDown
 from stamp.serve.docs_page import render_docs_page
 from stamp.serve.errors import ApiError, error_responses, install_error_handlers
@@ -93,9 +101,9 @@ class SegmentService:
         request = ChatRequest(
             inp.image,
             inp.prompt,
-            inp.history,
-            inp.answer_prefix,
-            inp.max_new_tokens,
+            history=inp.history,
+            answer_prefix=inp.answer_prefix,
+            max_new_tokens=inp.max_new_tokens,
             refine=on_event is None,
             repetition_stop=inp.repetition_stop,
         )
@@ -137,8 +145,9 @@ class SegmentService:
     def model_info(self) -> dict:
         model, s = self.predictor.model, self.settings
         proc = self.predictor.processor.settings
-        name = s.model_name or getattr(model, "name_or_path", "") or "tiny-random"
-        bundled = is_bundled(model)
+        source = getattr(model, "name_or_path", "")
+        name = s.model_name or (display_name(source) if source else "tiny-random")
+        bundled = bool(source) and is_bundled_model(name)
         return {
             "name": str(name),
             "family": str(model.config.model_type),
@@ -226,12 +235,18 @@ class SegmentService:
                 job.cancel()
 
 
-def create_app(predictor_or_model, settings: ServeSettings | None = None) -> FastAPI:
-    """The API (and, with `settings.web`, the demo page) around one model or `StampPredictor`."""
+def create_app(
+    predictor_or_model, settings: ServeSettings | None = None, options: PredictorOptions | None = None
+) -> FastAPI:
+    """The API (and, with `settings.web`, the demo page) around one model or `StampPredictor`. A model
+    is wrapped in `StampPredictor(model, options=options)`; a predictor comes with its own options
+    (ValueError when `options` are given as well)."""
     settings = settings or ServeSettings()
     predictor = predictor_or_model
     if not isinstance(predictor, StampPredictor):
-        predictor = StampPredictor(predictor_or_model)
+        predictor = StampPredictor(predictor_or_model, options=options)
+    elif options is not None:
+        raise ValueError("create_app: give options with a model; a StampPredictor has its own")
     service = SegmentService(predictor, settings)
     samples = SampleStore()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from stamp.processing import CELL, ProcessorSettings
@@ -23,8 +24,9 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
         model.processor.settings.target_threshold = cfg.loss.target_threshold
         _set_cells(model, m)
     elif m.init == "scratch":
-        from stamp.inference.generation import find_mask_decoder
-        from stamp.tiny import build_model_from_scratch
+        from stamp.model.build import Architecture
+        from stamp.model.build import build_model as build_network
+        from stamp.processing import StampProcessor
         from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
 
         settings = ProcessorSettings(
@@ -34,28 +36,11 @@ def build_model(cfg: TrainConfig, weights_from: Path | None = None):
             target_threshold=cfg.loss.target_threshold,
         )
         tokenizer = load_synth_tokenizer(m.tokenizer or SHIPPED_TOKENIZER)
-        decoder = find_mask_decoder(m.mask_decoder)
-        decoder_settings = decoder.new_model_settings(tokenizer) if decoder.new_model_settings else {}
-        model = build_model_from_scratch(
-            tokenizer,
-            seed=cfg.run.seed,
-            family=m.family,
-            hidden_size=m.hidden_size,
-            num_layers=m.num_layers,
-            num_heads=m.num_heads,
-            num_kv_heads=m.num_kv_heads,
-            intermediate_size=m.intermediate_size,
-            mrope_section=tuple(m.mrope_section),
-            vision_depth=m.vision_depth,
-            vision_embed_dim=m.vision_embed_dim,
-            vision_heads=m.vision_heads,
-            vision_mlp_ratio=m.vision_mlp_ratio,
-            attn_implementation=m.attn_implementation,
-            processor_settings=settings,
-            mask_decoder=m.mask_decoder,
-            **decoder_settings,
-            **modes,
+        arch = Architecture(**{f.name: getattr(m, f.name) for f in fields(Architecture)})
+        model = build_network(
+            tokenizer, arch, seed=cfg.run.seed, attn_implementation=m.attn_implementation, **modes
         )
+        model.processor = StampProcessor(tokenizer, settings)
     else:
         model = load_pretrained(m.path, attn_implementation=m.attn_implementation, **modes)
         model.processor.settings.target_threshold = cfg.loss.target_threshold

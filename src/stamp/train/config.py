@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stamp.model.attention import ATTENTION_MODES, SUPPORTED_ATTN_IMPLEMENTATIONS
+from stamp.model.build import FAMILIES, Architecture
 from stamp.model.positions import POSITION_MODES
-from stamp.model.settings import MASK_EMBEDDING_MODES, PLACEHOLDERS, check_name
+from stamp.model.settings import MASK_EMBEDDING_MODES
 from stamp.model.settings import check_choice as _choice
 
 
@@ -25,35 +26,19 @@ class LoraConfig:
 
 
 @dataclass
-class ModelConfig:
-    """Which network to train: a new one from scratch (sizes below) or a pretrained directory."""
+class ModelConfig(Architecture):
+    """Which network to train: a new one from scratch (of the `Architecture` sizes it inherits:
+    hidden_size, num_layers, ..., vision_depth, ...) or a pretrained directory."""
 
     init: str = "scratch"
-    """"scratch": build from the sizes below; "pretrained": load `path` (any layout StampModel loads)."""
+    """"scratch": build from the sizes; "pretrained": load `path` (any layout StampModel loads)."""
     path: str | None = None
     """Model directory for init=pretrained."""
-    family: str = "qwen2_vl"
-    """Backbone class for init=scratch: qwen2_vl or qwen2_5_vl."""
     tokenizer: str | None = None
     """Tokenizer directory for init=scratch (default: the shipped SynthRef BPE tokenizer)."""
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 1024
-    mrope_section: list[int] = field(default_factory=lambda: [8, 12, 12])
-    """M-RoPE split of head_dim/2 into (t, h, w) frequencies; must sum to hidden_size/num_heads/2."""
-    vision_depth: int = 4
-    vision_embed_dim: int = 192
-    vision_heads: int = 4
-    vision_mlp_ratio: int = 2
     position_mode: str = "grid"
     attention_mode: str = "hybrid"
     mask_embedding: str = "visual"
-    mask_decoder: str = PLACEHOLDERS
-    """"placeholders" (STAMP), or the name of a mask decoder that an experiment registers (a baseline,
-    `StampSettings.mask_decoder`; trained with `python experiments/NAME.py train CONFIG ...`, from
-    scratch only)."""
     attn_implementation: str = "sdpa"
     min_cells: int | None = None
     """Smallest image after resizing, in merged 28x28 cells (64 = 224x224). None: 64 from scratch, the
@@ -67,16 +52,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _choice("model.init", self.init, ("scratch", "pretrained"))
-        _choice("model.family", self.family, ("qwen2_vl", "qwen2_5_vl"))
+        _choice("model.family", self.family, FAMILIES)
         _choice("model.position_mode", self.position_mode, POSITION_MODES)
         _choice("model.attention_mode", self.attention_mode, ATTENTION_MODES)
         _choice("model.mask_embedding", self.mask_embedding, MASK_EMBEDDING_MODES)
-        check_name("model.mask_decoder", self.mask_decoder)
-        if self.mask_decoder != PLACEHOLDERS and self.init != "scratch":
-            raise ValueError(
-                f"model.mask_decoder '{self.mask_decoder}' is only for models trained from scratch (a "
-                "pretrained model keeps its own)"
-            )
         _choice("model.attn_implementation", self.attn_implementation, SUPPORTED_ATTN_IMPLEMENTATIONS)
         if self.init == "pretrained" and not self.path:
             raise ValueError("model.path is required when model.init is 'pretrained'")
@@ -157,18 +136,6 @@ class LossConfig:
     dice: float = 1.0
     target_threshold: float | None = 0.5
     """Cells with a foreground area fraction >= this are positive targets (None: soft targets)."""
-    auxiliary: dict[str, float] = field(default_factory=dict)
-    """Auxiliary objectives and their weights (0: off), as {NAME: weight}: extra loss terms that
-    experiments register by name (`stamp.train.objectives`); an objective NAME is trained with
-    `python experiments/NAME.py train CONFIG ...`, which registers it. Their parameters are saved in
-    checkpoints, never in the exported model."""
-
-    def __post_init__(self) -> None:
-        for name, weight in self.auxiliary.items():
-            if not name.isidentifier():
-                raise ValueError(f"loss.auxiliary: an objective's name is an identifier, got {name!r}")
-            if weight < 0:
-                raise ValueError(f"loss.auxiliary.{name} must be >= 0, got {weight}")
 
 
 @dataclass

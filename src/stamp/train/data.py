@@ -32,8 +32,8 @@ def open_source(src: DataSource, cfg: DataConfig):
 class TrainStream:
     """Deterministic batches: `batch(indices)` depends only on the indices and the config.
 
-    `example_transform(example) -> example`: rewrites each encoded example before collation (a mask
-    decoder's `training_example`, e.g. masks spelled as text).
+    `example_transform(example) -> example`: rewrites each encoded example before collation (e.g. its
+    masks spelled as text: `Trainer(example_transform=...)`).
     `pixel_dtype`: the dtype pixel values are delivered in. bf16 under bf16 autocast halves the bytes
     moved per batch (worker -> main process -> device, ~88 MB of fp32 per 64 SynthRef samples) and
     changes nothing: the vision tower casts its input to its fp32 weights and autocast rounds that to
@@ -41,8 +41,8 @@ class TrainStream:
     `planner` (a `stamp.model.batch_plan.BatchPlanner`): adds the training step's plan as
     `batch["plan"]`, so data-loader workers do that bookkeeping too.
     `extra_fields(samples, examples) -> {key: tensor}`: more tensors for the batch, from its samples and
-    their encodings (before `example_transform`): the auxiliary objectives' fields
-    (`stamp.train.objectives.AuxiliaryFields`).
+    their encodings (before `example_transform`): the extra loss terms' fields
+    (`stamp.train.trainer.ExtraLoss.batch_fields`).
     """
 
     def __init__(

@@ -5,6 +5,12 @@
 
 Data is a deterministic function of the global sample index (optimizer step x global batch + offset),
 so `--resume` continues with exactly the samples an uninterrupted run would have seen.
+
+A script that trains something STAMP's config does not describe (an experiment) builds its `Trainer`
+itself and says what differs through its keyword arguments, chosen once and passed explicitly: a
+rewrite of each encoded example (`example_transform`), whether placeholders are planned
+(`placeholders`), extra loss terms with their weights (`extra_losses`, `ExtraLoss`) and files written
+beside each checkpoint's weights (`model_files`).
 """
 
 from __future__ import annotations
@@ -14,14 +20,15 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from stamp.inference.generation import MaskDecoder, find_mask_decoder
 from stamp.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -32,63 +39,130 @@ from stamp.train.checkpoint import (
 )
 from stamp.train.config import TrainConfig
 from stamp.train.logging import MetricsLog
-from stamp.train.objectives import (
-    AUXILIARY_FILE,
-    AuxiliaryFields,
-    AuxiliaryObjective,
-    build_objectives,
-    check_registered,
-    take_fields,
-)
 from stamp.yaml_config import ConfigError
 
+AUXILIARY_FILE = "auxiliary.safetensors"
+"""A checkpoint's file of the extra loss terms' parameters (kept out of its exported model)."""
 
-class ExampleTransform:
-    """A mask decoder's `training_example` with the model's settings bound (picklable into data workers
-    as long as the decoder's function is)."""
 
-    def __init__(self, decoder: MaskDecoder, settings):
-        self.rewrite, self.settings = decoder.training_example, settings
+class ExtraLoss(nn.Module):
+    """A loss term trained with STAMP's own (text, BCE, Dice), and the parameters it trains, passed to
+    `Trainer(extra_losses={NAME: (factory, weight)})`. Subclasses implement `loss`; the other hooks
+    default to nothing. What the trainer does with each:
+    - batch fields: `batch_fields(samples, examples)` runs with every batch (in the data workers, if
+      any); each tensor it returns travels with the batch to the device (as `NAME.FIELD`) and reaches
+      `loss` as the keyword FIELD;
+    - parameters: trained by the same optimizer, after the model's; each checkpoint saves them in
+      `AUXILIARY_FILE` (keys `NAME.PARAMETER`) and a resumed run restores them; the exported model never
+      holds them;
+    - the forward: `observe(model)` is entered around the model's training forward (to hook its
+      activations; what it yields is passed on), then `loss(out, observed, **fields)` gives the term,
+      added to the model's loss times its weight, and the statistics to log (0-d tensors)."""
 
-    @classmethod
-    def of(cls, decoder: MaskDecoder, settings) -> ExampleTransform | None:
-        """None for a decoder that trains on the examples as encoded."""
-        return None if decoder.training_example is None else cls(decoder, settings)
+    def batch_fields(self, samples: list, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Extra tensors for one batch, built on the CPU with it.
+
+        Args:
+            samples: the batch's `StampSample`s, in batch order.
+            examples: their encodings (`StampProcessor.encode_sample`, before any `example_transform`),
+                in the same order; an example with an image holds it as `example["image"]` (`grid_hw`:
+                its (gh, gw) merged cells).
+
+        Returns:
+            field name -> tensor (any shape); each reaches `loss` as a keyword argument.
+        """
+        return {}
+
+    def observe(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """A context entered around the model's training forward (e.g. forward hooks that keep
+        activations); what it yields is `loss`'s `observed`."""
+        return contextlib.nullcontext()
+
+    def loss(
+        self, out, observed: Any, **fields: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The unweighted term (0-d) and the statistics to log (name -> 0-d tensor).
+
+        Args:
+            out: the model's `StampOutput` of this forward.
+            observed: what `observe` yielded.
+            fields: this batch's `batch_fields`, on the device.
+
+        Every parameter should take part in the term (a zero term included) so that data-parallel
+        training finds a gradient for each."""
+        raise NotImplementedError
+
+
+ExtraLossFactory = Callable[[nn.Module], ExtraLoss]
+"""Builds an extra loss term for the model about to be trained (a StampModel, possibly inside peft)."""
+
+
+class _ExtraFields:
+    """The batch fields of several extra loss terms, as one callable for the data stream (picklable into
+    data workers as long as the terms are)."""
+
+    def __init__(self, terms: dict[str, ExtraLoss]):
+        self.terms = terms
+
+    def __call__(self, samples: list, examples: list[dict]) -> dict[str, torch.Tensor]:
+        fields = {}
+        for name, term in self.terms.items():
+            for field, value in term.batch_fields(samples, examples).items():
+                fields[f"{name}.{field}"] = value
+        return fields
+
+
+def _take_fields(batch: dict, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Remove the extra loss terms' fields from `batch`: term name -> {field: tensor}."""
+    taken: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
+    for key in [k for k in batch if "." in k]:
+        name, field = key.split(".", 1)
+        if name in taken:
+            taken[name][field] = batch.pop(key)
+    return taken
+
+
+class _BoundTransform:
+    """An `example_transform` with the model's `StampSettings` bound (picklable into data workers as
+    long as the transform is)."""
+
+    def __init__(self, transform: Callable[[dict, Any], dict], settings):
+        self.transform, self.settings = transform, settings
 
     def __call__(self, example: dict) -> dict:
-        return self.rewrite(example, self.settings)
+        return self.transform(example, self.settings)
 
 
 class StampTrainingModule(nn.Module):
-    """Wraps a StampModel so DDP/FSDP see the STAMP training step as `forward`, together with the
-    auxiliary objectives the config turns on (`stamp.train.objectives`) and their weights.
+    """Wraps a StampModel so DDP/FSDP see the STAMP training step as `forward`, together with the extra
+    loss terms of the run (`ExtraLoss`) and their weights.
 
-    `forward(**batch)` takes a collated batch (the objectives' fields under `NAME.FIELD` keys) and
-    returns (total loss, the model's StampOutput, the objectives' statistics)."""
+    `forward(**batch)` takes a collated batch (the terms' fields under `NAME.FIELD` keys) and returns
+    (total loss, the model's StampOutput, the terms' statistics)."""
 
     def __init__(
         self,
         model,
         loss_weights: dict[str, float],
-        objectives: dict[str, AuxiliaryObjective] | None = None,
-        objective_weights: dict[str, float] | None = None,
+        extra_losses: dict[str, ExtraLoss] | None = None,
+        extra_weights: dict[str, float] | None = None,
     ):
         super().__init__()
         self.model = model
         self.loss_weights = loss_weights
-        self.auxiliary = nn.ModuleDict(objectives or {})
-        self.auxiliary_weights = {name: (objective_weights or {})[name] for name in self.auxiliary}
+        self.auxiliary = nn.ModuleDict(extra_losses or {})
+        self.auxiliary_weights = {name: (extra_weights or {})[name] for name in self.auxiliary}
 
     def forward(self, **batch):
-        fields = take_fields(batch, list(self.auxiliary))
+        fields = _take_fields(batch, list(self.auxiliary))
         with contextlib.ExitStack() as stack:
             observed = {
                 name: stack.enter_context(o.observe(self.model)) for name, o in self.auxiliary.items()
             }
             out = self.model.stamp_forward(**batch, **self.loss_weights)
         loss, stats = out.loss, {}
-        for name, objective in self.auxiliary.items():
-            term, extra = objective.loss(out, observed[name], **fields[name])
+        for name, extra_loss in self.auxiliary.items():
+            term, extra = extra_loss.loss(out, observed[name], **fields[name])
             loss = loss + self.auxiliary_weights[name] * term
             stats.update(extra)
         return loss, out, stats
@@ -111,7 +185,32 @@ def lr_lambda(cfg: TrainConfig):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        example_transform: Callable[[dict, Any], dict] | None = None,
+        placeholders: bool = True,
+        extra_losses: Mapping[str, tuple[ExtraLossFactory, float]] | None = None,
+        model_files: Mapping[str, str] | None = None,
+    ):
+        """Args:
+        cfg: the run (model, data, optimizer, losses, run settings).
+        resume: continue from the newest checkpoint under `cfg.run.out_dir`.
+        progress: show a progress bar.
+        example_transform: `(example, settings) -> example`, applied to each encoded training
+            example (`StampProcessor.encode_sample`) before collation, with the model's
+            `StampSettings` (e.g. masks spelled as text). None: the examples as encoded.
+        placeholders: plan N placeholder slots after each `<|seg|>` and fit the classifier on them
+            (STAMP); False for examples whose masks are not placeholder targets.
+        extra_losses: NAME -> (factory, weight): loss terms added to STAMP's (`ExtraLoss`), each
+            built by its factory for the model about to be trained; weight 0 leaves a term out.
+            NAME is an identifier.
+        model_files: file name -> text, written into every checkpoint's model folder beside the
+            weights (what a script needs to use the model again).
+        """
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -120,8 +219,13 @@ class Trainer:
 
         self.cfg = cfg
         self.out_dir = Path(cfg.run.out_dir)
-        check_registered(cfg.loss.auxiliary)
-        find_mask_decoder(cfg.model.mask_decoder)
+        extra_losses = dict(extra_losses or {})
+        for name, (_, weight) in extra_losses.items():
+            if not name.isidentifier():
+                raise ValueError(f"an extra loss's name is an identifier, got {name!r}")
+            if weight < 0:
+                raise ValueError(f"the weight of extra loss {name!r} must be >= 0, got {weight}")
+        self.model_files = dict(model_files or {})
         if cfg.run.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("run.device is 'cuda' but no CUDA device is available (use run.device=auto)")
         cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
@@ -149,22 +253,24 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg, weights_from=self.resume_from / "model" if self.resume_from else None)
         self.processor = self.model.processor
-        decoder = find_mask_decoder(self.model.stamp.mask_decoder)  # the model's: a resumed run's too
-        objectives = build_objectives(cfg.loss.auxiliary, self.model)
+        terms = _build_extra_losses(extra_losses, self.model)
         self.stream = TrainStream(
             cfg.data,
             self.processor,
             seed=cfg.run.seed,
-            example_transform=ExampleTransform.of(decoder, self.model.stamp),
+            example_transform=(
+                None if example_transform is None else _BoundTransform(example_transform, self.model.stamp)
+            ),
             pixel_dtype=torch.bfloat16 if cfg.run.precision == "bf16" else None,  # (exact: see TrainStream)
-            planner=self.model.batch_planner(placeholders=decoder.placeholders),
-            extra_fields=AuxiliaryFields(objectives) if objectives else None,
+            planner=self.model.batch_planner(placeholders=placeholders),
+            extra_fields=_ExtraFields(terms) if terms else None,
         )
         self._data_wait = 0.0  # seconds spent waiting for batches since the last log line
         weights = {"text_weight": cfg.loss.text, "bce_weight": cfg.loss.bce, "dice_weight": cfg.loss.dice}
-        training_module = StampTrainingModule(self.model, weights, objectives, cfg.loss.auxiliary)
+        extra_weights = {name: weight for name, (_, weight) in extra_losses.items()}
+        training_module = StampTrainingModule(self.model, weights, terms, extra_weights)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # the objectives' parameters last, so the model's optimizer state keeps its order
+        # the extra terms' parameters last, so the model's optimizer state keeps its order
         params += [p for p in training_module.auxiliary.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
@@ -324,7 +430,7 @@ class Trainer:
             path = save_checkpoint(
                 self.out_dir,
                 self.step,
-                lambda p: _save_model(unwrapped, p, weights),
+                lambda p: _save_model(unwrapped, p, weights, self.model_files),
                 None if self.sharded else self.optimizer,
                 self.scheduler,
                 state,
@@ -399,23 +505,23 @@ class Trainer:
         return last_saved
 
     def _load_auxiliary(self, checkpoint: Path) -> None:
-        """Restore the auxiliary objectives' parameters from `checkpoint` (each objective it lacks
-        restarts from its fresh parameters, and says so)."""
-        objectives = self.accel.unwrap_model(self.module).auxiliary
-        if len(objectives) == 0:
+        """Restore the extra loss terms' parameters from `checkpoint` (each term it lacks restarts from
+        its fresh parameters, and says so)."""
+        terms = self.accel.unwrap_model(self.module).auxiliary
+        if len(terms) == 0:
             return
         saved = {}
         if (checkpoint / AUXILIARY_FILE).is_file():
             from safetensors.torch import load_file
 
             saved = load_file(str(checkpoint / AUXILIARY_FILE), device=str(self.accel.device))
-        for name, objective in objectives.items():
+        for name, term in terms.items():
             mine = {k.removeprefix(f"{name}."): v for k, v in saved.items() if k.startswith(f"{name}.")}
             if mine:
-                objective.load_state_dict(mine)
-            elif self.accel.is_main_process and len(objective.state_dict()) > 0:
+                term.load_state_dict(mine)
+            elif self.accel.is_main_process and len(term.state_dict()) > 0:
                 print(
-                    f"stamp train: {checkpoint.name} holds no parameters of objective '{name}'; they restart"
+                    f"stamp train: {checkpoint.name} holds no parameters of extra loss '{name}'; they restart"
                 )
 
     def check_replicas_in_sync(self) -> str:
@@ -436,13 +542,33 @@ class Trainer:
         return mine
 
 
-def _save_model(model, path: Path, state_dict: dict | None = None) -> None:
-    """`state_dict`: the full weights where the model's own parameters are shards (FSDP)."""
+def _save_model(
+    model, path: Path, state_dict: dict | None = None, files: dict[str, str] | None = None
+) -> None:
+    """`state_dict`: the full weights where the model's own parameters are shards (FSDP); `files`: more
+    files of the model folder (name -> text)."""
     if hasattr(model, "peft_config"):  # LoRA: the adapter, loadable with its base model
         model.save_pretrained(str(path), state_dict=state_dict)
         model.processor.save_pretrained(path)
     else:
         model.save_stamp(path, state_dict=state_dict)
+    for name, text in (files or {}).items():
+        (Path(path) / name).write_text(text)
+
+
+def _build_extra_losses(
+    extra_losses: dict[str, tuple[ExtraLossFactory, float]], model: nn.Module
+) -> dict[str, ExtraLoss]:
+    """The terms of `extra_losses` with a weight above 0, in its order, built for `model` and placed on
+    its device."""
+    built = {}
+    for name, (factory, weight) in extra_losses.items():
+        if weight > 0:
+            term = factory(model)
+            if not isinstance(term, ExtraLoss):
+                raise TypeError(f"the factory of extra loss {name!r} returned {type(term).__name__}")
+            built[name] = term.to(model.device)
+    return built
 
 
 def _check_sharding_honoured(got: str) -> None:
@@ -471,10 +597,12 @@ _FINISHED_DISTRIBUTED: list = []
 """Trainers of finished multi-process runs, never freed (see `train`)."""
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path | None:
-    """Train per `cfg`; returns the last checkpoint directory (its `model/` folder is a loadable model)."""
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, **extras) -> Path | None:
+    """Train per `cfg`; returns the last checkpoint directory (its `model/` folder is a loadable model).
+    `extras`: the `Trainer`'s keyword arguments for what the config does not describe (an experiment's
+    `example_transform`, `placeholders`, `extra_losses`, `model_files`)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = Trainer(cfg, resume=resume, progress=progress)
+    trainer = Trainer(cfg, resume=resume, progress=progress, **extras)
     last = trainer.fit()
     if trainer.accel.num_processes > 1:
         # Freeing the DDP model frees its gloo process group, whose destructor joins the group's worker
