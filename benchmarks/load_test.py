@@ -160,12 +160,13 @@ def main(argv=None) -> int:
     else:
         import torch
 
+        from stamp.bundled import model_name
         from stamp.inference import StampPredictor
-        from stamp.models import load_model
+        from stamp.processing import load_pretrained
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        model = load_model(args.model, device=args.device) if args.model else load_model(None)
+        model = load_pretrained(model_name(args.model)).to(args.device).eval()
         predictor = StampPredictor(model)
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             if mode not in ("batched", "unbatched"):

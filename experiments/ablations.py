@@ -79,6 +79,7 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int, seed: int 
     import time
 
     from stamp.eval.runner import EvalJob, run_eval
+    from stamp.eval.validation import validation_for
     from stamp.train.checkpoint import latest_checkpoint
     from stamp.train.config import TrainConfig
     from stamp.train.trainer import train
@@ -98,7 +99,7 @@ def run_one(name: str, out: Path, steps: int | None, eval_limit: int, seed: int 
     t0 = time.time()
     extras, predictor_type = SCRIPT_RUNS.get(name, (lambda _: {}, None))
     if last is None or int(last.name.split("_")[1]) < cfg.run.steps:
-        train(cfg, resume=last is not None, **extras(cfg))
+        train(cfg, resume=last is not None, **extras(cfg), **validation_for(cfg))
         last = latest_checkpoint(run_dir)
     train_minutes = (time.time() - t0) / 60
     evals = EVALS + (FULL_EXTRA if name == "full" and seed == 0 else [])

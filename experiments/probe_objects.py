@@ -102,14 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         print("probe_objects: need --scenes >= 10", file=sys.stderr)
         return 2
     import torch
-    from stamp.models import load_model
     from tqdm import tqdm
 
+    from stamp.bundled import model_name
     from stamp.data.synthref import SynthRef
     from stamp.inference import StampPredictor
+    from stamp.processing import load_pretrained
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_pretrained(model_name(args.model), dtype=args.dtype)
     pred = StampPredictor(model, refine="none")
     ds = SynthRef("val", seed=args.seed, task_weights={"vqa": 1.0})
     rows: dict[str, list] = {k: [] for k in ("vision", "language", "vision_3x3", "language_3x3")}

@@ -129,7 +129,10 @@ def train_command(
     from stamp.yaml_config import load_config
 
     cfg = load_config(TrainConfig, find_recipe(config), overrides)
-    return train(cfg, resume=resume, progress=progress, extra_losses={NAME: (ShapeObjective, weight)})
+    from stamp.eval.validation import validation_for
+
+    extra = {NAME: (ShapeObjective, weight)}
+    return train(cfg, resume=resume, progress=progress, extra_losses=extra, **validation_for(cfg))
 
 
 def build_parser() -> argparse.ArgumentParser:

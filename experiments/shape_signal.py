@@ -50,17 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shape_signal: {out} already exists; choose another --out", file=sys.stderr)
         return 2
     import torch
-    from stamp.models import load_model
 
+    from stamp.bundled import model_name
     from stamp.data.synthref import SynthRef
     from stamp.data.synthref.scenes import KINDS
+    from stamp.processing import load_pretrained
 
     sys.path.insert(0, str(Path(__file__).parent))
     from probe_objects import object_cells
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = load_model(args.model, dtype="float32")
+    model = load_pretrained(model_name(args.model), dtype="float32")
     from stamp.inference import StampPredictor
 
     processor = StampPredictor(model, refine="none").processor

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import random_image
 from PIL import Image
+from safetensors.torch import load_file
 
 from stamp.cli import build_parser, main
 from stamp.processing import load_pretrained
@@ -408,8 +409,10 @@ def test_tools_are_subcommands(tmp_path, capsys):
     src = tmp_path / "model"
     build_tiny_model(seed=0).save_stamp(src)
     assert main(["export", str(src), "--out", str(tmp_path / "bf16")]) == 0
-    exported = load_pretrained(tmp_path / "bf16")
-    assert exported.dtype == torch.bfloat16 and exported.processor is not None
+    exported = load_pretrained(tmp_path / "bf16")  # stored in bf16, loaded in fp32 (its default_dtype)
+    stored = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    assert exported.dtype == torch.float32 and exported.stamp.default_dtype == "float32"
     assert main(["export", str(src), "--out", str(tmp_path / "bf16")]) == 2  # exists: --force needed
     tok = tmp_path / "tok"
     assert main(["data", "tokenizer", "--out", str(tok), "--samples", "20", "--vocab-size", "300"]) == 0

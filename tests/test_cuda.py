@@ -79,7 +79,9 @@ def test_cuda_training_with_data_workers(tmp_path):
             "optim.batch_size=4",
         ],
     )
-    last = train(cfg, progress=False)
+    from stamp.eval.validation import validation_for
+
+    last = train(cfg, progress=False, **validation_for(cfg))
     loaded = load_pretrained(last / "model")
     assert all(torch.isfinite(p).all() for p in loaded.parameters())
 

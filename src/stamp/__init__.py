@@ -1,11 +1,12 @@
 """stamp-seg: STAMP (Simultaneous Textual All-Mask Prediction) on Qwen2-VL.
 
     from stamp import StampModel, StampPredictor
-    predictor = StampPredictor(StampModel.from_pretrained("path/to/model"))
+    predictor = StampPredictor(StampModel.from_pretrained("path/to/model"))   # or "tiny-synth", shipped
     predictor.set_image("photo.jpg")
     result = predictor.chat("Please segment the dog.")
 
-The public names are imported lazily, so `import stamp.data` (data-loader workers) and `stamp --help`
+The method itself reads top to bottom in `stamp.model` (its package docstring gives the order). The
+public names are imported lazily, so `import stamp.data` (data-loader workers) and `stamp --help`
 do not pay for importing torch and transformers.
 """
 

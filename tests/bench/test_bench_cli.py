@@ -235,7 +235,8 @@ def test_interrupted_run_keeps_what_it_measured(tmp_path):
 
 
 def test_real_presets_take_their_defaults_and_options():
-    from stamp.cli.bench import configure, settings_from_args
+    from stamp.bench.runner import settings_from_args
+    from stamp.cli.bench import configure
 
     parser = configure(argparse.ArgumentParser())
     s = settings_from_args(parser.parse_args(["--preset", "qwen2-vl-2b", "--device", "cpu"]))

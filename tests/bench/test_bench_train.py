@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stamp.bench import presets
-from stamp.bench.presets import PRESETS, PROCESSOR_SETTINGS, build_config, meta_model
+from stamp.bench.presets import PROCESSOR_SETTINGS, build_config, meta_model
 from stamp.bench.report import render
 from stamp.bench.train_step import TrainSettings, _lora_trainable, cells_for, estimate_memory, run_train
 from stamp.cli import main as stamp_main

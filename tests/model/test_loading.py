@@ -136,7 +136,9 @@ def test_hub_id_says_models_are_local_folders():
     with pytest.raises(StampModelError, match="huggingface-cli download Qwen/Qwen2-VL-2B-Instruct") as err:
         load_pretrained("Qwen/Qwen2-VL-2B-Instruct")
     assert "\n" not in str(err.value) and "nothing is downloaded" in str(err.value)
-    with pytest.raises(StampModelError, match=r"^model directory not found: runs/x/y/model \(a local folder, "):
+    with pytest.raises(
+        StampModelError, match=r"^model directory not found: runs/x/y/model \(a local folder, "
+    ):
         load_pretrained("runs/x/y/model")
 
 

@@ -19,7 +19,10 @@ def _samples():
     box[40:120, 30:150] = 1
     return [
         StampSample(
-            "a", random_image(224, 224, 1), [Turn("user", "Segment."), Turn("assistant", "It is <|seg|>.")], [box]
+            "a",
+            random_image(224, 224, 1),
+            [Turn("user", "Segment."), Turn("assistant", "It is <|seg|>.")],
+            [box],
         ),
         StampSample(
             "b", random_image(168, 280, 2), [Turn("user", "How many?"), Turn("assistant", "Three.")], []
@@ -56,7 +59,9 @@ def test_training_forward_equals_the_reference(attn, attention_mode, position_mo
             torch.testing.assert_close(out.mask_logits[k, : gh * gw].view(gh, gw), want, atol=1e-5, rtol=1e-5)
             k += 1
         labels = torch.tensor(example["labels"])
-        text_losses.append(F.cross_entropy(ref.text_logits[:-1], labels[1:], ignore_index=-100, reduction="sum"))
+        text_losses.append(
+            F.cross_entropy(ref.text_logits[:-1], labels[1:], ignore_index=-100, reduction="sum")
+        )
         text_losses.append((labels[1:] != -100).sum())
     assert k == out.mask_logits.shape[0] == 3
     total, count = sum(text_losses[::2]), sum(text_losses[1::2])

@@ -15,12 +15,13 @@ softmax, bias additions and the residual adds are elementwise (O(Q h), under 1% 
 The attention term counts every (query, key) pair of the dense masked kernel; in STAMP's mask pass
 every placeholder really does attend to all K keys (history, `<|seg|>` and the whole block).
 
-Passes (H = history tokens in the cache, N = placeholders):
-    STAMP mask pass   the `<|seg|>` step (Q = 1, K = H + 1) and the placeholder forward (Q = N,
-                      K = H + N + 1), lm_head on 1 row (the `<|seg|>`: the answer continues),
-                      classifier on N rows (`stamp.inference.generation._step`);
-    no cache reuse    Q = K = H + N + 1, same heads;
-    autoregressive    N steps, step i: Q = 1, K = H + 1 + i, lm_head on 1 row.
+Passes (C = entries in the cache before `<|seg|>`: the image's N cells and the text after it; N =
+placeholders):
+    STAMP mask pass   one forward of `<|seg|>` and the N placeholders (Q = N + 1, K = C + N + 1),
+                      lm_head on 1 row (the `<|seg|>`: the answer continues), classifier on N rows
+                      (`stamp.inference.generation.decode_step`);
+    no cache reuse    Q = K = C + N + 1, the classifier on N rows (`StampModel.stamp_forward`);
+    autoregressive    N steps, step i: Q = 1, K = C + 1 + i, lm_head on 1 row.
 
 `achieved FLOP/s` = analytic FLOPs / median time; `flops_fraction` = that / the best FLOP/s of a plain
 `torch.mm` of the same dtype on the same device, measured in the same run (`matmul_peak`).
@@ -79,22 +80,20 @@ def head_flops(dims: TextDims, lm_rows: int, classifier_rows: int) -> int:
     return 2 * dims.hidden * dims.vocab * lm_rows + 2 * dims.hidden * classifier_rows
 
 
-def mask_pass_flops(dims: TextDims, n: int, history: int) -> int:
-    """STAMP's mask pass: `<|seg|>` + N placeholders against the cached history (module docstring)."""
-    return (
-        forward_flops(dims, 1, history + 1) + forward_flops(dims, n, history + n + 1) + head_flops(dims, 1, n)
-    )
+def mask_pass_flops(dims: TextDims, n: int, context: int) -> int:
+    """STAMP's mask pass: `<|seg|>` + N placeholders against a cache of `context` entries."""
+    return forward_flops(dims, n + 1, context + n + 1) + head_flops(dims, 1, n)
 
 
-def no_cache_flops(dims: TextDims, n: int, history: int) -> int:
-    """The same mask computed by one forward over [history ; `<|seg|>` ; placeholders]."""
-    total = history + n + 1
-    return forward_flops(dims, total, total) + head_flops(dims, 1, n)
+def no_cache_flops(dims: TextDims, n: int, context: int) -> int:
+    """The same mask computed by one forward over [cached tokens ; `<|seg|>` ; placeholders]."""
+    total = context + n + 1
+    return forward_flops(dims, total, total) + head_flops(dims, 0, n)
 
 
-def autoregressive_flops(dims: TextDims, n: int, history: int) -> int:
-    """N one-token decode steps after the history (+ `<|seg|>`), lm_head on each."""
-    steps = sum(forward_flops(dims, 1, history + 1 + i) for i in range(n))
+def autoregressive_flops(dims: TextDims, n: int, context: int) -> int:
+    """N one-token decode steps after the cached tokens (the first feeds `<|seg|>`), lm_head on each."""
+    steps = sum(forward_flops(dims, 1, context + 1 + i) for i in range(n))
     return steps + head_flops(dims, n, 0)
 
 

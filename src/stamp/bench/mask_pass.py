@@ -1,29 +1,32 @@
 """The mask-pass benchmark: STAMP's mask pass against no cache reuse and autoregressive labels.
 
-Inputs are built on the model's own API, not through the chat loop, so the history length H and the
-number of placeholders N are controlled exactly:
-- a synthetic history of H text tokens (random ids, text positions 0..H-1) is prefilled once into a
-  `DynamicCache` (untimed);
-- N placeholders form a (gh, gw) grid (N = 64 -> 8x8, 256 -> 16x16, 1024 -> 32x32, 4096 -> 64x64); their
-  merged "visual features" F_p are random (the cost does not depend on the values).
+Every pass is the core's own function; the benchmark only chooses its inputs, so that the number of
+placeholders N and the text after the image H are exact:
+- the prompt is one image of (gh, gw) merged cells (N = gh * gw image tokens; N = 64 -> 8x8, 256 -> 16x16,
+  1024 -> 32x32, 4096 -> 64x64) followed by H plain text tokens (random ids); its cell features are
+  random (the cost does not depend on the values). `stamp.inference.generation.prefill` fills the KV
+  cache with it once (untimed).
 
 The three passes (each timed from the same state, leaving the cache as it found it):
 1. `stamp`: `stamp.inference.generation.decode_step` -- the function generation calls at every answer
-   token -- feeding `<|seg|>` at position H with its N placeholders (batch 1): one forward of
-   [`<|seg|>` ; placeholders] against the cache with the hybrid mask, the classifier on the N rows,
-   lm_head on the `<|seg|>` row, the placeholders cropped from the cache.
-2. `no_cache`: the same mask by one forward over [history ; `<|seg|>` ; placeholders] without a cache
-   (what `StampModel.stamp_forward` does): the history is recomputed. Its repeats alternate with those
-   of `stamp`, so that load from other processes falls on both alike.
+   token -- feeding `<|seg|>` with its N placeholders: one forward of [`<|seg|>` ; placeholders]
+   against the cache with the hybrid mask, the classifier on the N rows, lm_head on the `<|seg|>` row,
+   the placeholders cropped from the cache.
+2. `no_cache`: the same mask by `StampModel.stamp_forward` (the training forward) over
+   [prompt ; `<|seg|>` ; placeholders], nothing cached: the prompt is recomputed. The vision tower is
+   not part of it: `encode_images` hands back the prompt's features for the duration (the request part
+   times the vision tower). Its repeats alternate with those of `stamp`, so that load from other
+   processes falls on both alike.
 3. `autoregressive`: the Text4Seg-style baseline on the same backbone: N answer steps of one token each
    through the same `decode_step` (the first feeds `<|seg|>`, each later one the label chosen at the
    previous step; lm_head over the full vocabulary on every step, as a real model computes it; the
    label = argmax over two label-token ids). Text4Seg really emits at least two tokens per cell (label
    and separator); one is a lower bound. With `ar_steps` set below N, only `ar_steps` steps are run at
-   the start (cache H) and `ar_steps` at the end (cache H + N - ar_steps, prefilled untimed), and the
+   the start and `ar_steps` at the end (a cache N - ar_steps tokens longer, prefilled untimed), and the
    baseline is N x the mean of the two per-step times (a step's cost is linear in its cache length);
    the record says so (`autoregressive_scaled`) and gives both per-step times.
-Passes 1 and 2 produce the same logits (checked: `max_abs_diff` of each record), so they do equal work.
+Passes 1 and 2 produce the same mask logits (checked: `max_abs_diff` of each record), so they do equal
+work.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from stamp.bench.flops import (
     TextDims,
@@ -43,9 +45,7 @@ from stamp.bench.flops import (
     pass_matmul_rate,
 )
 from stamp.bench.timing import Timing, measure, measure_alternating
-from stamp.inference.generation import GenerationRequest, decode_step
-from stamp.model.attention import build_hybrid_attention_mask
-from stamp.model.positions import placeholder_position_ids
+from stamp.inference.generation import GenerationRequest, decode_step, prefill
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -75,7 +75,7 @@ def plain_token_ids(model) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def _crop_to(cache: DynamicCache, length: int) -> None:
+def _crop_to(cache, length: int) -> None:
     """Drop every cache entry after the first `length` (a view of the kept part, no copy)."""
     extra = cache.get_seq_length() - length
     if extra > 0:
@@ -83,7 +83,7 @@ def _crop_to(cache: DynamicCache, length: int) -> None:
 
 
 class MaskPassBench:
-    """One model, one history length, one grid: the three passes of the module docstring."""
+    """One model, one text length after the image, one grid: the three passes of the module docstring."""
 
     def __init__(self, model, history: int, grid: tuple[int, int], *, seed: int = 0):
         if history < 1:
@@ -92,47 +92,44 @@ class MaskPassBench:
         self.history = history
         self.grid = (int(grid[0]), int(grid[1]))
         self.n = self.grid[0] * self.grid[1]
+        self.context = self.n + history
+        """Cache entries before `<|seg|>`: the image's N tokens and the H text tokens."""
         self.device = model.device
-        self.dtype = model.get_input_embeddings().weight.dtype
-        self.mode = model.stamp.attention_mode
         self.seg_id = model.stamp.seg_token_id
         gen = torch.Generator(device="cpu").manual_seed(seed)
         plain = plain_token_ids(model)
-        pick = torch.randint(0, len(plain), (1, history), generator=gen)
-        self.history_ids = plain[pick].to(self.device)
+        self.pad_id = int(plain[0])
         self.label_ids = plain[:2].to(self.device)  # stand-ins for two label words: the cost is the same
-        hidden = model.config.get_text_config().hidden_size
-        feats = torch.randn(self.n, hidden, generator=gen) * model.get_input_embeddings().weight.std().item()
-        self.features = feats.to(self.device, self.dtype)
-        attn = torch.ones_like(self.history_ids)
-        self.history_pos = model.conversation_positions(self.history_ids, attn, None, None)
-        grid_thw = torch.tensor([1, model.merge_size * self.grid[0], model.merge_size * self.grid[1]])
-        self.request = GenerationRequest(self.history_ids[0].tolist(), self.features, grid_thw)
-        self.cache = self._prefill(self.history_ids, self.history_pos)
+        text = plain[torch.randint(0, len(plain), (history,), generator=gen)].tolist()
+        prompt = [int(model.config.image_token_id)] * self.n + text
+        embed = model.get_input_embeddings().weight
+        feats = torch.randn(self.n, embed.shape[1], generator=gen) * embed.std().item()
+        self.features = feats.to(self.device, embed.dtype)
+        merge = model.merge_size
+        grid_thw = torch.tensor([1, merge * self.grid[0], merge * self.grid[1]])
+        self.request = GenerationRequest(prompt, self.features, grid_thw)
+        pre = prefill(model, [self.request], self.pad_id)
+        self.cache = pre.cache
+        self.next_pos = pre.positions[:, :, -1].max(0).values + 1
+        ids = torch.tensor([[*prompt, self.seg_id]], device=self.device)
+        self.inputs = {  # stamp_forward's batch: [prompt ; <|seg|>], one sample
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "mm_token_type_ids": (ids == model.config.image_token_id).long(),
+            "image_features": [self.features],  # the prompt's cells: the vision tower is not rerun
+            "image_grid_thw": grid_thw.view(1, 3).to(self.device),
+        }
+        grid_batch = self.inputs["image_grid_thw"]
+        plan = model.plan_batch(
+            ids, self.inputs["attention_mask"], self.inputs["mm_token_type_ids"], grid_batch
+        )
+        self.inputs["plan"] = plan.to(self.device)
 
-    @torch.no_grad()
-    def _prefill(self, ids: torch.Tensor, positions: torch.Tensor) -> DynamicCache:
-        """A fresh cache holding the text `ids` (1, L) at `positions` (3, 1, L)."""
-        h = ids.shape[1]
-        index = torch.arange(h, device=self.device).view(1, h)
-        text = torch.zeros_like(index)
-        allowed = build_hybrid_attention_mask(text, text, index, index, self.mode)
-        cache = DynamicCache(config=self.model.config.get_text_config())
-        embeds = self.model.get_input_embeddings()(ids)
-        _, cache = self.model.run_language_model(embeds, positions, allowed, cache)
-        return cache
-
-    def _placeholders(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1, N, H) E_mask and (3, 1, N) positions of the block placed after `<|seg|>` at position H."""
-        emb = self.model.mask_embeddings(self.features).unsqueeze(0)
-        pos = placeholder_position_ids(self.history + 1, self.grid, self.model.stamp.position_mode)
-        return emb, pos.to(self.device).unsqueeze(1)
-
-    def _decode_step(self, cache: DynamicCache, token: int, seg: bool):
-        """`generation.decode_step` for one row whose cache holds `cache.get_seq_length()` live tokens."""
+    def _decode_step(self, cache, token: int, seg: bool):
+        """`generation.decode_step` for the one row, whose cache holds `cache.get_seq_length()` tokens."""
         seen = cache.get_seq_length()
         key_block = torch.zeros((1, seen), dtype=torch.long, device=self.device)
-        next_pos = torch.tensor([seen], device=self.device)
+        next_pos = self.next_pos + (seen - self.context)
         return decode_step(
             self.model,
             cache,
@@ -146,37 +143,21 @@ class MaskPassBench:
         )
 
     @torch.no_grad()
-    def stamp(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """STAMP's mask pass on the cached history, as generation runs it. Returns ((gh, gw) mask
-        logits, (V,) next-token logits of the `<|seg|>` row)."""
-        logits, masks, cache = self._decode_step(self.cache, self.seg_id, seg=True)
-        _crop_to(cache, self.history)
-        return masks[0], logits[0]
+    def stamp(self) -> torch.Tensor:
+        """STAMP's mask pass on the cached prompt, as generation runs it: (gh, gw) mask logits."""
+        _, masks, cache = self._decode_step(self.cache, self.seg_id, seg=True)
+        _crop_to(cache, self.context)
+        return masks[0]
 
     @torch.no_grad()
-    def no_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same mask by one forward over [history ; `<|seg|>` ; placeholders], nothing cached."""
-        m, h, n = self.model, self.history, self.n
-        ids = torch.cat([self.history_ids, torch.tensor([[self.seg_id]], device=self.device)], dim=1)
-        ph, ph_pos = self._placeholders()
-        text = m.get_input_embeddings()(ids)
-        embeds = torch.cat([text, ph.to(text.dtype)], dim=1)
-        seg_pos = torch.full((3, 1, 1), h, device=self.device)
-        pos = torch.cat([self.history_pos, seg_pos, ph_pos], dim=2)
-        total = h + 1 + n
-        key_block = torch.zeros((1, total), dtype=torch.long, device=self.device)
-        key_block[:, h + 1 :] = 1
-        index = torch.arange(total, device=self.device).view(1, -1)
-        limit = index.clamp_max(h)
-        allowed = build_hybrid_attention_mask(key_block, key_block, index, limit, self.mode)
-        hidden, _ = m.run_language_model(embeds, pos, allowed)
-        logits = m.classifier(hidden[0, h + 1 :]).float().view(self.grid)
-        next_logits = m.lm_head(hidden[:, h])[0]
-        return logits, next_logits
+    def no_cache(self) -> torch.Tensor:
+        """The same mask by `StampModel.stamp_forward`, nothing cached: (gh, gw) mask logits."""
+        out = self.model.stamp_forward(**self.inputs)
+        return out.mask_logits[0, : self.n].float().view(self.grid)
 
     @torch.no_grad()
-    def autoregressive(self, steps: int | None = None, cache: DynamicCache | None = None) -> list[int]:
-        """`steps` (default N) one-token answer steps after the cached text (default: the history),
+    def autoregressive(self, steps: int | None = None, cache=None) -> list[int]:
+        """`steps` (default N) one-token answer steps after the cached text (default: the prompt),
         starting with `<|seg|>`; returns the chosen labels. The cache is cropped back afterwards."""
         cache = self.cache if cache is None else cache
         start = cache.get_seq_length()
@@ -189,21 +170,19 @@ class MaskPassBench:
         _crop_to(cache, start)
         return labels
 
-    def end_cache(self, steps: int) -> DynamicCache:
-        """A cache of H + N - `steps` tokens: where the baseline's last `steps` steps start."""
-        extra = self.n - steps
+    def end_cache(self, steps: int):
+        """A cache of the prompt and N - `steps` labels: where the baseline's last `steps` steps start."""
         gen = torch.Generator(device="cpu").manual_seed(1)
-        labels = self.label_ids.cpu()[torch.randint(0, 2, (1, extra), generator=gen)].to(self.device)
-        ids = torch.cat([self.history_ids, labels], dim=1)
-        pos = self.model.conversation_positions(ids, torch.ones_like(ids), None, None)
-        return self._prefill(ids, pos)
+        labels = self.label_ids.cpu()[torch.randint(0, 2, (self.n - steps,), generator=gen)].tolist()
+        r = self.request
+        return prefill(
+            self.model, [GenerationRequest(r.input_ids + labels, r.features, r.grid_thw)], self.pad_id
+        ).cache
 
 
 def check_equal_work(bench: MaskPassBench) -> float:
-    """Max |stamp - no_cache| over the mask logits and the `<|seg|>` row's next-token logits."""
-    ref, ref_next = bench.no_cache()
-    got, got_next = bench.stamp()
-    return max(float((got - ref).abs().max()), float((got_next.float() - ref_next.float()).abs().max()))
+    """Max |stamp - no_cache| over the mask logits."""
+    return float((bench.stamp() - bench.no_cache()).abs().max())
 
 
 @dataclass
@@ -264,7 +243,7 @@ def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak
     st, nc = timed["stamp"], timed["no_cache"]
     ar = _autoregressive(bench, s)
     dims = TextDims.from_model(bench.model)
-    flops = mask_pass_flops(dims, bench.n, bench.history)
+    flops = mask_pass_flops(dims, bench.n, bench.context)
     achieved = flops / (st.median_ms * 1e-3) / 1e9
     shapes = pass_matmul_rate(dims, bench.n + 1, bench.model.dtype, dev, repeats=s.repeats)
     ar_peak = ar["timing"].peak_mem
@@ -273,6 +252,7 @@ def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak
         "grid": list(bench.grid),
         "dtype": dtype,
         "history": bench.history,
+        "cache_tokens": bench.context,
         "stamp_ms": _ms(st),
         "no_cache_ms": _ms(nc),
         "autoregressive_ms": round(ar["ms"], 4),
@@ -291,10 +271,10 @@ def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak
         "no_cache_peak_mem_mb": nc.peak_mem.peak_mb if nc.peak_mem else None,
         "autoregressive_peak_mem_mb": ar_peak.peak_mb if ar_peak else None,
         "peak_mem_method": st.peak_mem.method if st.peak_mem else "unavailable",
-        "ar_flops_ratio": autoregressive_flops(dims, bench.n, bench.history) / flops,
+        "ar_flops_ratio": autoregressive_flops(dims, bench.n, bench.context) / flops,
         # the ratio a pass at the same-run matmul FLOP/s would reach against this baseline
         "ar_ratio_bound": ar["ms"] / (flops / peak_gflops / 1e6) if peak_gflops > 0 else None,
-        "cache_flops_ratio": no_cache_flops(dims, bench.n, bench.history) / flops,
+        "cache_flops_ratio": no_cache_flops(dims, bench.n, bench.context) / flops,
         "max_abs_diff": diff,
         "timings": {
             "stamp": st.to_dict(),

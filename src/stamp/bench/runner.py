@@ -1,12 +1,15 @@
-"""`run_bench`: every part of `stamp bench` in one process, assembled into the JSON document.
-
-The document (schema "stamp-bench/1", documented in docs/PERFORMANCE.md and `stamp.bench`):
+"""`stamp bench`: its settings from the command line's options, every part run in one process and
+assembled into the JSON document (schema "stamp-bench/1", docs/PERFORMANCE.md):
     schema, command, machine, model, settings, matmul, mask_pass, request, batch, train, targets
 """
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -186,3 +189,115 @@ def run_bench(model, source: dict, settings: BenchSettings, command: str = "", l
     m["load_average_end"] = load_average()
     doc["targets"] = evaluate_targets(doc)
     return doc
+
+
+def settings_from_args(args) -> BenchSettings:
+    """`BenchSettings` from the parsed `stamp bench` options (quick mode first, explicit options on top)."""
+    from stamp.bench.presets import PRESETS
+
+    device = args.device or "auto"
+    if args.quick:
+        s = BenchSettings.quick_settings(args.dtypes, device)
+    elif args.preset in PRESETS:
+        s = real_preset_settings(device)
+    else:
+        s = BenchSettings(device=device)
+    mp, rq, tr = s.mask_pass, s.request, s.train
+    if args.dtypes:
+        mp.dtypes = rq.dtypes = list(args.dtypes)
+    for value, obj, name in (
+        (args.n, mp, "ns"),
+        (args.history, mp, "history"),
+        (args.repeats, mp, "repeats"),
+        (args.ar_repeats, mp, "ar_repeats"),
+        (args.ar_budget, mp, "ar_budget_s"),
+        (args.ar_steps, mp, "ar_steps"),
+        (args.image_sizes, rq, "image_sides"),
+        (args.batch_sizes, rq, "batch_sizes"),
+        (args.requests, rq, "requests"),
+        (args.max_new_tokens, rq, "max_new_tokens"),
+        (args.parts, s, "parts"),
+        (args.train_batch_sizes, tr, "batch_sizes"),
+        (args.grad_ckpt, tr, "grad_ckpt"),
+        (args.train_image_size, tr, "image_side"),
+        (args.train_steps, tr, "steps"),
+    ):
+        if value is not None:
+            setattr(obj, name, value)
+    if args.repeats is not None:
+        rq.batch_repeats = args.repeats
+    if mp.history < 1 or mp.repeats < 1 or rq.requests < 1 or rq.max_new_tokens < 0:
+        raise ValueError("--history, --repeats and --requests must be >= 1, --max-new-tokens >= 0")
+    if mp.ar_steps is not None and mp.ar_steps < 1:
+        raise ValueError("--ar-steps must be >= 1")
+    tr.lora = tr.lora or args.lora
+    if tr.image_side < 28 or tr.steps < 1:
+        raise ValueError("--train-image-size must be >= 28 and --train-steps >= 1")
+    resolve_devices(s.device)  # an unavailable device fails before the model loads
+    return s
+
+
+def check_preset_training(preset: str, settings: BenchSettings, dtype: torch.dtype) -> None:
+    """Raise `PresetMemoryError` when the training step of a real-size preset cannot fit a device."""
+    from stamp.bench.presets import PROCESSOR_SETTINGS, build_config, meta_model
+    from stamp.bench.train_step import cells_for, check_train_memory
+
+    config, _ = build_config(preset)
+    model = meta_model(config, dtype)
+    cells = cells_for(PROCESSOR_SETTINGS, settings.train.image_side)
+    for device in resolve_devices(settings.device):
+        check_train_memory(preset, model, settings.train, cells, device)
+
+
+def run_command(args, command: str) -> int:
+    """`stamp bench` for the parsed options `args`: prints the tables, writes --json. Returns the exit
+    code (2: a preset that cannot fit; 130: interrupted, what was measured is kept)."""
+    from stamp.bench.mask_pass import DTYPES
+    from stamp.bench.presets import PRESETS, PresetMemoryError
+    from stamp.bench.report import check_writable, render, write_json
+    from stamp.bench.setup import load_bench_model, set_threads
+
+    if args.report:
+        path = Path(args.report)
+        if not path.is_file():
+            raise FileNotFoundError(f"bench results file not found: {path}")
+        print(render(json.loads(path.read_text()), markdown=args.markdown))
+        return 0
+    settings = settings_from_args(args)
+    if args.json:
+        check_writable(args.json, args.force)  # fail before the slow part
+    print(f"stamp bench: torch.set_num_threads({set_threads(args.threads)})")
+    preset = args.preset or ("tiny" if args.quick and args.model is None else None)
+    # a real-size preset is built where and as it first runs (no fp32 copy of a 7B model on the CPU)
+    first_device = resolve_devices(settings.device)[0]
+    if "mask_pass" in settings.parts:
+        dtypes = settings.mask_pass.dtypes
+    elif "request" in settings.parts:
+        dtypes = settings.request.dtypes
+    else:  # the training step alone: the weights in its precision (bf16 as a pretrained Qwen2-VL loads)
+        dtypes = [settings.train.precision]
+    try:
+        if "train" in settings.parts and preset in PRESETS:  # before anything is allocated
+            check_preset_training(preset, settings, DTYPES[dtypes[0]])
+        model, source = load_bench_model(args.model, preset, first_device, args.attn, DTYPES[dtypes[0]])
+    except PresetMemoryError as err:
+        print(f"stamp bench: {err}", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # e.g. `timeout`: keep what was measured
+    try:
+        doc = run_bench(model, source, settings, command=command)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    written = write_json(doc, args.json, force=args.force) if args.json else None  # before printing
+    print()
+    print(render(doc, markdown=args.markdown))
+    if written:
+        print(f"wrote {written}")
+    if "interrupted" in doc:
+        print(f"stamp bench: incomplete run (interrupted: {doc['interrupted']})", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _stop_on_sigterm(signum, frame):
+    raise BenchInterrupted("SIGTERM")

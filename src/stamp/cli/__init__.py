@@ -1,7 +1,8 @@
 """The `stamp` command line (`stamp --help`, or `python -m stamp`): one module per command.
 
     main.py       the dispatcher: parser, errors as one line (exit 2), quiet third parties
-    args.py       the parser class, argument types, the groups several commands share (model, refine, output)
+    args.py       the parser class, argument types, the groups several commands share (model, predictor,
+                  decoding, output, progress) and the options generated from a dataclass's fields
     common.py     what commands do at run time (the predictor of the arguments, printing, rank exits)
     demo.py segment.py train.py eval.py calibrate.py compare.py data.py export.py serve.py bench.py
 

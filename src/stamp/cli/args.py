@@ -14,6 +14,7 @@ import argparse
 import ast
 import dataclasses
 import difflib
+import functools
 import inspect
 import os
 import sys
@@ -149,7 +150,12 @@ def refine_spec(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- dataclasses
-FIELD_DEFAULT: Any = type("FieldDefault", (), {"__repr__": lambda self: "FIELD_DEFAULT"})()
+class _FieldDefault:
+    def __repr__(self) -> str:
+        return "FIELD_DEFAULT"
+
+
+FIELD_DEFAULT: Any = _FieldDefault()
 """`Flag.default` when the option's default is the field's own."""
 
 
@@ -160,6 +166,7 @@ class Flag:
     type: Callable[[str], Any] | None = None
     """Parses and checks the text (default: the field's own type, `int`, `float` or `str`)."""
     metavar: str | None = None
+    """The value's name in the help (default: the option's name in capitals)."""
     option: str | None = None
     """The option's name where it is not --field-name (`ServeSettings.default_max_new_tokens` is
     --max-new-tokens)."""
@@ -230,6 +237,7 @@ def field_default(f: dataclasses.Field) -> Any:
     raise TypeError(f"field {f.name} has no default: it cannot be an option")
 
 
+@functools.cache
 def field_docs(cls) -> dict[str, str]:
     """The docstring written under each field of dataclass `cls` (inherited fields included), by name."""
     docs: dict[str, str] = {}
@@ -258,7 +266,7 @@ def _add_field(p, cls, f: dataclasses.Field, spec: Flag) -> tuple[str, str, bool
     kind = _option_type(cls, f)
     default = field_default(f) if spec.default is FIELD_DEFAULT else spec.default
     text = spec.help or f.metadata.get("help") or _sentence(field_docs(cls).get(f.name, ""))
-    name = spec.option or "--" + f.name.replace("_", "-")
+    text = text.replace("%", "%%")  # argparse formats help with %
     if kind is None and spec.type is None:
         raise TypeError(f"{cls.__name__}.{f.name}: give Flag(type=...) to parse it from the command line")
     if kind is bool and spec.type is None:
@@ -267,6 +275,7 @@ def _add_field(p, cls, f: dataclasses.Field, spec: Flag) -> tuple[str, str, bool
         option = spec.option or ("--no-" if negated else "--") + f.name.replace("_", "-")
         action = p.add_argument(option, dest=dest, action="store_true", help=text)
     else:
+        name = spec.option or "--" + f.name.replace("_", "-")
         negated, dest = False, f.name
         if "default" not in text.lower() and default is not None:
             text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"

@@ -17,7 +17,9 @@ def add_parser(sub):
         EXAMPLES,
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder (e.g. a checkpoint's model/)")
-    p.add_argument("--out", default=None, help="output folder (default: ./NAME-bf16, NAME the model folder's name)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: ./NAME-bf16, NAME the model folder's name)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     return p
 

@@ -35,6 +35,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from stamp.eval.validation import validation_for
     from stamp.recipes import find_recipe
     from stamp.train.checkpoint import latest_checkpoint
     from stamp.train.config import TrainConfig
@@ -43,7 +44,7 @@ def run(args) -> int:
 
     cfg = load_config(TrainConfig, find_recipe(args.config), args.overrides)
     try:
-        last = train(cfg, resume=args.resume, progress=not args.no_progress)
+        last = train(cfg, resume=args.resume, progress=not args.no_progress, **validation_for(cfg))
     except KeyboardInterrupt:
         done = latest_checkpoint(Path(cfg.run.out_dir))
         script = Path(sys.argv[0])  # `stamp`, `python -m stamp`, or a script that calls this command

@@ -138,9 +138,9 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
     """Sweep `job.thresholds`; returns (and writes to `job.out`) every threshold's metrics and the choice."""
     import torch
 
+    from stamp.bundled import model_name
     from stamp.data.registry import open_dataset, parse_data_spec
     from stamp.eval.evaluate import evaluate_samples
-    from stamp.bundled import model_name
     from stamp.inference.predictor import resolve_refine
     from stamp.processing import load_pretrained
     from stamp.refine import check_refine_source

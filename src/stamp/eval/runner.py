@@ -75,9 +75,9 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True, predict
     process with os._exit (as `stamp eval` does: a gloo group's destructor can deadlock on the GIL).
     `predictor_type`: the class that answers, called as `StampPredictor` is (a subclass with its own
     `chat`, e.g. a script's other way of producing masks); None: `StampPredictor`."""
+    from stamp.bundled import model_name
     from stamp.data.registry import open_dataset, parse_data_spec
     from stamp.inference import StampPredictor
-    from stamp.bundled import model_name
     from stamp.processing import load_pretrained
 
     out = Path(job.out)
@@ -107,7 +107,9 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True, predict
         if world > 1:
             torch.distributed.barrier()
     torch.manual_seed(job.seed)
-    model = load_pretrained(model_name(job.model), dtype=job.dtype, device=job.device, base_model=job.base_model)
+    model = load_pretrained(
+        model_name(job.model), dtype=job.dtype, device=job.device, base_model=job.base_model
+    )
     cells = job.cells or protocol.cells
     if cells is not None:
         model.processor.set_cell_range(*cells)

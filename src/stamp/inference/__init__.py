@@ -7,7 +7,14 @@ from stamp.inference.generation import (
     GenerationRequest,
     generate,
 )
-from stamp.inference.predictor import ChatRequest, StampMask, StampPredictor, StampResult, logits_to_mask
+from stamp.inference.predictor import (
+    ChatRequest,
+    PredictorOptions,
+    StampMask,
+    StampPredictor,
+    StampResult,
+    logits_to_mask,
+)
 
 __all__ = [
     "ChatRequest",
@@ -15,6 +22,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationOutput",
     "GenerationRequest",
+    "PredictorOptions",
     "StampMask",
     "StampPredictor",
     "StampResult",

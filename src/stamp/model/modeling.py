@@ -261,6 +261,7 @@ class StampModel:
         dice_weight: float = 1.0,
         pack: bool = True,
         plan: BatchPlan | None = None,
+        image_features: list[torch.Tensor] | None = None,
         **_: object,
     ) -> StampOutput:
         """One forward over [conversation ; all placeholder blocks] giving the text and mask losses.
@@ -275,12 +276,17 @@ class StampModel:
             plan: this batch's `plan_batch(...)`, if the caller made it while the batch was on the CPU
                 (otherwise it is made here, which copies the token ids back from the device: a sync,
                 and plans placeholders for every `<|seg|>`: `batch_planner`).
+            image_features: every image's merged cell features, in order (what `encode_images` returns
+                for pixel_values), when already computed: the vision tower is not run again.
         """
         if plan is None:
             plan = self.plan_batch(input_ids, attention_mask, mm_token_type_ids, image_grid_thw, labels, pack)
         device = input_ids.device
         plan = plan.to(device)
-        feats = self.encode_images(pixel_values, image_grid_thw) if pixel_values is not None else []
+        if image_features is not None:
+            feats = list(image_features)
+        else:
+            feats = self.encode_images(pixel_values, image_grid_thw) if pixel_values is not None else []
         feats = [torch.cat(feats)] if feats else []  # every image's cells, in order: concatenated once
         conv = self.embed_conversation(input_ids, feats, n_image_tokens=plan.n_image_tokens)  # (B, L, H)
         hidden_size = conv.shape[-1]

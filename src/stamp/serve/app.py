@@ -20,6 +20,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from stamp.bundled import NOTE as BUNDLED_NOTE
+from stamp.bundled import display_name
+from stamp.bundled import is_bundled as is_bundled_model
 from stamp.inference.predictor import (
     ChatRequest,
     PredictorOptions,
@@ -28,9 +31,6 @@ from stamp.inference.predictor import (
     StampResult,
 )
 from stamp.model.tokens import SEG_TOKEN
-from stamp.bundled import NOTE as BUNDLED_NOTE
-from stamp.bundled import display_name
-from stamp.bundled import is_bundled as is_bundled_model
 from stamp.serve.batching import Batcher, Job, Overloaded, ShuttingDown
 from stamp.serve.docs_page import render_docs_page
 from stamp.serve.errors import ApiError, error_responses, install_error_handlers

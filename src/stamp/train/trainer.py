@@ -195,6 +195,7 @@ class Trainer:
         placeholders: bool = True,
         extra_losses: Mapping[str, tuple[ExtraLossFactory, float]] | None = None,
         model_files: Mapping[str, str] | None = None,
+        validate: Callable[[Any], dict[str, float]] | None = None,
     ):
         """Args:
         cfg: the run (model, data, optimizer, losses, run settings).
@@ -210,6 +211,9 @@ class Trainer:
             NAME is an identifier.
         model_files: file name -> text, written into every checkpoint's model folder beside the
             weights (what a script needs to use the model again).
+        validate: `model -> metrics`, run every `run.eval_every` steps on the main process with the
+            model in eval mode (`stamp train` passes SynthRef val: `stamp.eval.validation`); required
+            when `run.eval_every` > 0.
         """
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
@@ -226,6 +230,12 @@ class Trainer:
             if weight < 0:
                 raise ValueError(f"the weight of extra loss {name!r} must be >= 0, got {weight}")
         self.model_files = dict(model_files or {})
+        if cfg.run.eval_every and cfg.run.eval_every <= cfg.run.steps and validate is None:
+            raise ConfigError(
+                "run.eval_every > 0 needs a validation function (`stamp train` passes SynthRef val); "
+                "pass validate=... or set run.eval_every=0"
+            )
+        self.validate = validate
         if cfg.run.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("run.device is 'cuda' but no CUDA device is available (use run.device=auto)")
         cpu = cfg.run.device == "cpu" or (cfg.run.device == "auto" and not torch.cuda.is_available())
@@ -442,20 +452,11 @@ class Trainer:
         return path
 
     def evaluate(self) -> dict[str, float]:
-        """SynthRef val: free generation, pixel/patch cIoU, gIoU, N-acc/T-acc and VQA accuracy."""
-        from stamp.data.synthref import SynthRef
-        from stamp.eval.evaluate import evaluate_samples
-        from stamp.inference import StampPredictor
-
-        n = self.cfg.data.val_samples
+        """The run's validation (`validate`) on the model in eval mode, under the run's autocast."""
         model = self.accel.unwrap_model(self.module).model
         model.eval()
-        ds = SynthRef("val", seed=self.cfg.data.seed, image_size_range=tuple(self.cfg.data.image_size_range))
         with self._autocast():
-            report = evaluate_samples(
-                StampPredictor(model), (ds[i] for i in range(n)), total=n, progress=False
-            )
-        return report.metrics
+            return self.validate(model)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path | None:
