@@ -196,7 +196,6 @@ def test_argument_errors_come_before_the_model_loads(tmp_path, monkeypatch, caps
         (["serve", "--threshold", "2"], "(0, 1)"),
         (["serve", "--refine", "sam"], "needs a SAM"),
     ]
-    monkeypatch.delenv("STAMP_SAM_PATH", raising=False)
     for argv, needle in cases:
         assert _exit_code(argv) == 2, argv
         err = capsys.readouterr().err
@@ -230,7 +229,16 @@ def test_segment_several_images_and_a_folder(tmp_path, monkeypatch, capsys):
     assert [e["out"] for e in summary["images"]] == ["a", "a-2", "b"]  # name order; a repeated name gets -2
     for entry in summary["images"]:
         result = json.loads((out / entry["out"] / "result.json").read_text())
-        assert result["image"] == entry["image"] and len(result["masks"]) == entry["masks"] == 1
+        assert result["image"] == entry["image"] and len(result["masks"]) == len(entry["masks"]) == 1
+        # summary.json: each mask's area, score and RLE; this image's timings; the batch's apart
+        mask = result["masks"][0]
+        assert entry["masks"] == [{k: mask[k] for k in ("index", "phrase", "area", "score", "rle")}]
+        assert entry["timings"] == result["timings"] and entry["batch"] == result["batch"]
+    first, second = summary["images"][:2]  # answered in one batch of 2
+    assert first["batch"] == second["batch"] and first["batch"]["size"] == 2
+    shared = first["batch"]["timings"]
+    for key in ("vision", "prefill", "decode"):  # each image's share: the two add up to the batch's
+        assert abs(first["timings"][key] + second["timings"][key] - shared[key]) < 1e-5, key
         assert (out / entry["out"] / "overlay.png").is_file() and (
             out / entry["out"] / "mask_0.png"
         ).is_file()
@@ -241,6 +249,26 @@ def test_segment_several_images_and_a_folder(tmp_path, monkeypatch, capsys):
     two = tmp_path / "two"
     assert main(["segment", str(photos / "a.png"), str(photos / "b.png")] + argv[2:-1] + [str(two)]) == 0
     assert sorted(p.name for p in two.iterdir()) == ["a", "b", "summary.json"]
+
+
+def test_segment_folder_skips_an_unreadable_file_and_exits_1(tmp_path, capsys):
+    """One broken file: a one-line warning, the others' results, summary.json lists it, exit status 1."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    random_image(40, 56).save(photos / "a.png")
+    (photos / "b.png").write_bytes(b"not a png at all")
+    random_image(48, 56, seed=2).save(photos / "c.png")
+    out = tmp_path / "out"
+    argv = ["segment", str(photos), "--prompt", "Segment it.", "--answer-prefix", "<|seg|>"]
+    assert main(argv + ["--max-new-tokens", "1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    warnings = [ln for ln in err.splitlines() if "skipping" in ln]
+    assert len(warnings) == 1 and "b.png" in warnings[0] and "Traceback" not in err
+    assert "1 of 3 images" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["out"] for e in summary["images"]] == ["a", "c"]
+    assert [s["image"] for s in summary["skipped"]] == [str(photos / "b.png")]
+    assert (out / "a" / "result.json").is_file() and (out / "c" / "result.json").is_file()
 
 
 def test_result_json_holds_the_mask_record(tmp_path):
@@ -257,7 +285,8 @@ def test_result_json_holds_the_mask_record(tmp_path):
     assert entry["phrase"] == "The red circle" and entry["span"] == [0, 14] and entry["color"] == "#e69f00"
     assert entry["file"] == "mask_0.png"
     overlay = Image.open(out / "overlay.png")
-    assert overlay.width >= 80 and overlay.height > 60  # the legend below the image
+    # the legend below the image, a row for a mask with pixels (an empty one is drawn nowhere)
+    assert overlay.width >= 80 and (overlay.height > 60) == (entry["area"] > 0)
 
 
 def test_same_defaults_in_the_predictor_the_cli_and_the_server(monkeypatch):
@@ -398,6 +427,21 @@ def test_data_synth_says_force_and_the_eval_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--force" in err and "overwrite=True" not in err
     assert main(argv + ["--force"]) == 0
+
+
+@pytest.mark.parametrize("fmt", ["refer", "grefer", "reasonseg", "llava"])
+def test_data_synth_printed_eval_command_runs_as_printed(tmp_path, monkeypatch, capsys, fmt):
+    """The `evaluate with:` line of every format runs as printed (llava's images are found; the results
+    go beside the data, so a second format's line does not collide with the first's results.json)."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "--out", "s", "--n", "2", "--format", fmt, "--no-progress"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("evaluate with: "))
+    argv = shlex.split(line.removeprefix("evaluate with: "))
+    assert argv[0] == "stamp"
+    assert main(argv[1:]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "s" / "results.json").read_text())["n_samples"] == 2
 
 
 def test_tools_are_subcommands(tmp_path, capsys):

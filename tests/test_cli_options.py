@@ -76,7 +76,6 @@ def test_serve_options_make_the_settings():
         "batch_wait_ms": 2.5,
         "timeout_s": 7.0,
         "max_upload_mb": 1.5,
-        "max_pixels": 1000,
         "max_prompt_chars": 99,
         "max_history_turns": 2,
         "default_max_new_tokens": 5,

@@ -1,4 +1,5 @@
-"""The permissions of files and folders that STAMP creates through temporary names (atomic writes)."""
+"""The permissions of files and folders that STAMP creates through temporary names (atomic writes) or
+through libraries that pick their own (safetensors: 0o600)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,18 @@ def new_file_mode() -> int:
 def new_dir_mode() -> int:
     """The permissions a plainly created folder gets here (0o777 less the umask; mkdtemp makes 0o700)."""
     return new_file_mode() | (0o111 & ~_umask())
+
+
+def plain_modes(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` `new_file_mode()` and every folder in it `new_dir_mode()`: for what
+    libraries write with their own modes (safetensors writes 0o600 weights), so a saved model or
+    checkpoint follows the user's umask like the other files."""
+    os.chmod(folder, new_dir_mode())
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), new_dir_mode())
+        for name in files:
+            os.chmod(os.path.join(root, name), new_file_mode())
 
 
 def _umask() -> int:

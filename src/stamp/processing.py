@@ -25,14 +25,16 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 from transformers import Qwen2VLImageProcessorPil
 
-from stamp.data.sample import StampSample, Turn
-from stamp.imaging import ImageLike, load_image
-from stamp.imaging.resize import MERGE, PATCH, qwen2vl_fast_pixels
+from stamp.data.sample import IGNORE_INDEX, StampSample, Turn
+from stamp.imaging import DEFAULT_MAX_IMAGE_PIXELS, ImageLike, load_image
+from stamp.imaging.resize import MERGE, PATCH, pad_to_aspect, qwen2vl_fast_pixels
+from stamp.model.loading import load_tokenizer, read_json
 from stamp.model.losses import patch_targets
 from stamp.model.tokens import (
     IM_END,
@@ -95,6 +97,14 @@ class EncodedImage:
     grid_thw: torch.Tensor
     size: tuple[int, int]
     image: Image.Image | None = field(default=None, repr=False)
+    canvas: Image.Image | None = field(default=None, repr=False)
+    """The image the model saw when it is not `image` itself: `image` padded to the backbone's aspect
+    ratio limit (`stamp.imaging.resize.pad_to_aspect`), `image` its top-left corner; None otherwise."""
+
+    @property
+    def canvas_size(self) -> tuple[int, int]:
+        """(width, height) of the image the model saw: masks are upsampled to it, then cropped to `size`."""
+        return self.canvas.size if self.canvas is not None else self.size
 
     @property
     def grid_hw(self) -> tuple[int, int]:
@@ -158,15 +168,13 @@ class StampProcessor:
     def _from_folder(cls, path: str | Path, tokenizer=None) -> StampProcessor:
         """The processor files of `path` (stamp_processor.json, else a preprocessor_config.json) around
         `tokenizer` (default: the folder's)."""
-        from transformers import AutoTokenizer
-
         path = Path(path)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = tokenizer or load_tokenizer(path)
         settings = ProcessorSettings()
         if (path / PROCESSOR_FILE).is_file():
-            settings = ProcessorSettings(**json.loads((path / PROCESSOR_FILE).read_text()))
+            settings = ProcessorSettings(**read_json(path / PROCESSOR_FILE))
         elif (path / "preprocessor_config.json").is_file():  # a stock Qwen2-VL or the authors' directory
-            pre = json.loads((path / "preprocessor_config.json").read_text())
+            pre = read_json(path / "preprocessor_config.json")
             settings = settings_from_preprocessor_config(pre, settings)
         return cls(tokenizer, settings)
 
@@ -188,11 +196,9 @@ class StampProcessor:
         else, for an adapter, a stamp-seg base's settings; else, for the authors' checkpoints, their
         1024..1280 cells and fast resize; else the defaults.
         """
-        from transformers import AutoTokenizer
-
         path = Path(path)
         source = path if (path / "tokenizer_config.json").is_file() or base is None else Path(base)
-        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        tokenizer = load_tokenizer(source)
         add_stamp_tokens(tokenizer)
         if has_processor_files(path):
             return cls._from_folder(path, tokenizer)
@@ -203,17 +209,24 @@ class StampProcessor:
         return cls(tokenizer, ProcessorSettings())
 
     # ------------------------------------------------------------------ images
-    def encode_image(self, image: ImageLike) -> EncodedImage:
-        """Load (any mode, EXIF-rotated) and resize dynamically within [min_pixels, max_pixels]."""
-        pil = load_image(image)
+    def encode_image(
+        self, image: ImageLike, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    ) -> EncodedImage:
+        """Load (any mode, EXIF-rotated) and resize dynamically within [min_pixels, max_pixels]. An image
+        more elongated than the backbone takes (long / short side over 200, e.g. 416 x 1) is first padded
+        to that ratio (`pad_to_aspect`, kept as `canvas`); its masks are cropped back to its size.
+        `ImageTooLargeError` for an image of more than `max_image_pixels` pixels (a file: before decoding)."""
+        pil = load_image(image, max_image_pixels)
+        seen = pad_to_aspect(pil)
         if self.settings.resize == "fast":
             pixel_values, grid_thw = qwen2vl_fast_pixels(
-                pil, self.settings.min_pixels, self.settings.max_pixels
+                seen, self.settings.min_pixels, self.settings.max_pixels
             )
         else:
-            out = self.image_processor(images=[pil], return_tensors="pt")
+            out = self.image_processor(images=[seen], return_tensors="pt")
             pixel_values, grid_thw = out["pixel_values"], out["image_grid_thw"]
-        return EncodedImage(pixel_values, grid_thw[0].long(), pil.size, pil)
+        canvas = None if seen is pil else seen
+        return EncodedImage(pixel_values, grid_thw[0].long(), pil.size, pil, canvas)
 
     # ------------------------------------------------------------------ text
     def _text_ids(self, text: str) -> list[int]:
@@ -276,7 +289,12 @@ class StampProcessor:
         image = self.encode_image(sample.load_image())
         ids, labels = self.encode_turns(sample.turns, image)
         targets, weights = [], []
+        cw, ch = image.canvas_size
         for mask in sample.masks:
+            if image.canvas is not None:  # the padding is no part of the object: ignored
+                mask = np.asarray(mask)
+                pad = ((0, ch - mask.shape[0]), (0, cw - mask.shape[1]))
+                mask = np.pad(mask, pad, constant_values=IGNORE_INDEX)
             frac, valid = patch_targets(mask, image.grid_hw)
             thr = self.settings.target_threshold
             targets.append((frac >= thr).float() if thr is not None else frac)

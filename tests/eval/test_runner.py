@@ -260,3 +260,27 @@ def test_limit_counts_samples_and_results_report_expressions(model_dir, tmp_path
     res = json.loads(out.read_text())
     assert res["limit"] == 3 and res["n_samples"] == 3 and len({r["id"] for r in res["samples"]}) == 3
     assert res["n_expressions"] == res["metrics"]["n_samples"] == len(res["samples"]) > 3
+
+
+def test_results_are_strict_json_and_records_carry_each_mask_as_rle(model_dir, tmp_path):
+    """A metric that does not apply is null, not NaN; each record's `rle` is the mask it scored."""
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    def refuse(word):
+        raise ValueError(f"not JSON: {word}")
+
+    out, masks = tmp_path / "r.json", tmp_path / "masks"
+    argv = ["eval", "--data", "synthref", "--limit", "3", "--model", str(model_dir), "--no-progress"]
+    argv += ["--force-seg", "--max-new-tokens", "2", "--synth-tasks", "no_target=1"]
+    assert main(argv + ["--out", str(out), "--save-masks", str(masks)]) == 0
+    res = json.loads(out.read_text(), parse_constant=refuse)  # as JavaScript's JSON.parse reads it
+    assert "t_acc" in res["metrics"] and res["metrics"]["t_acc"] is None  # no expression has a target
+    records = [r for r in res["samples"] if r.get("has_mask")]
+    assert records
+    for r in records:
+        decoded = mask_utils.decode({**r["rle"], "counts": r["rle"]["counts"].encode()}).astype(bool)
+        saved = np.asarray(Image.open(r["mask_file"])) > 127
+        assert np.array_equal(decoded, saved) and r["score"] is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks", "r.json"]  # no temporary folder left

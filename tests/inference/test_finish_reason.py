@@ -140,3 +140,16 @@ def test_a_forced_prefix_is_not_a_loop(tiny_model):
     pred.set_image(random_image(100, 100, 1))
     res = pred.chat("Hi", answer_prefix="a" * 40, max_new_tokens=0)
     assert res.finish_reason == "length" and res.text == "a" * 40
+
+
+def test_a_forced_prefix_does_not_count_towards_a_loop(tiny_model):
+    """A repetitive forced prefix and one free token: the loop rule sees one token, no loop."""
+    pred = StampPredictor(tiny_model)
+    pred.set_image(random_image(100, 100, 1))
+    a = pred.processor._text_ids("a")[0]
+    real = _scripted(tiny_model, [lambda s: a])
+    try:
+        res = pred.chat("Hi", answer_prefix="a" * 40, max_new_tokens=1)
+    finally:
+        tiny_model.lm_head = real
+    assert res.finish_reason == "length" and res.text == "a" * 41

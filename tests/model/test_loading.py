@@ -116,6 +116,8 @@ def test_lora_adapter_on_base(tmp_path, tiny_model):
     image = random_image(224, 224, 1)
     loaded = load_pretrained(adapter, base_model=base)
     np.testing.assert_allclose(_mask_logits(loaded, image), _mask_logits(merged_ref, image), atol=1e-5)
+    placed = StampModel.from_pretrained(adapter, base_model=base, device_map="auto")  # merged, then placed
+    np.testing.assert_allclose(_mask_logits(placed, image), _mask_logits(merged_ref, image), atol=1e-5)
     with pytest.raises(StampModelError, match="base model"):
         load_pretrained(adapter, base_model=tmp_path / "nope")
 
@@ -201,3 +203,23 @@ def test_old_checkpoints_naming_a_mask_decoder(tmp_path, tiny_model):
     message = str(err.value)
     assert "\n" not in message and str(d) in message and "'next_token'" in message
     assert "python experiments/next_token.py" in message
+
+
+def test_transformers_spellings_torch_dtype_and_device_map():
+    """`torch_dtype` is an alias of `dtype`; `device_map` ("cpu", "auto", a dict) places the weights as
+    transformers does (accelerate); contradicting arguments are one-line errors."""
+    alias = StampModel.from_pretrained("tiny-synth", torch_dtype="bfloat16")
+    assert next(alias.parameters()).dtype == torch.bfloat16
+    same = StampModel.from_pretrained("tiny-synth", dtype=torch.bfloat16, torch_dtype="bf16")
+    assert next(same.parameters()).dtype == torch.bfloat16
+    reference = StampModel.from_pretrained("tiny-synth")
+    image = random_image(96, 128, seed=2)
+    want = _mask_logits(reference, image)
+    for device_map in ("cpu", "auto", {"": "cpu"}):
+        placed = StampModel.from_pretrained("tiny-synth", device_map=device_map)
+        assert placed.device.type == "cpu" and not placed.training
+        assert np.array_equal(_mask_logits(placed, image), want)
+    with pytest.raises(StampModelError, match=r"dtype='float32' and torch_dtype='bfloat16' differ"):
+        StampModel.from_pretrained("tiny-synth", dtype="float32", torch_dtype="bfloat16")
+    with pytest.raises(StampModelError, match="give one"):
+        StampModel.from_pretrained("tiny-synth", device="cpu", device_map="auto")

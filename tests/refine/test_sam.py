@@ -165,10 +165,8 @@ def test_build_refiner(tiny_sam_dir, tmp_path, monkeypatch):
     np.testing.assert_array_equal(build_refiner("none").refine(image, probs, mask).mask, mask)
     assert build_refiner("guided").refine(image, probs, mask).mask.shape == (H, W)
     assert isinstance(build_refiner(f"sam:{tiny_sam_dir}"), SamRefiner)
-    monkeypatch.setenv("STAMP_SAM_PATH", str(tiny_sam_dir))
-    assert isinstance(build_refiner("sam"), SamRefiner)
-    monkeypatch.delenv("STAMP_SAM_PATH")
-    with pytest.raises(RefineError, match="STAMP_SAM_PATH"):
+    monkeypatch.setenv("STAMP_SAM_PATH", str(tiny_sam_dir))  # no environment variable decides it
+    with pytest.raises(RefineError, match="'sam' needs a SAM directory or checkpoint file: use 'sam:PATH'"):
         build_refiner("sam")
     with pytest.raises(RefineError, match="unknown refiner"):
         build_refiner("crf")

@@ -216,9 +216,7 @@ def test_specs_build_refiners_from_checkpoint_files(pth_path, tiny_sam_dir, tiny
     authors = build_refiner(f"sam-authors:{pth_path}")
     assert isinstance(authors, SamAuthorsRefiner) and authors.seed == 0 and authors.n_points == 10
     assert isinstance(build_refiner(f"SAM-Authors:{tiny_sam_dir}"), SamAuthorsRefiner)  # a directory too
-    monkeypatch.setenv("STAMP_SAM_PATH", str(pth_path))
-    assert isinstance(build_refiner("sam-authors"), SamAuthorsRefiner)
-    monkeypatch.delenv("STAMP_SAM_PATH")
+    monkeypatch.setenv("STAMP_SAM_PATH", str(pth_path))  # no environment variable decides it
     with pytest.raises(RefineError, match="'sam-authors' needs a SAM directory or checkpoint file"):
         build_refiner("sam-authors")
     with pytest.raises(RefineError, match="'sam-authors:PATH'"):

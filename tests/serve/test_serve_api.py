@@ -38,8 +38,17 @@ def test_segment_multipart_matches_the_predictor(client, tiny_model):
     assert body["text"] == want.text and body["text"].startswith(FORCE)
     assert len(body["masks"]) == len(want.masks) >= 1
     m, w = body["masks"][0], want.masks[0]
-    assert m["index"] == 0 and m["phrase"] == "it" and m["color"] == "#e69f00"
+    # "it" names nothing: the mask is named by the request; its span is still the answer's word
+    assert m["index"] == 0 and m["phrase"] == "the dog" and m["color"] == "#e69f00"
     assert body["text"][m["span"][0] : m["span"][1]] == "it"
+    # the response is the predictor's own record (`StampResult.to_dict()`), plus id, image, batch size
+    record = want.to_dict()
+    timed = ("timings", "batch", "masks")
+    assert {k: body[k] for k in record if k not in timed} == {
+        k: v for k, v in record.items() if k not in timed
+    }
+    assert body["batch"]["size"] == body["batch_size"] == 1
+    assert [{k: v for k, v in e.items() if k != "png"} for e in body["masks"]] == record["masks"]
     assert m["area"] == w.area and m["bbox"] == w.bbox and m["grid"] == list(w.patch_logits.shape)
     rle = dict(m["rle"], counts=m["rle"]["counts"].encode())
     assert np.array_equal(mask_utils.decode(rle).astype(bool), w.mask)
@@ -66,7 +75,7 @@ def test_segment_json_base64_and_data_url_and_history(client):
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["text"] == "Here <|seg|> and <|seg|>" and len(out["masks"]) == 2
-    assert [m["phrase"] for m in out["masks"]] == ["Here", ""]
+    assert [m["phrase"] for m in out["masks"]] == ["And now", "And now"]  # named by the request
     assert [m["color"] for m in out["masks"]] == ["#e69f00", "#56b4e9"]
     assert out["masks"][0]["png"] is None
     form = client.post(

@@ -96,6 +96,16 @@ def test_history_errors(client):
     ]
     for history, words in bad:
         expect(_form(client, history=history), 422, "invalid_history", words)
+    # the rule the Python API and the CLI apply (`parse_history`), word for word
+    from stamp.data.sample import HistoryError, parse_history
+
+    for history in (
+        [{"role": "assistant", "text": "Hi"}, {"role": "user", "text": "x"}],
+        [{"role": "user", "text": "Hi"}],
+    ):
+        with pytest.raises(HistoryError) as exc:
+            parse_history(history)
+        expect(_form(client, history=json.dumps(history)), 422, "invalid_history", str(exc.value))
     user_token = json.dumps(
         [{"role": "user", "text": "<|vision_start|>"}, {"role": "assistant", "text": "a"}]
     )
@@ -141,8 +151,13 @@ def test_upload_size_limit(make_client):
     still_serving(client)
 
 
-def test_pixel_limit_and_decompression_bombs(make_client, monkeypatch):
-    client = make_client(max_pixels=11_000, batch_wait_ms=0)
+def test_pixel_limit_and_decompression_bombs(make_client, monkeypatch, tiny_model):
+    from stamp.imaging.load import MAX_IMAGE_PIXELS
+    from stamp.inference import StampPredictor
+
+    # the predictor's max_image_pixels, the one limit of the API, the CLI and the server
+    client = make_client(StampPredictor(tiny_model, max_image_pixels=11_000), batch_wait_ms=0)
+    assert client.get("/v1/model").json()["max_pixels"] == 11_000
     expect(_form(client, image_bytes(120, 100)), 413, "too_many_pixels", "120x100")
     still_serving(client)  # the default upload, 120x90, is under the limit
     # The app's limit holds even with Pillow's global guard switched off.
@@ -150,7 +165,7 @@ def test_pixel_limit_and_decompression_bombs(make_client, monkeypatch):
     expect(_form(client, png_header(30_000, 30_000)), 413, "too_many_pixels")
     monkeypatch.undo()
     # A generous app limit: Pillow's own bomb checks (error above 2x, warning above 1x) become 413s too.
-    roomy = make_client(max_pixels=10**12, batch_wait_ms=0)
+    roomy = make_client(StampPredictor(tiny_model, max_image_pixels=MAX_IMAGE_PIXELS), batch_wait_ms=0)
     expect(_form(roomy, png_header(30_000, 30_000)), 413, "too_many_pixels")  # DecompressionBombError
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

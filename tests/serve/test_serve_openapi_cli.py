@@ -32,7 +32,7 @@ def test_cli_parsers_and_commands(monkeypatch):
     assert (args.host, args.port, args.model, args.max_batch_size) == ("127.0.0.1", 8000, None, 8)
     args = parser.parse_args(
         ["web", "--port", "0", "--max-batch-size", "1", "--batch-wait-ms", "0", "--timeout-s", "5"]
-        + ["--max-upload-mb", "2", "--max-pixels", "1000", "--device", "cpu", "--dtype", "float32"]
+        + ["--max-upload-mb", "2", "--max-image-pixels", "1000", "--device", "cpu", "--dtype", "float32"]
     )
     settings = serve_cli.settings_from_args(args, web=True)
     assert settings.web and settings.max_batch_size == 1 and settings.max_upload_bytes == 2 * 1024 * 1024

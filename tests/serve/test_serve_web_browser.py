@@ -108,7 +108,8 @@ def test_pick_a_sample_ask_and_see_coloured_masks(page, site):
     # Colours: the chip, the phrase it belongs to, the legend swatch and the overlay all agree.
     orange = "rgb(230, 159, 0)"
     assert _rgb(page, ".seg-chip[data-mask='0']", "backgroundColor") == orange
-    assert page.inner_text(".phrase[data-mask='0']") == want["masks"][0]["phrase"] == "it"
+    start, end = want["masks"][0]["span"]
+    assert page.inner_text(".phrase[data-mask='0']") == want["text"][start:end] == "it"
     assert _rgb(page, ".phrase[data-mask='0']", "borderBottomColor") == orange
     items = page.locator("#legend .mask-item")
     assert items.count() == n and items.nth(0).get_attribute("data-color") == "#e69f00"

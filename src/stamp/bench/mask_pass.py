@@ -20,8 +20,10 @@ The three passes (each timed from the same state, leaving the cache as it found 
 3. `autoregressive`: the Text4Seg-style baseline on the same backbone: N answer steps of one token each
    through the same `decode_step` (the first feeds `<|seg|>`, each later one the label chosen at the
    previous step; lm_head over the full vocabulary on every step, as a real model computes it; the
-   label = argmax over two label-token ids). Text4Seg really emits at least two tokens per cell (label
-   and separator); one is a lower bound. With `ar_steps` set below N, only `ar_steps` steps are run at
+   label = argmax over two label-token ids): "one token per cell", not Text4Seg's own cost, which is
+   neither above nor below it for sure: its semantic descriptors spend a label and a separator token
+   per cell, and its row-wise run-length encoding shortens that sequence (by about 74% in its paper).
+   With `ar_steps` set below N, only `ar_steps` steps are run at
    the start and `ar_steps` at the end (a cache N - ar_steps tokens longer, prefilled untimed), and the
    baseline is N x the mean of the two per-step times (a step's cost is linear in its cache length);
    the record says so (`autoregressive_scaled`) and gives both per-step times.

@@ -5,12 +5,12 @@ stamp bench --report bench.json [--markdown]   # a saved run as tables
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
 from stamp.outputs.files import new_file_mode
+from stamp.outputs.jsondoc import dumps
 
 
 def check_writable(path: str | Path, force: bool) -> Path:
@@ -31,7 +31,7 @@ def write_json(doc: dict, path: str | Path, force: bool = False) -> Path:
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2, allow_nan=False)
+            fh.write(dumps(doc, indent=2))
             fh.write("\n")
         if path.exists() and not force:  # appeared while we ran
             raise FileExistsError(f"{path} exists; pass --force to overwrite it")

@@ -16,17 +16,15 @@ import dataclasses
 import difflib
 import functools
 import inspect
-import os
-import sys
 import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
-REFINE_METAVAR = "auto|none|guided|sam[:PATH]|sam-authors[:PATH]"
-SAM_PATH_ENV = "STAMP_SAM_PATH"
+REFINE_METAVAR = "auto|none|guided|sam:PATH|sam-authors:PATH"
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -39,7 +37,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors exit 2 with one line; a misspelled option or command names the closest valid one."""
+    """Usage errors exit 2 with one line (`stamp segment: error: ... (see stamp segment --help)`, no
+    usage block before it); a misspelled option or command names the closest valid one."""
 
     def error(self, message: str):
         if "unrecognized arguments" in message or "invalid choice" in message:
@@ -51,8 +50,7 @@ class Parser(argparse.ArgumentParser):
                 if close and w not in known:
                     message += f" (did you mean {close[0]}?)"
                     break
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_command(sub, name: str, help_text: str, examples: str | None = None, **kwargs) -> Parser:
@@ -132,21 +130,71 @@ def weights(text: str) -> dict[str, float]:
 
 
 def refine_spec(text: str) -> str:
-    """A refinement spec (`stamp.refine.build_refiner`), its form checked; returned with the SAM path
-    made explicit (`sam` alone takes it from $STAMP_SAM_PATH). The path itself is checked by
-    `stamp.refine.check_refine_source` when the command runs."""
+    """A refinement spec (`stamp.refine.build_refiner`), its form checked: SAM refiners name their
+    weights (`sam:PATH`). The path itself is checked by `stamp.refine.check_refine_source` when the
+    command runs."""
     name, sep, arg = text.strip().partition(":")
     name = name.lower()
     if name in ("auto", "none", "guided") and not sep:
         return name
     if name in ("sam", "sam-authors"):
-        path = arg if sep else os.environ.get(SAM_PATH_ENV, "")
-        if not path:
-            raise argparse.ArgumentTypeError(
-                f"{name!r} needs a SAM folder or checkpoint file: {name}:PATH (or set {SAM_PATH_ENV})"
-            )
-        return f"{name}:{path}"
+        if not arg:
+            raise argparse.ArgumentTypeError(f"{name!r} needs a SAM folder or checkpoint file: {name}:PATH")
+        return f"{name}:{arg}"
     raise argparse.ArgumentTypeError(f"unknown refinement {text!r}; use {REFINE_METAVAR}")
+
+
+def history(text: str) -> list:
+    """Earlier turns of the conversation: a JSON list of {"role", "text"} turns (the HTTP API's form),
+    given inline or as the path of a .json file holding it; checked by the one history rule
+    (`stamp.data.sample.parse_history`)."""
+    import json
+
+    from stamp.data.sample import HistoryError, parse_history
+
+    source = Path(text)
+    try:
+        raw = source.read_text() if text.strip().endswith(".json") and source.is_file() else text
+        return parse_history(json.loads(raw))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, (HistoryError, OSError)):
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON list of {{role, text}} turns (or a .json file), got {text[:60]!r}"
+        ) from None
+
+
+def device(text: str) -> str:
+    """A torch device: cpu, cuda, cuda:N or mps. A GPU that this machine does not have is refused here,
+    before any model loads; torch is imported only to check one."""
+    name, sep, index = text.strip().lower().partition(":")
+    if name not in ("cpu", "cuda", "mps") or (sep and (name != "cuda" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    if name == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: CUDA is not available on this machine; use --device cpu"
+            )
+        if sep and int(index) >= count:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {count} CUDA device(s), cuda:0..{count - 1}"
+            )
+    if name == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: MPS is not available on this machine; use --device cpu"
+            )
+    return text.strip().lower()
+
+
+def device_or_auto(text: str) -> str:
+    """`device`, or auto (the command picks: the CPU, then CUDA if present)."""
+    return "auto" if text.strip().lower() == "auto" else device(text)
 
 
 # ---------------------------------------------------------------------------------------------- dataclasses
@@ -318,7 +366,7 @@ def add_model_args(p: argparse.ArgumentParser, *, adapters: bool = True, cells_h
             "--base-model", default=None, help="base model directory for a LoRA adapter checkpoint"
         )
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ... (default cpu)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:0 ... (default cpu)")
     p.add_argument(
         "--cells",
         type=int_pair,
@@ -334,12 +382,13 @@ PREDICTOR_FLAGS = {
     "refine": Flag(type=refine_spec, metavar=REFINE_METAVAR),
     "upsample": Flag(metavar="prob|logit|nearest"),
     "max_prompt_tokens": Flag(type=positive_int),
+    "max_image_pixels": Flag(type=positive_int),
 }
 """How `PredictorOptions` fields parse from the command line (names, defaults and help are the fields')."""
 
-PREDICTOR_OPTIONS = ("threshold", "refine", "repetition_stop")
+PREDICTOR_OPTIONS = ("threshold", "refine", "repetition_stop", "max_image_pixels")
 """The `PredictorOptions` a command that answers prompts offers: --threshold, --refine,
---no-repetition-stop."""
+--no-repetition-stop, --max-image-pixels."""
 
 GENERATION_FLAGS = {
     "max_new_tokens": Flag(type=non_negative_int),

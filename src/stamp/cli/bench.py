@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stamp.cli.args import add_command
+from stamp.cli.args import add_command, device_or_auto
 
 EXAMPLES = """examples:
   stamp bench                                    # bundled model, fp32 + bf16, N = 64..4096
@@ -134,7 +134,10 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes and repeats: a smoke test in seconds")
     p.add_argument(
-        "--device", default=None, help="auto (default: the CPU, then CUDA if present), cpu, cuda, cuda:1 ..."
+        "--device",
+        type=device_or_auto,
+        default=None,
+        help="auto (default: the CPU, then CUDA if present), cpu, cuda, cuda:1 ...",
     )
     p.add_argument(
         "--attn", default=None, choices=["sdpa", "eager"], help="override the attention implementation"

@@ -59,9 +59,13 @@ def add_parser(sub):
 
 def run(args) -> int:
     from dataclasses import fields
+    from pathlib import Path
 
+    from stamp.cli.common import check_out_file
     from stamp.eval.calibrate import DEFAULT_THRESHOLDS, CalibrationJob, format_table, run_calibration
 
+    if args.out:
+        check_out_file(Path(args.out))  # before the model loads
     same = {f.name for f in fields(CalibrationJob)} - {"thresholds", "overwrite"}
     job = CalibrationJob(
         **{name: getattr(args, name) for name in same},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from stamp.cli.args import from_args
@@ -13,6 +14,11 @@ from stamp.imaging import ImageError
 from stamp.model.loading import StampModelError
 from stamp.refine import RefineError
 from stamp.yaml_config import ConfigError
+
+
+class OutputPathError(ValueError):
+    """An output path (--out, --save-masks) that cannot be written."""
+
 
 USER_ERRORS = (
     ImageError,
@@ -74,9 +80,39 @@ def print_result(title: str, result) -> None:
     print("  timings (ms): " + ", ".join(f"{k} {1000 * v:.1f}" for k, v in t.items()))
 
 
-def check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path, option: str = "--out") -> None:
+    """Refuse, before any model loads, an output folder that is a file or cannot be written (a missing
+    or read-only parent, /proc/...): the folder is created and a file written in it, then both removed
+    again, so a refused or failed command leaves nothing behind."""
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder")
+        raise FileExistsError(f"{option} {out} is a file, not a folder")
+    created, folder = [], out
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    try:
+        for d in reversed(created):
+            d.mkdir()
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".stamp-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {option} {out}: {exc.strerror or exc}") from None
+    finally:
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def check_out_file(path: Path, option: str = "--out") -> None:
+    """Refuse, before any model loads, an output file that is a folder or whose folder cannot be written."""
+    if path.is_dir():
+        raise FileExistsError(f"{option} {path} is a folder; name a file")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputPathError(f"cannot write {option} {path}: {path.parent} is a file, not a folder")
+    check_out_dir(path.parent, option)
 
 
 def several_ranks() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from stamp.cli.args import add_command, positive_int, probability
@@ -33,7 +32,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from stamp.eval.compare import compare, format_comparison, load_results
-    from stamp.outputs.files import atomic_write_bytes, ensure_writable
+    from stamp.outputs.files import ensure_writable, write_json
 
     if args.json:
         ensure_writable([Path(args.json)], args.force)
@@ -52,6 +51,6 @@ def run(args) -> int:
     print(format_comparison(result, names=("A", "B")))
     if args.json:
         doc = {"schema": "stamp-compare/1", "a": args.a, "b": args.b, **result}
-        atomic_write_bytes(Path(args.json), (json.dumps(doc, indent=1) + "\n").encode())
+        write_json(Path(args.json), doc, indent=1)
         print(f"wrote {args.json}")
     return 0

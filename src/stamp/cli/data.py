@@ -87,7 +87,10 @@ def _synth(args) -> int:
     print(f"wrote {args.n} SynthRef {args.split} samples in {args.format} format to {out}")
     kind = EVAL_KINDS[args.format]
     where = out / "conversations.json" if args.format == "llava" else out
-    print(f"evaluate with: stamp eval --data {shlex.quote(f'{kind}:{where}')} --split {args.split}")
+    results = shlex.quote(str(out / "results.json"))  # beside the data: not ./results.json of another run
+    print(
+        f"evaluate with: stamp eval --data {shlex.quote(f'{kind}:{where}')} --split {args.split} --out {results}"
+    )
     return 0
 
 

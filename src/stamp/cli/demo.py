@@ -39,13 +39,16 @@ def add_parser(sub):
 
 def run(args) -> int:
     from stamp.imaging import load_image
-    from stamp.outputs import ensure_writable, write_result
+    from stamp.outputs.files import check_result_dir, write_result
 
     out = Path(args.out)
     check_out_dir(out)
-    ensure_writable([out / "result.json", out / "overlay.png"], args.force)  # fail before the slow part
+    check_result_dir(out, args.force)  # fail before the slow part
     if args.image:
-        image, prompt = load_image(args.image), args.prompt or "Please segment the main object."
+        image, prompt = (
+            load_image(args.image, args.max_image_pixels),
+            args.prompt or "Please segment the main object.",
+        )
     else:
         from stamp.data.synthref import SynthRef
 

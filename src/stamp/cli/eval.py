@@ -14,7 +14,7 @@ from stamp.cli.args import (
     positive_int,
     weights,
 )
-from stamp.cli.common import exit_now, several_ranks
+from stamp.cli.common import check_out_dir, check_out_file, exit_now, several_ranks
 
 EXAMPLES = """examples:
   stamp eval --data synthref --split val --limit 200 --out synth.json
@@ -98,10 +98,14 @@ def add_parser(sub):
 
 def run(args) -> int:
     import sys
+    from pathlib import Path
 
     from stamp.bundled import notice
     from stamp.eval.runner import EvalJob, run_eval
 
+    check_out_file(Path(args.out))  # before the model loads
+    if args.save_masks:
+        check_out_dir(Path(args.save_masks), "--save-masks")
     if notice(args.model):
         print(notice(args.model), file=sys.stderr)
 

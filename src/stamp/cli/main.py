@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.verbose:
         quiet_third_parties()
+    else:  # the loading bars of stamp.model.quiet, asked for
+        import logging
+
+        logging.getLogger("stamp").setLevel(logging.INFO)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:

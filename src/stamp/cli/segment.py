@@ -2,12 +2,15 @@
 
 One image file: result.json, overlay.png and mask_<k>.png directly in --out. Several images or a
 folder: one folder per image, --out/<image name>/, and --out/summary.json; they run in batches of
---batch-size (`StampPredictor.chat_batch`).
+--batch-size (`StampPredictor.chat_batch`). A result folder is written whole (`staged_dir`): --force
+replaces an earlier result, stale mask files included, once the new one is complete. A file of a
+folder or list that cannot be read is skipped with a warning, listed in summary.json's `skipped`, and
+the command ends with exit status 1 after the others are done.
 """
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 from stamp.cli.args import (
@@ -17,6 +20,7 @@ from stamp.cli.args import (
     add_output_args,
     add_predictor_args,
     from_args,
+    history,
     positive_int,
 )
 from stamp.cli.common import build_predictor, check_out_dir, print_result, warn_unfinished
@@ -29,7 +33,8 @@ EXAMPLES = """examples:
 
 One image file: result.json, overlay.png and mask_<k>.png directly in --out. Several images or a
 folder: one folder per image, --out/<image name>/, and --out/summary.json; they run in batches of
---batch-size."""
+--batch-size. --force replaces an earlier result whole. Unreadable files of a folder are skipped with a
+warning and listed in summary.json; the exit status is then 1."""
 
 
 def add_parser(sub):
@@ -38,6 +43,15 @@ def add_parser(sub):
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders of images")
     p.add_argument("--prompt", required=True, help="what to segment or ask")
+    p.add_argument(
+        "--history",
+        type=history,
+        default=None,
+        metavar="JSON",
+        help="earlier turns, oldest first, as the HTTP API takes them: a JSON list "
+        '[{"role": "user", "text": ...}, {"role": "assistant", "text": ...}, ...] (user first, assistant '
+        "last), inline or a .json file",
+    )
     add_model_args(p)
     add_predictor_args(p)
     add_output_args(p, "output directory")
@@ -88,52 +102,65 @@ def output_names(files: list[Path]) -> list[str]:
     return names
 
 
-def _check_image(path: Path) -> None:
-    """Refuse a file that is not an image (format from its header; nothing decoded)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from stamp.imaging import ImageError
-
-    try:
-        with Image.open(path):
-            pass
-    except UnidentifiedImageError:
-        raise ImageError(f"not an image file (cannot identify format): {path}") from None
-    except OSError as exc:
-        raise ImageError(f"cannot read image {path}: {exc}") from None
-
-
 def run(args) -> int:
-    from stamp.imaging import load_image
+    from stamp.imaging import ImageError, image_file_size, load_image
     from stamp.inference import ChatRequest, GenerationConfig
-    from stamp.outputs import atomic_write_bytes, ensure_writable, write_result
+    from stamp.outputs.files import (
+        check_result_dir,
+        ensure_writable,
+        result_to_dict,
+        write_json,
+        write_result,
+    )
 
     out = Path(args.out)
     check_out_dir(out)
     files = segment_inputs(args.images)
     flat = len(args.images) == 1 and Path(args.images[0]).is_file()
+    skipped: list[dict] = []  # unreadable files of a folder or list: left out, reported, exit 1
+
+    def skip(f: Path, exc: Exception) -> None:
+        print(f"stamp: warning: skipping {f}: {exc}", file=sys.stderr)
+        skipped.append({"image": str(f), "error": str(exc)})
+
+    if flat:
+        load_image(files[0], args.max_image_pixels)
+    else:
+        readable = []
+        for f in files:
+            try:
+                image_file_size(f, args.max_image_pixels)  # its header: an image, not too large
+                readable.append(f)
+            except ImageError as exc:
+                skip(f, exc)
+        files = readable
     names = output_names(files)
     folders = [out] if flat else [out / n for n in names]
     for folder in folders:  # everything is checked before the slow part
         check_out_dir(folder)
-        ensure_writable([folder / "result.json", folder / "overlay.png"], args.force)
+        check_result_dir(folder, args.force)
     if not flat:
         ensure_writable([out / "summary.json"], args.force)
-    if flat:
-        load_image(files[0])
-    else:
-        for f in files:
-            _check_image(f)
-    predictor = build_predictor(args)
+    predictor = build_predictor(args) if files else None
     generation = from_args(GenerationConfig, args)
     summary = []
     for start in range(0, len(files), args.batch_size):
-        batch = files[start : start + args.batch_size]
-        images = [load_image(f) for f in batch]
-        requests = [ChatRequest(im, args.prompt, answer_prefix=args.answer_prefix) for im in images]
-        results = predictor.chat_batch(requests, generation=generation)
-        for k, (f, image, result) in enumerate(zip(batch, images, results)):
-            folder = folders[start + k]
+        batch, images = [], []
+        for f, folder in zip(
+            files[start : start + args.batch_size], folders[start : start + args.batch_size]
+        ):
+            try:
+                images.append(load_image(f, args.max_image_pixels))
+                batch.append((f, folder))
+            except ImageError as exc:  # its header was an image's, its data not
+                if flat:
+                    raise
+                skip(f, exc)
+        requests = [
+            ChatRequest(im, args.prompt, args.history, answer_prefix=args.answer_prefix) for im in images
+        ]
+        results = predictor.chat_batch(requests, generation=generation) if requests else []
+        for (f, folder), image, result in zip(batch, images, results):
             paths = write_result(
                 result, image, folder, force=args.force, extra={"image": str(f), "prompt": args.prompt}
             )
@@ -143,17 +170,33 @@ def run(args) -> int:
                 print(f"wrote {', '.join(str(p) for p in paths)}")
             else:
                 print(f"{f} -> {folder}/: {result.text!r} ({len(result.masks)} mask(s))")
-            summary.append(
-                {
-                    "image": str(f),
-                    "out": folder.name,
-                    "text": result.text,
-                    "finish_reason": result.finish_reason,
-                    "masks": len(result.masks),
-                }
-            )
+            summary.append(summary_entry(str(f), folder.name, result_to_dict(result, prompt=args.prompt)))
     if not flat:
-        doc = {"prompt": args.prompt, "model": args.model or "bundled", "images": summary}
-        atomic_write_bytes(out / "summary.json", (json.dumps(doc, indent=2) + "\n").encode())
-        print(f"wrote {len(files)} result folders and {out / 'summary.json'}")
+        doc = {"prompt": args.prompt, "model": args.model or "bundled", "images": summary, "skipped": skipped}
+        write_json(out / "summary.json", doc)
+        print(f"wrote {len(summary)} result folders and {out / 'summary.json'}")
+    if skipped:
+        total = len(summary) + len(skipped)
+        print(
+            f"stamp: error: {len(skipped)} of {total} images could not be read and were skipped "
+            f"(listed in {out / 'summary.json'})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def summary_entry(image: str, out: str, record: dict) -> dict:
+    """summary.json's entry of one image: where its result folder is, its answer, each mask's index,
+    phrase, area, score and COCO RLE, and its timings (`timings`: this image's, its share of what its
+    batch shared; `batch`: the whole batch's) -- from its result.json record (`result_to_dict`)."""
+    keys = ("index", "phrase", "area", "score", "rle")
+    return {
+        "image": image,
+        "out": out,
+        "text": record["text"],
+        "finish_reason": record["finish_reason"],
+        "masks": [{k: m[k] for k in keys} for m in record["masks"]],
+        "timings": record["timings"],
+        "batch": record["batch"],
+    }

@@ -43,6 +43,8 @@ def run(args) -> int:
     from stamp.yaml_config import load_config
 
     cfg = load_config(TrainConfig, find_recipe(args.config), args.overrides)
+    if args.resume:
+        cfg = resumed_config(cfg, args.overrides)
     try:
         last = train(cfg, resume=args.resume, progress=not args.no_progress, **validation_for(cfg))
     except KeyboardInterrupt:
@@ -60,3 +62,53 @@ def run(args) -> int:
     if several_ranks():  # one rank of several: skip the teardown (see stamp.train.trainer.train)
         exit_now()
     return 0
+
+
+def resumed_config(cfg, overrides: list[str]):
+    """The config a resumed run continues under: the one its newest checkpoint recorded, not the
+    recipe's (the run's own overrides are kept without repeating them). An override given with --resume
+    that changes the run is refused (ConfigError); settings of the recipe that differ from the run's
+    are said on stderr. `cfg` (the recipe with `overrides`) as it is when nothing was recorded."""
+    import json
+
+    from stamp.train.checkpoint import latest_checkpoint, recorded_config
+    from stamp.train.config import TrainConfig
+    from stamp.yaml_config import ConfigError, from_dict, to_dict
+
+    last = latest_checkpoint(Path(cfg.run.out_dir))
+    recorded = None if last is None else recorded_config(last)
+    if recorded is None:
+        return cfg
+    given, run = _flat(json.loads(json.dumps(to_dict(cfg)))), _flat(recorded)
+    changed = sorted(k for k in given.keys() | run.keys() if given.get(k) != run.get(k))
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    refused = [k for k in changed if any(_overrides(pattern, k) for pattern in keys)]
+    if refused:
+        raise ConfigError(
+            f"--resume continues the run in {cfg.run.out_dir} with the settings it was started with; "
+            + ", ".join(f"{k}={given.get(k)} (the run's: {run.get(k)})" for k in refused)
+            + " would change it: drop the override(s), or start a new run (another run.out_dir)"
+        )
+    if changed:
+        print(
+            f"stamp train: resuming {last} with the run's own settings (recorded in its checkpoint): "
+            + ", ".join(f"{k}={run.get(k)}" for k in changed),
+            file=sys.stderr,
+        )
+    return from_dict(TrainConfig, recorded)
+
+
+def _flat(node, prefix: str = "") -> dict:
+    """A nested config dict as {"optim.lr": 3e-4, "data.sources.0.kind": ..., ...}."""
+    if isinstance(node, dict) and node:
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    if isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+        return {k: v for i, value in enumerate(node) for k, v in _flat(value, f"{prefix}{i}.").items()}
+    return {prefix.removesuffix("."): node}
+
+
+def _overrides(pattern: str, key: str) -> bool:
+    """Whether an override of `pattern` (a.b, a.0.b, a.*.b) sets flat key `key`."""
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(key, pattern) or fnmatchcase(key, pattern + ".*")

@@ -9,7 +9,15 @@ from stamp.data.mixture import MixtureDataset
 from stamp.data.reasonseg import ReasonSegDataset, load_reasonseg
 from stamp.data.refer import ReferDataset, load_refer
 from stamp.data.safe_pickle import UnsafePickleError, load_plain_pickle
-from stamp.data.sample import IGNORE_INDEX, MASK_TOKEN, SEG_TOKEN, StampSample, Turn
+from stamp.data.sample import (
+    IGNORE_INDEX,
+    MASK_TOKEN,
+    SEG_TOKEN,
+    HistoryError,
+    StampSample,
+    Turn,
+    parse_history,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -17,6 +25,7 @@ __all__ = [
     "SEG_TOKEN",
     "DataError",
     "GReferDataset",
+    "HistoryError",
     "LlavaDataset",
     "MixtureDataset",
     "ReasonSegDataset",
@@ -29,4 +38,5 @@ __all__ = [
     "load_plain_pickle",
     "load_reasonseg",
     "load_refer",
+    "parse_history",
 ]

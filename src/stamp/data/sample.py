@@ -8,6 +8,7 @@ conversation. Masks are HxW uint8 arrays at the image's original size: 0 backgro
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,60 @@ class Turn:
     def __post_init__(self) -> None:
         if self.role not in ("user", "assistant"):
             raise ValueError(f"turn role must be 'user' or 'assistant', got {self.role!r}")
+
+
+HistoryLike = Sequence[Turn | tuple[str, str] | Mapping[str, str]] | None
+"""What `parse_history` takes: None, or a list of `Turn`s, (role, text) pairs or {"role", "text"} dicts."""
+
+
+class HistoryError(ValueError):
+    """A conversation history that is not alternating user / assistant turns, starting with the user and
+    ending with the assistant, in one of the accepted forms (`parse_history`)."""
+
+
+def parse_history(history: Any) -> list[Turn]:
+    """The earlier turns of a conversation, in the one format the Python API, the command line and the
+    server share, as `Turn`s; `HistoryError` (a ValueError) for anything else.
+
+    Accepted: None (no history) or a list (any sequence but a string) whose items are each a `Turn`, a
+    (role, text) pair, or a {"role": ..., "text": ...} mapping (the HTTP API's JSON form); roles
+    "user" / "assistant", texts strings. The turns must alternate user, assistant, ..., starting with a
+    user turn and ending with an assistant turn (the prompt is the next user turn).
+
+    >>> parse_history([{"role": "user", "text": "Hi."}, ("assistant", "Hello.")])
+    [Turn(role='user', text='Hi.'), Turn(role='assistant', text='Hello.')]
+    """
+    if history is None:
+        return []
+    if isinstance(history, (str, bytes)) or not isinstance(history, (list, tuple)):
+        raise HistoryError(
+            f"the history must be a list of turns ({{role, text}} or (role, text)), got {type(history).__name__}"
+        )
+    turns = []
+    for i, item in enumerate(history):
+        if isinstance(item, Turn):
+            role, text = item.role, item.text
+        elif isinstance(item, Mapping):
+            if set(item) != {"role", "text"}:
+                raise HistoryError(
+                    f"history turn {i} must have exactly the keys role and text, got {sorted(item)}"
+                )
+            role, text = item["role"], item["text"]
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            role, text = item
+        else:
+            raise HistoryError(f"history turn {i} must be {{role, text}} or (role, text), got {item!r}"[:200])
+        if role not in ("user", "assistant"):
+            raise HistoryError(f"history turn {i}: role must be 'user' or 'assistant', got {role!r}")
+        if not isinstance(text, str):
+            raise HistoryError(f"history turn {i}: text must be a string, got {type(text).__name__}")
+        want = "user" if i % 2 == 0 else "assistant"
+        if role != want:
+            raise HistoryError(f"history turn {i} must be a {want} turn, not {role}")
+        turns.append(Turn(role, text))
+    if len(turns) % 2:
+        raise HistoryError("the history must end with an assistant turn (the prompt is the next user turn)")
+    return turns
 
 
 @dataclass

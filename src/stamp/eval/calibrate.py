@@ -20,6 +20,7 @@ from pathlib import Path
 
 from stamp.inference.predictor import StampPredictor
 from stamp.outputs import atomic_write_bytes, ensure_writable
+from stamp.outputs.files import write_json
 
 DEFAULT_THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 RULE_METRICS = ("ciou", "giou", "n_acc", "t_acc")
@@ -68,12 +69,12 @@ class ReplayPredictor(StampPredictor):
         if not self._turns or self._turns[0][0] != prompt:
             raise RuntimeError(f"replay: prompt {prompt!r} was not the next one recorded")
         (_, out), self._turns = self._turns[0], self._turns[1:]
-        return self._finish(out, self._image, 0.0)
+        return self._finish(out, self._image, 0.0, True, prompt)
 
-    def _finish(self, out, enc, vision_seconds: float, refine: bool = True):
+    def _finish(self, out, enc, vision_seconds: float, *args, **kwargs):
         if self._pos is None:
             self._log[-1][1].append((self._prompt, out))
-        return super()._finish(out, enc, vision_seconds, refine)
+        return super()._finish(out, enc, vision_seconds, *args, **kwargs)
 
 
 @dataclass
@@ -202,7 +203,7 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
         summary["written"] = str(write_threshold(job.model, best))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out, (json.dumps(summary, indent=2) + "\n").encode())
+        write_json(out, summary)
     return summary
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from stamp.data.sample import SEG_TOKEN, StampSample
 from stamp.eval.metrics import SegMetrics, VQAAccuracy, mask_iou_stats, normalize_answer
 from stamp.model.losses import IGNORE_VALUE, patch_targets
+from stamp.outputs.records import encode_rle
 
 
 @dataclass
@@ -109,6 +110,7 @@ def evaluate_samples(
     progress: bool = True,
     save_masks: Path | None = None,
     total: int | None = None,
+    masks_named: Path | None = None,
 ) -> EvalReport:
     """Run the predictor on each sample and accumulate pixel-level and patch-level metrics.
 
@@ -116,6 +118,11 @@ def evaluate_samples(
         answer_prefix: force each answer to start with this (e.g. "Sure, it is <|seg|>"), as the
             literature's evaluations do; None lets the model decide whether to emit `<|seg|>`.
         save_masks: write each predicted mask as `<save_masks>/<k>.png` (k = record number).
+        masks_named: the folder the records' `mask_file` name (default `save_masks`): where the masks
+            will be once a run writing into a temporary folder has moved them into place.
+
+    Each mask record carries its predicted mask as COCO RLE (`rle`, {size, counts}; null where the
+    answer had no mask for the expression) and its `score`, so results can be rescored with other tools.
     """
     report = EvalReport()
     seg, patch, vqa, records = report.seg, report.patch, report.vqa, report.samples
@@ -183,10 +190,14 @@ def evaluate_samples(
                 "mask_nonempty": bool(pred.any()),
                 "has_target": has_target,
                 "seconds": seconds,
+                "score": None if declined else round(float(result.masks[k].score), 6),
+                "rle": None if declined else encode_rle(pred),
             }
             if save_masks is not None and not declined:
                 from stamp.outputs.files import save_mask_png
 
-                rec["mask_file"] = save_mask_png(pred, Path(save_masks) / f"{len(records):06d}.png")
+                name = f"{len(records):06d}.png"
+                save_mask_png(pred, Path(save_masks) / name)
+                rec["mask_file"] = str(Path(masks_named or save_masks) / name)
             records.append(rec)
     return report

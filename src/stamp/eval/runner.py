@@ -13,13 +13,19 @@ results.json (schema version 1):
                  "patch_ciou", "patch_giou", "n_samples"}   -- percentages 0-100, those that apply;
                  n_samples here counts what the metrics average over: expressions (and VQA answers)
      "samples": [{"id", "image", "prompt", "answer", "finish_reason", "intersection", "union", "iou",
-                  "has_mask", "seconds", "mask_file"?, "subtask"?}, ...],
+                  "has_mask", "seconds", "score", "rle", "mask_file"?, "subtask"?}, ...],
+                 rle: the predicted mask as COCO RLE {size: [h, w], counts: str} (null: no mask),
+                 for rescoring with other tools (pycocotools `mask.decode`)
      "by_subtask"?: {"SUBTASK": {the metrics above that apply, "n_samples"}}}  -- data naming subtasks
+
+A metric that does not apply (T-acc of data without no-target expressions) is null: the file is strict
+JSON (`stamp.outputs.jsondoc`). The --save-masks folder is written whole: into a temporary folder beside
+it, moved into place (an earlier run's masks replaced) only once every mask of the run is written.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +33,7 @@ import torch
 
 from stamp.eval.evaluate import EvalReport, evaluate_samples, merge_reports
 from stamp.eval.protocols import get_protocol
-from stamp.outputs.files import atomic_write_bytes, ensure_writable
+from stamp.outputs.files import ensure_writable, new_dir_mode, replace_dir, write_json
 from stamp.refine import check_refine_source
 
 DEFAULT_FORCE_PREFIX = "Sure, it is <|seg|>"
@@ -50,7 +56,7 @@ class EvalJob:
     dtype: str | None = None
     device: str = "cpu"
     refine: str = "auto"
-    """none | guided | sam[:PATH] | auto (guided for the bundled model, none for others)."""
+    """none | guided | sam:PATH | auto (the model's own default, `StampSettings.refine`)."""
     threshold: float | None = None
     """Foreground probability threshold (None: the model's calibrated `mask_threshold`)."""
     synth_size: tuple[int, int] | None = None
@@ -75,10 +81,7 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True, predict
     process with os._exit (as `stamp eval` does: a gloo group's destructor can deadlock on the GIL).
     `predictor_type`: the class that answers, called as `StampPredictor` is (a subclass with its own
     `chat`, e.g. a script's other way of producing masks); None: `StampPredictor`."""
-    from stamp.bundled import model_name
     from stamp.data.registry import open_dataset, parse_data_spec
-    from stamp.inference import StampPredictor
-    from stamp.processing import load_pretrained
 
     out = Path(job.out)
     if out.is_dir():
@@ -101,11 +104,29 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True, predict
     )
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     rank, world = _distributed()
-    if masks_dir is not None:
+    stage = masks_stage(masks_dir) if masks_dir is not None else None
+    if stage is not None:
         if rank == 0:
-            clear_masks_dir(masks_dir)
+            shutil.rmtree(stage, ignore_errors=True)  # a crashed run's
+            stage.mkdir(parents=True, mode=new_dir_mode())
         if world > 1:
             torch.distributed.barrier()
+    try:
+        return _run(
+            job, protocol, dataset, n, rank, world, masks_dir, stage, progress, teardown, predictor_type
+        )
+    except BaseException:
+        if stage is not None and rank == 0:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _run(job, protocol, dataset, n, rank, world, masks_dir, stage, progress, teardown, predictor_type):
+    from stamp.bundled import model_name
+    from stamp.inference import StampPredictor
+    from stamp.processing import load_pretrained
+
+    out = Path(job.out)
     torch.manual_seed(job.seed)
     model = load_pretrained(
         model_name(job.model), dtype=job.dtype, device=job.device, base_model=job.base_model
@@ -135,7 +156,8 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True, predict
         answer_prefix=DEFAULT_FORCE_PREFIX if job.force_seg else None,
         max_new_tokens=max_new_tokens,
         progress=progress and rank == 0,
-        save_masks=masks_dir,
+        save_masks=stage,
+        masks_named=masks_dir,
     )
     report = _gather(report, world)
     results = {
@@ -161,9 +183,14 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True, predict
     }
     if report.subtasks:
         results["by_subtask"] = report.by_subtask
+    if world > 1 and stage is not None:
+        torch.distributed.barrier()  # every rank's masks are written
     if rank == 0:
+        if stage is not None:
+            check_masks_dir(masks_dir, job.overwrite)  # nothing else appeared there meanwhile
+            replace_dir(stage, masks_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out, (json.dumps(results, indent=1) + "\n").encode())
+        write_json(out, results, indent=1)
     if world > 1:
         torch.distributed.barrier()
         if teardown:  # tear gloo down before exit: its threads abort the process if left to destructors
@@ -190,12 +217,11 @@ def check_masks_dir(path: Path, overwrite: bool) -> None:
         )
 
 
-def clear_masks_dir(path: Path) -> None:
-    """Create the --save-masks folder, empty (the masks of an earlier run are removed: none is left mixed
-    with this run's)."""
-    path.mkdir(parents=True, exist_ok=True)
-    for p in path.glob("*.png"):
-        p.unlink()
+def masks_stage(path: Path) -> Path:
+    """The temporary folder beside --save-masks `path` that a run writes its masks into (one name for
+    every rank of a sharded run); renamed to `path` once complete."""
+    path = Path(path)
+    return path.parent / f".{path.name}.partial"
 
 
 def _distributed() -> tuple[int, int]:

@@ -115,6 +115,28 @@ def patchify(
     return x.reshape(gh * gw, c * temporal * patch * patch)
 
 
+MAX_ASPECT = 200
+"""The backbone's limit on an image's long / short side ratio (transformers' `smart_resize` refuses more)."""
+
+
+def pad_to_aspect(image: Image.Image, max_ratio: int = MAX_ASPECT) -> Image.Image:
+    """`image` itself when its long / short side ratio is at most `max_ratio`; else a copy whose short
+    side is extended (at the bottom or the right, repeating the last row or column) to
+    ceil(long / max_ratio) pixels, so that the backbone takes it. The original is the top-left corner:
+    cropping a mask of the padded image to the original size aligns it with the original.
+
+    Example: a 416 x 1 (width x height) image -> 416 x 3, its one row three times.
+    """
+    width, height = image.size
+    long, short = max(width, height), min(width, height)
+    if long <= max_ratio * short:
+        return image
+    need = -(-long // max_ratio)
+    pad = ((0, need - height), (0, 0)) if height < width else ((0, 0), (0, need - width))
+    arr = np.asarray(image)
+    return Image.fromarray(np.pad(arr, pad + ((0, 0),) * (arr.ndim - 2), mode="edge"))
+
+
 def qwen2vl_fast_pixels(
     image: Image.Image,
     min_pixels: int,
@@ -141,4 +163,12 @@ def qwen2vl_fast_pixels(
     return patchify(x), grid
 
 
-__all__ = ["normalize", "patchify", "pil_to_tensor", "qwen2vl_fast_pixels", "resize_bicubic_antialias"]
+__all__ = [
+    "MAX_ASPECT",
+    "normalize",
+    "pad_to_aspect",
+    "patchify",
+    "pil_to_tensor",
+    "qwen2vl_fast_pixels",
+    "resize_bicubic_antialias",
+]

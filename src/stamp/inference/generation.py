@@ -239,7 +239,8 @@ def generate(
     Each row ends on its own, with its own `finish_reason`: "eos" (its end-of-turn token, not kept),
     "length" (its budget of free tokens used up) or "repetition" (its free tokens ended in a loop,
     `repeating_period`, when repetition stopping is on for it; the loop's tokens are kept, and a
-    `<|seg|>` among them still gets its mask).
+    `<|seg|>` among them still gets its mask). Only the generated tokens are judged: a forced prefix
+    never counts towards a loop, so its tokens cannot end an answer one free token in.
     """
     device = model.device
     timer = _Timer(device)
@@ -283,7 +284,7 @@ def generate(
                     on_event("token", b, tok)
                 if tok == seg_id and cfg.predict_masks:
                     seg_rows.append(b)
-                if watch[b] and free and repeating_period(tokens[b]):
+                if watch[b] and free and repeating_period(tokens[b][len(r.forced_ids) :]):
                     looping.append(b)  # fed this step (its `<|seg|>` gets its mask), then finished
                     reasons[b] = "repetition"
             step_tokens.append(tok)

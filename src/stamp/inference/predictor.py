@@ -18,8 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stamp.data.sample import Turn
-from stamp.imaging import ImageLike
+from stamp.data.sample import HistoryLike, Turn, parse_history
+from stamp.imaging import DEFAULT_MAX_IMAGE_PIXELS, ImageLike
+from stamp.imaging.load import MAX_IMAGE_PIXELS, check_max_pixels
+from stamp.imaging.resize import pad_to_aspect
 from stamp.inference.generation import (
     FINISH_REASONS,
     EventCallback,
@@ -29,6 +31,8 @@ from stamp.inference.generation import (
 )
 from stamp.model.settings import check_probability
 from stamp.model.tokens import PAD
+from stamp.outputs.files import result_to_dict
+from stamp.outputs.records import encode_rle, mask_phrase
 from stamp.processing import EncodedImage, StampProcessor
 
 UPSAMPLE_SPACES = ("prob", "logit", "nearest")
@@ -89,7 +93,21 @@ class PredictorOptions:
     template, history, prompt and answer prefix; the image's cells are not counted -- before any model
     work. None: no bound."""
 
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metadata={
+            "help": f"refuse an image of more pixels (width x height) than this (at most {MAX_IMAGE_PIXELS}), "
+            "checked from the file's header before decoding; the server answers 413 too_many_pixels "
+            f"(default {DEFAULT_MAX_IMAGE_PIXELS})"
+        },
+    )
+    """Refuse (`stamp.imaging.ImageTooLargeError`, a ValueError) an image of more pixels than this --
+    a file checked from its header, before any pixel is decoded -- in the Python API, the CLI and the
+    server (413 `too_many_pixels`): the one image size limit (`stamp.imaging.DEFAULT_MAX_IMAGE_PIXELS`,
+    25 megapixels; at most Pillow's decompression-bomb guard, `stamp.imaging.load.MAX_IMAGE_PIXELS`)."""
+
     def __post_init__(self) -> None:
+        check_max_pixels(self.max_image_pixels)
         if self.upsample not in UPSAMPLE_SPACES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_SPACES}, got {self.upsample!r}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
@@ -115,6 +133,11 @@ class StampMask:
     """The unrefined (upsampled, thresholded) mask when a refiner changed `mask`; else None."""
     warning: str | None = None
     """Set when the refiner fell back to the coarse mask (e.g. SAM disagreed badly)."""
+    index: int = 0
+    """k: the mask of the k-th `<|seg|>` of its answer."""
+    phrase: str = ""
+    """What the mask shows: the answer's words before its `<|seg|>`, or what the request asked for where
+    those name nothing (`stamp.outputs.records.mask_phrase`)."""
 
     @property
     def patch_mask(self) -> np.ndarray:
@@ -133,6 +156,12 @@ class StampMask:
             return None
         return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
+    @property
+    def rle(self) -> dict:
+        """The mask as COCO run-length encoding, {"size": [h, w], "counts": str}: what pycocotools
+        writes in JSON (decode with `mask_utils.decode({**rle, "counts": rle["counts"].encode()})`)."""
+        return encode_rle(self.mask)
+
 
 @dataclass
 class StampResult:
@@ -146,6 +175,18 @@ class StampResult:
     finish_reason: str = "eos"
     """Why the answer ended: "eos" (the model ended it), "length" (it used up `max_new_tokens`: it may be
     cut off) or "repetition" (it was stopped in a degenerate loop: see `GenerationConfig.repetition_stop`)."""
+    prompt: str | None = None
+    """The request's prompt (names a mask the answer does not name)."""
+    batch_size: int = 1
+    """How many answers shared this one's forward passes (`chat_batch`): its `timings` of vision,
+    prefill, decode and mask are the batch's (vision: an equal share), not its own."""
+
+    def to_dict(self) -> dict:
+        """The JSON-ready record of this result: exactly what result.json holds (without its `image`
+        and the masks' `file`) and what the HTTP API returns (without its `id`, `image`, `png`): prompt,
+        text, finish_reason, masks (`StampMask.to_dict`), timings (this answer's: its share of what a
+        batch shared) and batch ({size, timings}). `stamp.outputs.files.result_to_dict`."""
+        return result_to_dict(self)
 
 
 @dataclass
@@ -155,7 +196,7 @@ class ChatRequest:
 
     image: ImageLike
     prompt: str
-    history: Sequence[Turn | tuple[str, str]] | None = None
+    history: HistoryLike = None
     answer_prefix: str | None = None
     max_new_tokens: int | None = None
     """This request's token budget (None: the call's `GenerationConfig.max_new_tokens`)."""
@@ -190,6 +231,16 @@ def logits_to_mask(
     fg = cells[cells > threshold]
     score = float(fg.mean()) if fg.numel() else 0.0
     return StampMask(mask.numpy(), probs.numpy().astype(np.float32), logits.float().numpy(), score)
+
+
+def crop_mask(mask: StampMask, size: tuple[int, int]) -> StampMask:
+    """`mask` (of a padded image, `EncodedImage.canvas`) cut to the top-left `size` = (width, height):
+    the original image's pixels. Its cell logits and score stay those of the padded image."""
+    w, h = size
+    mask.mask, mask.probs = mask.mask[:h, :w].copy(), mask.probs[:h, :w].copy()
+    if mask.coarse_mask is not None:
+        mask.coarse_mask = mask.coarse_mask[:h, :w].copy()
+    return mask
 
 
 def resolve_threshold(model, threshold: float | None = None) -> float:
@@ -229,6 +280,7 @@ class StampPredictor:
         threshold, upsample, refine = options.threshold, options.upsample, options.refine
         self.repetition_stop = bool(options.repetition_stop)
         self.max_prompt_tokens = options.max_prompt_tokens
+        self.max_image_pixels = options.max_image_pixels
         self.model = model.eval()
         self.processor = processor or getattr(model, "processor", None)
         if self.processor is None:  # a model from StampModel.from_pretrained: its folder's processor
@@ -261,7 +313,7 @@ class StampPredictor:
         """Processor + ONE vision-tower call for all `images`; per image (encoded, features, seconds),
         the seconds being an equal share of the batch's time."""
         t0 = time.perf_counter()
-        encs = [self.processor.encode_image(im) for im in images]
+        encs = [self.processor.encode_image(im, self.max_image_pixels) for im in images]
         dtype = next(self.model.parameters()).dtype
         with torch.no_grad():
             pv = torch.cat([e.pixel_values for e in encs]).to(self.model.device, dtype)
@@ -298,7 +350,7 @@ class StampPredictor:
     def prompt_tokens(
         self,
         prompt: str,
-        history: Sequence[Turn | tuple[str, str]] | None = None,
+        history: HistoryLike = None,
         answer_prefix: str | None = None,
     ) -> int:
         """How many text tokens a request has: chat template, history, prompt and answer prefix (what
@@ -310,7 +362,7 @@ class StampPredictor:
     def check_prompt(
         self,
         prompt: str,
-        history: Sequence[Turn | tuple[str, str]] | None = None,
+        history: HistoryLike = None,
         answer_prefix: str | None = None,
     ) -> int:
         """`prompt_tokens`, or `PromptTooLongError` when over `max_prompt_tokens`. Tokenises only."""
@@ -328,7 +380,7 @@ class StampPredictor:
         """(conversation ids with `enc`'s image tokens, or none when `enc` is None; forced answer ids)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty")
-        turns = [t if isinstance(t, Turn) else Turn(*t) for t in (history or [])] + [Turn("user", prompt)]
+        turns = parse_history(history) + [Turn("user", prompt)]
         ids, _ = self.processor.encode_turns(turns, enc, add_generation_prompt=True)
         forced = self.processor._text_ids(answer_prefix) if answer_prefix else []
         return ids, forced
@@ -337,20 +389,33 @@ class StampPredictor:
         ids, forced = self._text_request(prompt, history, answer_prefix, enc)
         return GenerationRequest(ids, feats, enc.grid_thw, forced)
 
-    def _finish(self, out, enc: EncodedImage, vision_seconds: float, refine: bool = True) -> StampResult:
+    def _finish(
+        self,
+        out,
+        enc: EncodedImage,
+        vision_seconds: float,
+        refine: bool = True,
+        prompt: str | None = None,
+        batch_size: int = 1,
+    ) -> StampResult:
         t0 = time.perf_counter()
-        w, h = enc.size
+        w, h = enc.canvas_size  # the image's own size, unless it was padded (`EncodedImage.canvas`)
+        text = self.processor.decode(out.token_ids)
         masks = [logits_to_mask(lg, (h, w), self.threshold, self.upsample) for lg in out.mask_logits]
+        for k, m in enumerate(masks):
+            m.index, m.phrase = k, mask_phrase(text, k, prompt)
         timings = {"vision": vision_seconds, "prefill": 0.0, "decode": 0.0, "mask": 0.0, **out.timings}
         timings["postprocess"] = time.perf_counter() - t0
         if self.refiner is not None and refine:
             t1 = time.perf_counter()
             for m in masks:
-                self._refine(m, enc.image)
+                self._refine(m, enc.canvas or enc.image)
             timings["refine"] = time.perf_counter() - t1
+        if enc.canvas is not None:
+            masks = [crop_mask(m, enc.size) for m in masks]
         reason = out.finish_reason
         assert reason in FINISH_REASONS, reason
-        return StampResult(self.processor.decode(out.token_ids), masks, timings, out.token_ids, reason)
+        return StampResult(text, masks, timings, out.token_ids, reason, prompt, batch_size)
 
     def _refine(self, m: StampMask, image) -> None:
         probs = 1.0 / (1.0 + np.exp(-m.patch_logits))
@@ -362,7 +427,7 @@ class StampPredictor:
     def chat(
         self,
         prompt: str,
-        history: Sequence[Turn | tuple[str, str]] | None = None,
+        history: HistoryLike = None,
         *,
         answer_prefix: str | None = None,
         generation: GenerationConfig | None = None,
@@ -374,7 +439,9 @@ class StampPredictor:
         `chat_batch` with one request, on the image `set_image` encoded (its vision tower output reused).
 
         Args:
-            history: earlier (role, text) turns of the conversation, oldest first, starting with "user".
+            history: earlier turns of the conversation, oldest first (`stamp.data.sample.parse_history`:
+                `Turn`s, (role, text) pairs or {"role", "text"} dicts, alternating from "user" and ending
+                with "assistant"; `HistoryError`, a ValueError, otherwise).
             answer_prefix: text the answer is forced to start with (e.g. "Sure, it is <|seg|>" to force
                 a mask, as the literature's evaluations do); generation continues after it.
             generation: the decoding settings (default `GenerationConfig()`).
@@ -435,13 +502,18 @@ class StampPredictor:
             req.max_new_tokens, req.repetition_stop = r.max_new_tokens, r.repetition_stop
             reqs.append(req)
         outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
-        return [self._finish(o, enc, secs, r.refine) for o, (enc, _, secs), r in zip(outs, encoded, requests)]
+        return [
+            self._finish(o, enc, secs, r.refine, r.prompt, len(requests))
+            for o, (enc, _, secs), r in zip(outs, encoded, requests)
+        ]
 
     def postprocess_logits(self, logits: torch.Tensor, image) -> StampMask:
         """The mask `chat()` gives for (gh, gw) patch `logits` on `image` (an RGB PIL image as the model
-        saw it): upsampled to its size, thresholded and refined as configured. Used when streaming."""
-        w, h = image.size
+        saw it): upsampled to its size, thresholded and refined as configured. Used when streaming.
+        An image padded for the backbone (`pad_to_aspect`) is handled as `chat()` handles it."""
+        canvas = pad_to_aspect(image)
+        w, h = canvas.size
         mask = logits_to_mask(logits, (h, w), self.threshold, self.upsample)
         if self.refiner is not None:
-            self._refine(mask, image)
-        return mask
+            self._refine(mask, canvas)
+        return mask if canvas is image else crop_mask(mask, image.size)

@@ -53,12 +53,47 @@ _LEGACY_RENAMES = [(re.compile(k), v) for k, v in LEGACY_KEY_MAPPING.items()]
 
 
 def _checkpoint_keys(path: Path) -> set[str]:
+    """Every tensor name in the folder's safetensors files; StampModelError naming a damaged file (a
+    truncated copy, a failed download) before anything is loaded."""
     keys: set[str] = set()
-    files = sorted(path.glob("*.safetensors"))
-    for f in files:
-        with safe_open(str(f), framework="pt") as fh:
-            keys.update(fh.keys())
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                keys.update(fh.keys())
+        except Exception as e:  # safetensors raises its own error type for every kind of damage
+            raise StampModelError(f"{f}: damaged or incomplete weights file ({_first_line(e)})") from None
     return keys
+
+
+def read_json(file: Path) -> dict:
+    """A model folder's JSON file as a dict; StampModelError naming the file when it is unreadable or
+    not a JSON object."""
+    try:
+        data = json.loads(Path(file).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise StampModelError(f"{file}: not a valid JSON file ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise StampModelError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_tokenizer(folder: Path):
+    """The folder's tokenizer; StampModelError (one line) when it has none or it cannot be read."""
+    from transformers import AutoTokenizer
+
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise StampModelError(
+            f"{folder}: no tokenizer (tokenizer.json / tokenizer_config.json) in the folder"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # transformers / tokenizers raise many types for a damaged file
+        raise StampModelError(f"{folder}: the tokenizer cannot be read ({_first_line(e)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def _dtype(dtype) -> torch.dtype | None:
@@ -136,16 +171,44 @@ def checkpoint_of(name_or_path: str | os.PathLike, base_model: str | os.PathLike
     weights are loaded (what the processor is read from: `StampProcessor.from_pretrained`)."""
     path = resolve_model_path(name_or_path)
     if (path / "adapter_config.json").is_file():
-        named = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        named = read_json(path / "adapter_config.json").get("base_model_name_or_path")
         base = base_model or named
         return Checkpoint(path, "adapter", Path(base) if base else None)
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise StampModelError(f"{path}: cannot read config.json ({e})") from None
+    config = read_json(path / "config.json")
     if "stamp" in config:
         return Checkpoint(path, "stamp")
     return Checkpoint(path, "authors" if CLASSIFIER_KEYS <= _checkpoint_keys(path) else "stock")
+
+
+def _placement(
+    dtype, torch_dtype, device, device_map
+) -> tuple[torch.dtype | str | None, str | torch.device | None, str | dict | None]:
+    """(dtype, device, device_map) from the arguments of `load_stamp_model`: `torch_dtype` is
+    transformers' older spelling of `dtype` (StampModelError when both are given and differ); `device`
+    and `device_map` exclude each other; a device map needs accelerate."""
+    if torch_dtype is not None:
+        if dtype is not None and _dtype(dtype) != _dtype(torch_dtype):
+            raise StampModelError(
+                f"dtype={dtype!r} and torch_dtype={torch_dtype!r} differ: give one (dtype is the name to use)"
+            )
+        dtype = torch_dtype
+    if device_map is None:
+        return dtype, "cpu" if device is None else device, None
+    if device is not None:
+        raise StampModelError(
+            f"device={device!r} and device_map={device_map!r}: give one (device_map places the weights)"
+        )
+    if isinstance(device_map, torch.device):
+        device_map = str(device_map)
+    if not isinstance(device_map, (str, dict)):
+        raise StampModelError(f"device_map must be a string or a dict, got {type(device_map).__name__}")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise StampModelError(
+            f"device_map={device_map!r} needs accelerate: pip install 'stamp-seg[train]' (or accelerate)"
+        ) from None
+    return dtype, None, device_map
 
 
 def load_stamp_model(
@@ -153,7 +216,9 @@ def load_stamp_model(
     model_classes: dict,
     *,
     dtype: torch.dtype | str | None = None,
-    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
     attn_implementation: str = "sdpa",
     base_model: str | os.PathLike | None = None,
     position_mode: str | None = None,
@@ -163,24 +228,32 @@ def load_stamp_model(
     """Load any of the layouts in the module docstring from a folder or a shipped model's name
     (`resolve_model_path`); returns a StampModel (eval mode) whose `checkpoint` says where it came from.
     `model_classes`: model_type -> StampModel class. `dtype` None: the checkpoint's
-    `StampSettings.default_dtype`, else as saved.
+    `StampSettings.default_dtype`, else as saved; `torch_dtype` is accepted as transformers' older
+    name for it.
+
+    Placement: `device` (default "cpu") moves the whole model there; or `device_map` (needs accelerate)
+    as transformers takes it -- "auto" splits a model too large for one GPU over the GPUs there are (then
+    the CPU), a device name puts it all there, a dict maps module names to devices. Not both.
 
     The three `*_mode` arguments override the saved STAMP settings (e.g. for ablations).
     """
+    dtype, device, device_map = _placement(dtype, torch_dtype, device, device_map)
     path = resolve_model_path(path)
     if (path / "adapter_config.json").is_file():
-        return _load_adapter(
+        model = _load_adapter(
             path,
             base_model,
             model_classes,
             dtype=dtype,
-            device=device,
+            device="cpu" if device_map is not None else device,
             attn_implementation=attn_implementation,
         )
+        return _dispatch(model, device_map) if device_map is not None else model
     if not (path / "config.json").is_file():
         raise StampModelError(f"{path} has no config.json: not a model directory")
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
+    read_json(path / "config.json")  # a damaged file is named before transformers reads it
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     if config.model_type not in model_classes:
         raise StampModelError(
@@ -191,7 +264,7 @@ def load_stamp_model(
         raise StampModelError(f"{path} has no *.safetensors weights")
     has_head = CLASSIFIER_KEYS <= keys
     layout = "stamp" if hasattr(config, "stamp") else "authors" if has_head else "stock"
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tokenizer = load_tokenizer(path)
     if not hasattr(config, "stamp"):
         seg_id, mask_id = add_stamp_tokens(tokenizer)
         config.stamp = StampSettings(seg_id, mask_id, position_mode="text" if has_head else "grid").to_dict()
@@ -211,6 +284,7 @@ def load_stamp_model(
         local_files_only=True,
         output_loading_info=True,
         key_mapping=LEGACY_KEY_MAPPING,
+        **({} if device_map is None else {"device_map": device_map}),
     )
     _check_loading_info(
         path, info, new_head_allowed=not has_head, tied=bool(getattr(config, "tie_word_embeddings", False))
@@ -218,7 +292,19 @@ def load_stamp_model(
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.checkpoint = Checkpoint(path, layout)
-    return model.to(device).eval()
+    return (model if device_map is not None else model.to(device)).eval()
+
+
+def _dispatch(model, device_map: str | dict):
+    """`model` (on the CPU) placed by accelerate as transformers' `from_pretrained(device_map=...)`
+    places a model it loads: "auto" (also "balanced", ...) over the GPUs, then the CPU."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return model.to(device_map).eval()
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
+    return dispatch_model(model, device_map=device_map).eval()
 
 
 def _without_mask_decoder(path: Path, section: dict) -> dict:
@@ -262,7 +348,7 @@ def _load_adapter(path: Path, base_model, model_classes: dict, *, dtype, device,
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     except ImportError:
         raise StampModelError("loading a LoRA adapter needs peft: pip install 'stamp-seg[train]'") from None
-    cfg = json.loads((path / "adapter_config.json").read_text())
+    cfg = read_json(path / "adapter_config.json")
     base = Path(base_model or cfg.get("base_model_name_or_path") or "")
     if not base.is_dir():
         named = cfg.get("base_model_name_or_path")
@@ -282,9 +368,7 @@ def _load_adapter(path: Path, base_model, model_classes: dict, *, dtype, device,
         base, model_classes, dtype=dtype, device="cpu", attn_implementation=attn_implementation
     )
     if (path / "tokenizer_config.json").is_file():  # the adapter's tokenizer fixes the ids of the new tokens
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = load_tokenizer(path)
         seg_id, mask_id = add_stamp_tokens(tok)
         model.stamp = StampSettings(seg_id, mask_id, position_mode="text")
         model.config.stamp = model.stamp.to_dict()

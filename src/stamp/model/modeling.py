@@ -23,6 +23,7 @@ from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 from transformers.utils import ModelOutput
 
+from stamp.filemodes import plain_modes
 from stamp.model.attention import (
     SUPPORTED_ATTN_IMPLEMENTATIONS,
     attention_backends,
@@ -31,6 +32,7 @@ from stamp.model.attention import (
 )
 from stamp.model.batch_plan import BatchPlan, BatchPlanner
 from stamp.model.losses import mask_losses, text_loss_at
+from stamp.model.quiet import library_output
 from stamp.model.settings import StampSettings
 
 
@@ -70,13 +72,17 @@ class StampModel:
 
     # ----------------------------------------------------------------- loading (see stamp.model.loading)
     @classmethod
-    def from_pretrained(cls, path, **kwargs):
+    def from_pretrained(cls, path, *, verbose: bool | None = None, **kwargs):
         """Load a STAMP model from a local directory (see `stamp.model.loading.load_stamp_model`). Its
         processor is separate, as in transformers: `StampProcessor.for_model(model)` (or let
-        `StampPredictor` build it)."""
+        `StampPredictor` build it). transformers' spellings work: `torch_dtype=` (an alias of `dtype`)
+        and `device_map=` ("auto" splits a large model over the GPUs there are; needs accelerate).
+        `verbose`: show transformers' loading bar (default: only with the `stamp` logger at INFO;
+        `stamp.model.quiet`)."""
         from stamp.model.loading import load_stamp_model
 
-        return load_stamp_model(path, MODEL_CLASSES, **kwargs)
+        with library_output(verbose):
+            return load_stamp_model(path, MODEL_CLASSES, **kwargs)
 
     @classmethod
     def from_pretrained_weights(cls, path, **kwargs):
@@ -87,9 +93,11 @@ class StampModel:
         """transformers' `save_pretrained` with the STAMP settings in the config and, when a processor is
         attached, its tokenizer and settings: a folder `from_pretrained` loads completely."""
         self.config.stamp = self.stamp.to_dict()
-        super().save_pretrained(save_directory, *args, **kwargs)
+        with library_output():  # no bar, no DeepSpeed notice unless asked (stamp.model.quiet)
+            super().save_pretrained(save_directory, *args, **kwargs)
         if self.processor is not None:
             self.processor.save_pretrained(save_directory)
+        plain_modes(save_directory)  # safetensors writes 0o600 weights; the user's umask, as elsewhere
 
     def save_stamp(self, path, *, overwrite: bool = False, state_dict: dict | None = None) -> None:
         """Save weights (safetensors), config with the STAMP settings, tokenizer and processor settings.

@@ -1,6 +1,6 @@
 """Refinement of STAMP's per-cell masks: bilinear and image-guided upsampling, SAM refinement.
 
-`build_refiner("none" | "guided" | "sam[:PATH]" | "sam-authors[:PATH]")` returns an object with
+`build_refiner("none" | "guided" | "sam:PATH" | "sam-authors:PATH")` returns an object with
 `refine(image, coarse_probs, coarse_mask) -> RefineResult`. PATH: a transformers SAM directory or an
 original segment-anything checkpoint file (`sam_vit_h_4b8939.pth`).
 """

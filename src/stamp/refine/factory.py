@@ -1,17 +1,16 @@
 """`build_refiner(spec)`: every refiner from its spec string, and the cheap check of a spec's SAM source.
 
-"none" | "guided" | "sam[:PATH]" | "sam-authors[:PATH]"
+"none" | "guided" | "sam:PATH" | "sam-authors:PATH"
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from stamp.refine.base import GuidedRefiner, NoRefiner, RefineError, Refiner
-from stamp.refine.sam import SAM_PATH_ENV, SamRefiner
+from stamp.refine.sam import SamRefiner
 from stamp.refine.sam_authors import SamAuthorsRefiner
 
 
@@ -24,11 +23,10 @@ def check_refine_source(spec: str | None) -> None:
 
 
 def build_refiner(spec: str, device: str | torch.device = "cpu", threshold: float = 0.5) -> Refiner:
-    """A refiner from a spec string: "none" | "guided" | "sam" | "sam:PATH" | "sam-authors" | "sam-authors:PATH".
+    """A refiner from a spec string: "none" | "guided" | "sam:PATH" | "sam-authors:PATH".
 
     PATH is a transformers SAM directory or an original segment-anything checkpoint file
-    (`sam_vit_h_4b8939.pth`); "sam" and "sam-authors" alone read it from the STAMP_SAM_PATH environment
-    variable. "sam" is the project's refiner (`SamRefiner`), "sam-authors" the authors' evaluation
+    (`sam_vit_h_4b8939.pth`), always given: the weights are the caller's choice. "sam" is the project's refiner (`SamRefiner`), "sam-authors" the authors' evaluation
     procedure (`stamp.refine.sam_authors.SamAuthorsRefiner`, seed 0).
 
     `threshold` is the foreground probability threshold of the guided refiner (the predictor passes
@@ -44,15 +42,11 @@ def build_refiner(spec: str, device: str | torch.device = "cpu", threshold: floa
     if name == "guided" and not arg:
         return GuidedRefiner(threshold=threshold)
     if name in ("sam", "sam-authors"):
-        path = arg or os.environ.get(SAM_PATH_ENV, "")
+        path = arg
         if not path:
-            raise RefineError(
-                f"refiner {name!r} needs a SAM directory or checkpoint file: use '{name}:PATH' or set {SAM_PATH_ENV}"
-            )
+            raise RefineError(f"refiner {name!r} needs a SAM directory or checkpoint file: use '{name}:PATH'")
         if name == "sam":
             return SamRefiner(path, device=device)
 
         return SamAuthorsRefiner(path, device=device)
-    raise RefineError(
-        f"unknown refiner {spec!r}; use 'none', 'guided', 'sam', 'sam:PATH', 'sam-authors' or 'sam-authors:PATH'"
-    )
+    raise RefineError(f"unknown refiner {spec!r}; use 'none', 'guided', 'sam:PATH' or 'sam-authors:PATH'")

@@ -46,7 +46,6 @@ from stamp.refine.base import (
 from stamp.refine.prompts import SamFrame, SamPrompts, build_prompts
 from stamp.refine.sam_checkpoint import is_sam_checkpoint_file, load_original_sam
 
-SAM_PATH_ENV = "STAMP_SAM_PATH"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _MODEL_CLASSES = {"sam": "SamModel", "sam2": "Sam2Model"}

@@ -31,6 +31,9 @@ from stamp.inference.predictor import (
     StampResult,
 )
 from stamp.model.tokens import SEG_TOKEN
+from stamp.outputs.files import result_to_dict
+from stamp.outputs.jsondoc import json_ready
+from stamp.outputs.records import result_timings
 from stamp.serve.batching import Batcher, Job, Overloaded, ShuttingDown
 from stamp.serve.docs_page import render_docs_page
 from stamp.serve.errors import ApiError, error_responses, install_error_handlers
@@ -45,7 +48,7 @@ from stamp.serve.schemas import (
     SegmentResponse,
 )
 from stamp.serve.settings import ServeSettings
-from stamp.serve.stream import TextStreamer, mask_payload, sse
+from stamp.serve.stream import TextStreamer, mask_payload, png_base64, sse
 
 API_VERSION = "1.0"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -125,22 +128,33 @@ class SegmentService:
         )
 
     def timings(self, result: StampResult, job: Job, t0: float) -> dict[str, float]:
+        """The request's queue wait, its answer's timings (`result_timings`: its share of what the batch
+        shared) and its total."""
         queue = (job.started or t0) - job.enqueued
-        out = {"queue": queue, **result.timings, "total": time.monotonic() - t0}
+        own, _ = result_timings(result.timings, result.batch_size)
+        out = {"queue": queue, **own, "total": time.monotonic() - t0}
         return {k: round(v, 6) for k, v in out.items()}
 
     def response(self, result: StampResult, inp: SegmentInput, job: Job, rid: str, t0: float) -> dict:
-        masks = [mask_payload(m, k, result.text, inp.return_png) for k, m in enumerate(result.masks)]
+        """`result.to_dict()` (the record result.json holds), each mask with its `png` when asked for, and
+        the request's id, image size, batch size and timings (`timings`). Strict JSON (`json_ready`)."""
+        record = result_to_dict(result, prompt=inp.prompt)
+        if inp.return_png:
+            for entry, m in zip(record["masks"], result.masks):
+                entry["png"] = png_base64(m.mask)
+        else:
+            for entry in record["masks"]:
+                entry["png"] = None
         w, h = inp.image.size
-        return {
-            "id": rid,
-            "text": result.text,
-            "finish_reason": result.finish_reason,
-            "masks": masks,
-            "image": {"width": w, "height": h},
-            "batch_size": job.batch_size,
-            "timings": self.timings(result, job, t0),
-        }
+        return json_ready(
+            {
+                "id": rid,
+                **record,
+                "image": {"width": w, "height": h},
+                "batch_size": job.batch_size,
+                "timings": self.timings(result, job, t0),
+            }
+        )
 
     def model_info(self) -> dict:
         model, s = self.predictor.model, self.settings
@@ -163,7 +177,7 @@ class SegmentService:
             "batch_wait_ms": s.batch_wait_ms,
             "timeout_s": s.timeout_s,
             "max_upload_bytes": s.max_upload_bytes,
-            "max_pixels": s.max_pixels,
+            "max_pixels": self.predictor.max_image_pixels,
             "max_prompt_chars": s.max_prompt_chars,
             "max_prompt_tokens": self.predictor.max_prompt_tokens,
             "max_new_tokens_limit": s.max_new_tokens_limit,
@@ -206,7 +220,9 @@ class SegmentService:
                     t_mask = time.perf_counter()
                     mask = await run_in_threadpool(self.predictor.postprocess_logits, logits, inp.image)
                     refine_s += time.perf_counter() - t_mask
-                    payload = await run_in_threadpool(mask_payload, mask, k, streamer.emitted, inp.return_png)
+                    payload = await run_in_threadpool(
+                        mask_payload, mask, k, streamer.emitted, inp.return_png, inp.prompt
+                    )
                     yield sse("mask", payload)
                 elif event[0] == "finished":
                     future = job.future
@@ -285,7 +301,7 @@ def create_app(
     async def segment(request: Request) -> Response:
         """Answer a prompt about an image; one mask per `<|seg|>` in the answer."""
         t0, rid = time.monotonic(), uuid.uuid4().hex
-        inp = await read_segment_input(request, settings, predictor.processor)
+        inp = await read_segment_input(request, settings, predictor.processor, predictor.max_image_pixels)
         job = service.submit(inp)
         result = await service.wait(job, t0)
         payload = await run_in_threadpool(service.response, result, inp, job, rid, t0)
@@ -302,7 +318,7 @@ def create_app(
         """Like /v1/segment, as server-sent events: text as it is generated, each mask as soon as its
         `<|seg|>` is out. Bad input is still a plain 4xx JSON error, before the stream starts."""
         t0, rid = time.monotonic(), uuid.uuid4().hex
-        inp = await read_segment_input(request, settings, predictor.processor)
+        inp = await read_segment_input(request, settings, predictor.processor, predictor.max_image_pixels)
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
 
         def post(*event) -> None:  # from the worker thread

@@ -20,7 +20,9 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from stamp.imaging import ImageError, load_image
+from stamp.data.sample import HistoryError, Turn, parse_history
+from stamp.imaging import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTooLargeError, load_image
+from stamp.imaging.load import check_pixels
 from stamp.model.tokens import QWEN_SPECIAL_TOKENS, SEG_TOKEN, STAMP_TOKENS
 from stamp.serve.errors import ApiError, describe_validation
 from stamp.serve.schemas import SegmentJSONRequest, SegmentOptions
@@ -43,15 +45,18 @@ class SegmentInput:
 
     image: Image.Image
     prompt: str
-    history: list[tuple[str, str]] = field(default_factory=list)
+    history: list[Turn] = field(default_factory=list)
     answer_prefix: str | None = None
     max_new_tokens: int = 128
     return_png: bool = False
     repetition_stop: bool | None = None
 
 
-async def read_segment_input(request: Request, settings: ServeSettings, processor) -> SegmentInput:
-    """Parse and check a /v1/segment body; raise `ApiError` for anything wrong with it."""
+async def read_segment_input(
+    request: Request, settings: ServeSettings, processor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> SegmentInput:
+    """Parse and check a /v1/segment body; raise `ApiError` for anything wrong with it. `max_pixels`:
+    the predictor's `max_image_pixels` (the one image size limit, shared with the API and the CLI)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         limit = settings.max_upload_bytes * 4 // 3 + FORM_OVERHEAD
@@ -72,7 +77,7 @@ async def read_segment_input(request: Request, settings: ServeSettings, processo
             f"the image is {len(data)} bytes; the limit is {settings.max_upload_bytes} bytes",
         )
     seg_input = check_options(options, settings, processor)
-    seg_input.image = await run_in_threadpool(decode_image, data, settings.max_pixels)
+    seg_input.image = await run_in_threadpool(decode_image, data, max_pixels)
     return seg_input
 
 
@@ -160,23 +165,21 @@ def check_options(options: SegmentOptions, settings: ServeSettings, processor) -
             422, "prompt_too_long", f"the prompt has {len(prompt)} characters; the limit is {limit}"
         )
     _check_reserved(processor, prompt, "the prompt")
-    history = [(t.role, t.text) for t in options.history]
-    if len(history) > settings.max_history_turns:
+    if len(options.history) > settings.max_history_turns:
         raise ApiError(
             422,
             "invalid_history",
-            f"{len(history)} history turns; the limit is {settings.max_history_turns}",
+            f"{len(options.history)} history turns; the limit is {settings.max_history_turns}",
         )
-    for i, (role, text) in enumerate(history):
-        want = "user" if i % 2 == 0 else "assistant"
-        if role != want:
-            raise ApiError(422, "invalid_history", f"history turn {i} must be a {want} turn, not {role}")
-        if len(text) > limit:
+    try:  # the one history rule, shared with the Python API and the command line
+        history = parse_history([t.model_dump() for t in options.history])
+    except HistoryError as exc:
+        raise ApiError(422, "invalid_history", str(exc)) from None
+    for i, turn in enumerate(history):
+        if len(turn.text) > limit:
             raise ApiError(422, "prompt_too_long", f"history turn {i} has over {limit} characters")
-        if role == "user":
-            _check_reserved(processor, text, f"history turn {i}")
-    if history and len(history) % 2:
-        raise ApiError(422, "invalid_history", "the history must end with an assistant turn")
+        if turn.role == "user":
+            _check_reserved(processor, turn.text, f"history turn {i}")
     prefix = options.answer_prefix or None
     if prefix is not None:
         if len(prefix) > limit:
@@ -227,13 +230,10 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     bomb = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     try:
         with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if width * height > limit:
-                raise ApiError(
-                    413,
-                    "too_many_pixels",
-                    f"the image is {width}x{height} pixels; the limit is {limit} pixels",
-                )
+            try:
+                check_pixels(im.size, limit)
+            except ImageTooLargeError as exc:
+                raise ApiError(413, "too_many_pixels", str(exc)) from None
             if im.format not in ALLOWED_FORMATS:
                 raise ApiError(
                     415,
@@ -247,7 +247,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                     f"images in mode {im.mode} are not supported; send RGB or grey",
                 )
             im.load()
-            return load_image(im)
+            return load_image(im, limit)
     except bomb:
         raise ApiError(413, "too_many_pixels", "the image has too many pixels (decompression bomb)") from None
     except UnidentifiedImageError:

@@ -72,8 +72,13 @@ class MaskResult(BaseModel):
     `stamp segment`'s result.json (`stamp.outputs.records`), plus `png`."""
 
     index: int
-    phrase: str = Field(description="The words of the answer the mask belongs to (before its <|seg|>).")
-    span: list[int] = Field(description="[start, end) of the phrase in the answer text, in code points.")
+    phrase: str = Field(
+        description="What the mask shows: the words of the answer before its <|seg|>, or what the prompt "
+        "asked for where those name nothing ('it', 'the segmentation result', nothing)."
+    )
+    span: list[int] = Field(
+        description="[start, end) of the answer's words before the <|seg|>, in code points."
+    )
     color: str = Field(description="Display colour, '#rrggbb' (the overlay palette, in order).")
     area: int = Field(description="Foreground pixels.")
     bbox: list[int] | None = Field(description="[x, y, w, h], null when the mask is empty")
@@ -94,10 +99,17 @@ class ImageInfo(BaseModel):
 FinishReason = Literal["eos", "length", "repetition"]
 
 
+class BatchInfo(BaseModel):
+    size: int = Field(description="How many answers shared the forward passes.")
+    timings: dict[str, float] = Field(description="Seconds of the whole batch's shared passes.")
+
+
 class SegmentResponse(BaseModel):
-    """The answer, its masks and where the time went."""
+    """The answer, its masks and where the time went: `StampResult.to_dict()` (the record of `stamp
+    segment`'s result.json) with the request's id, image size and batch size."""
 
     id: str
+    prompt: str | None = Field(default=None, description="The request's prompt.")
     text: str = Field(description="The answer; each <|seg|> marks where its mask belongs.")
     finish_reason: FinishReason = Field(
         description="Why the answer ended: 'eos' (the model ended it), 'length' (max_new_tokens ran out: "
@@ -107,8 +119,10 @@ class SegmentResponse(BaseModel):
     image: ImageInfo
     batch_size: int = Field(description="How many requests shared this request's forward passes.")
     timings: dict[str, float] = Field(
-        description="Seconds: queue, vision, prefill, decode, mask, postprocess, total."
+        description="Seconds: queue, vision, prefill, decode, mask, postprocess, total; of a batch's "
+        "shared passes (vision, prefill, decode, mask) this request's equal share (see `batch`)."
     )
+    batch: BatchInfo | None = Field(default=None, description="The batch this request was answered in.")
 
 
 class ErrorDetail(BaseModel):
@@ -150,7 +164,10 @@ class ModelInfo(BaseModel):
     batch_wait_ms: float
     timeout_s: float
     max_upload_bytes: int
-    max_pixels: int
+    max_pixels: int = Field(
+        description="Most pixels (width x height) of an image: the predictor's max_image_pixels, the limit "
+        "the CLI and the Python API apply too; above it 413 too_many_pixels, checked from the header."
+    )
     max_prompt_chars: int
     max_prompt_tokens: int | None = Field(
         description="Most text tokens of a request (template, history, prompt, answer prefix; the image's "

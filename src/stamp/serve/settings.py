@@ -17,8 +17,6 @@ class ServeSettings:
     """Wall-clock limit of one request, queueing included (504 after it)."""
     max_upload_mb: float = 10.0
     """Largest request body / image file, in MiB (413 above)."""
-    max_pixels: int = 25_000_000
-    """Largest image, width x height (413 above; checked from the header, before decoding)."""
     max_prompt_chars: int = 2000
     """Longest prompt (and longest history turn or answer prefix), in characters (422 above)."""
     max_history_turns: int = 16
@@ -40,7 +38,6 @@ class ServeSettings:
             "batch_wait_ms": self.batch_wait_ms >= 0,
             "timeout_s": self.timeout_s > 0,
             "max_upload_mb": self.max_upload_mb > 0,
-            "max_pixels": self.max_pixels >= 1,
             "max_prompt_chars": self.max_prompt_chars >= 1,
             "max_history_turns": self.max_history_turns >= 0,
             "default_max_new_tokens": 0 <= self.default_max_new_tokens <= self.max_new_tokens_limit,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
 from stamp.inference.predictor import StampMask
+from stamp.outputs.jsondoc import dumps
 from stamp.outputs.records import COLORS, color_of, mask_record, phrase_spans  # noqa: F401  (re-exported)
 
 
@@ -55,12 +55,14 @@ def png_base64(mask: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def mask_payload(mask: StampMask, k: int, text: str, return_png: bool) -> dict:
+def mask_payload(mask: StampMask, k: int, text: str, return_png: bool, prompt: str | None = None) -> dict:
     """The API's entry for mask k: its record (`stamp.outputs.records.mask_record`, `file` null) and, when
-    `return_png`, the mask as a base64 PNG; `text` is the answer up to (at least) its `<|seg|>`."""
-    return {**mask_record(mask, k, text), "png": png_base64(mask.mask) if return_png else None}
+    `return_png`, the mask as a base64 PNG; `text` is the answer up to (at least) its `<|seg|>`, `prompt`
+    the request (names a mask the answer does not name)."""
+    record = mask_record(mask, k, text, None, prompt)
+    return {**record, "png": png_base64(mask.mask) if return_png else None}
 
 
 def sse(event: str, data: dict) -> str:
-    """One server-sent-events frame (the JSON is on one line)."""
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    """One server-sent-events frame (the JSON is on one line; strict: NaN/inf as null)."""
+    return f"event: {event}\ndata: {dumps(data, ensure_ascii=False)}\n\n"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from stamp.filemodes import new_dir_mode
+from stamp.filemodes import new_dir_mode, plain_modes
 
 STATE_FILE = "trainer_state.json"
 PARTITIONS = "optimizer_ranks"
@@ -36,6 +36,12 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
         return None
     done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
     return done[-1] if done else None
+
+
+def recorded_config(checkpoint: Path) -> dict | None:
+    """The training config (`TrainConfig` as a dict) that checkpoint `checkpoint` was written under;
+    None for a checkpoint that predates recording it."""
+    return json.loads((checkpoint / STATE_FILE).read_text()).get("config")
 
 
 def _optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -130,6 +136,7 @@ def save_checkpoint(
             "rng": rng_meta,
         }
         (tmp / STATE_FILE).write_text(json.dumps(state))
+        plain_modes(tmp)  # safetensors writes 0o600 files; a checkpoint follows the umask like the rest
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -11,7 +11,8 @@ Layouts (`out` is `out_dir`), each what `stamp eval --data KIND:out` reads (`EVA
                loader's default image root)
     grefer     out/grefcoco/grefs(unc).json + out/grefcoco/instances.json, images as for refer
     reasonseg  out/<split>/<name>.jpg + <name>.json (scenes without occlusion, so polygons are exact)
-    llava      out/conversations.json + images as PNG under out/images/ (KIND:PATH is llava:out/conversations.json)
+    llava      out/conversations.json + images as PNG under out/images/, named relative to out/ (the
+               JSON's folder, the loader's default image root): KIND:PATH is llava:out/conversations.json
 Writing goes to a temporary folder next to `out`, renamed into place at the end.
 """
 
@@ -210,7 +211,7 @@ def _write_llava(out: Path, split: str, samples) -> None:
         sample.load_image().save(image_dir / file_name, compress_level=1)
         conv = [{"from": "human" if t.role == "user" else "gpt", "value": t.text} for t in sample.turns]
         conv[0]["value"] = "<image>\n" + conv[0]["value"]
-        entry = {"id": sample.id, "image": file_name, "conversations": conv}
+        entry = {"id": sample.id, "image": f"images/{file_name}", "conversations": conv}
         if "answer" in sample.meta:
             entry["answer"] = sample.meta["answer"]
         entries.append(entry)
