@@ -69,3 +69,28 @@ def test_device_accepts_what_the_machine_has():
     from stamp.cli.args import device, device_or_auto
 
     assert device("CPU") == "cpu" and device_or_auto("auto") == "auto"
+
+
+PARSE_ONLY = """
+import contextlib, io, sys
+from stamp.cli import main
+for argv in (["--help"], ["segment", "--help"], ["chat", "--help"], ["segment", "a.png", "--threshold", "2"],
+             ["eval", "--data"], ["train", "--help"], ["bench", "--help"], ["serve", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+print(sorted(m for m in ("torch", "transformers", "accelerate", "deepspeed") if m in sys.modules))
+"""
+
+
+def test_help_and_usage_errors_import_no_torch():
+    """`stamp --help`, a command's --help and a usage error build every parser without torch or
+    transformers (what made each of them take seconds)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", PARSE_ONLY], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

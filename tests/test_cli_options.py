@@ -18,6 +18,7 @@ from stamp.serve.settings import ServeSettings
 MINIMAL = {  # the least each command needs to parse
     "demo": [],
     "segment": ["a.png", "--prompt", "x", "--out", "o"],
+    "chat": ["a.png"],
     "eval": ["--data", "synthref"],
     "calibrate": ["--data", "synthref"],
     "serve": [],

@@ -49,7 +49,11 @@ def test_the_docs_have_commands():
     "line", [c[1] for c in COMMANDS], ids=[f"{n}:{c[1][:50]}" for n, c in enumerate(COMMANDS)]
 )
 def test_doc_command_parses(line, monkeypatch):
+    import torch
+
     monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda is checked when parsed:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)  # as on the GPU machine the line is for
     words = shlex.split(line, comments=True)
     while "=" in words[0]:  # VAR=value prefixes
         words = words[1:]
@@ -70,3 +74,23 @@ def test_readme_first_example_runs_as_written(tmp_path, monkeypatch):
     assert main(shlex.split(synth, comments=True)[1:] + ["--no-progress"]) == 0
     assert main(shlex.split(segment, comments=True)[1:]) == 0
     assert (tmp_path / "out" / "result.json").is_file() and (tmp_path / "out" / "overlay.png").is_file()
+
+
+def test_readme_folder_example_answers_correctly(tmp_path, monkeypatch):
+    """The README's folder example, on the scenes its first command writes: every answer is right (no
+    scene has a green object, and the bundled model says so for each, with no mask)."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    readme = [line for name, line in COMMANDS if name == "README.md"]
+    folder = next(line for line in readme if "train2014/ " in line)
+    assert main(shlex.split(readme[0], comments=True)[1:] + ["--no-progress"]) == 0
+    instances = json.loads((tmp_path / "synth" / "refcoco" / "instances.json").read_text())
+    assert "green" not in {a["colour"] for a in instances["annotations"]}
+    assert main(shlex.split(folder, comments=True)[1:]) == 0
+    results = sorted((tmp_path / "many").glob("*/result.json"))
+    assert len(results) == 4
+    for path in results:
+        result = json.loads(path.read_text())
+        assert "no green object" in result["text"].lower(), result["text"]
+        assert all(m["area"] == 0 for m in result["masks"]), path

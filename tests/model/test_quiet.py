@@ -1,6 +1,7 @@
 """The Python API prints nothing of its own accord: no loading bar, no DeepSpeed notice (DeepSpeed is
 not even imported) unless asked with `verbose=True` or the `stamp` logger at INFO."""
 
+import os
 import subprocess
 import sys
 
@@ -14,8 +15,11 @@ print("deepspeed" in sys.modules)
 
 
 def _run(tmp_path, verbose=""):
+    quiet = ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}  # as a user's (the CLI sets these)
     return subprocess.run(
         [sys.executable, "-c", SCRIPT.format(verbose=verbose), str(tmp_path / "m")],
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

@@ -4,7 +4,7 @@
     args.py       the parser class, argument types, the groups several commands share (model, predictor,
                   decoding, output, progress) and the options generated from a dataclass's fields
     common.py     what commands do at run time (the predictor of the arguments, printing, rank exits)
-    demo.py segment.py train.py eval.py calibrate.py compare.py data.py export.py serve.py bench.py
+    demo.py segment.py chat.py train.py eval.py calibrate.py compare.py data.py export.py serve.py bench.py
 
 Each command module has `add_parser(subparsers)` and `run(args) -> exit status`. Nothing in the
 package imports this one.

@@ -400,7 +400,7 @@ GENERATION_FLAGS = {
 def add_predictor_args(p: argparse.ArgumentParser, fields: Iterable[str] = PREDICTOR_OPTIONS) -> None:
     """Options of `stamp.inference.PredictorOptions` (`fields`); `from_args(PredictorOptions, args)`
     reads them back."""
-    from stamp.inference.predictor import PredictorOptions
+    from stamp.inference.options import PredictorOptions
 
     add_dataclass_args(p, PredictorOptions, tuple(fields), **PREDICTOR_FLAGS)
 
@@ -410,7 +410,7 @@ def add_generation_args(
 ) -> None:
     """Decoding options of `stamp.inference.GenerationConfig` (`fields`); `own` replaces a field's
     `Flag` where a command has its own default. `from_args(GenerationConfig, args)` reads them back."""
-    from stamp.inference.generation import GenerationConfig
+    from stamp.inference.options import GenerationConfig
 
     add_dataclass_args(p, GenerationConfig, tuple(fields), **{**GENERATION_FLAGS, **own})
 

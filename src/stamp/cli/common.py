@@ -9,29 +9,35 @@ import tempfile
 from pathlib import Path
 
 from stamp.cli.args import from_args
-from stamp.data.errors import DataError
-from stamp.imaging import ImageError
-from stamp.model.loading import StampModelError
-from stamp.refine import RefineError
-from stamp.yaml_config import ConfigError
 
 
 class OutputPathError(ValueError):
     """An output path (--out, --save-masks) that cannot be written."""
 
 
-USER_ERRORS = (
-    ImageError,
-    StampModelError,
-    DataError,
-    ConfigError,
-    RefineError,
-    FileExistsError,
-    FileNotFoundError,
-    ValueError,
-    ImportError,  # a missing optional dependency (e.g. deepspeed for a ZeRO accelerate config)
-)
-"""Exceptions that are the user's to fix: printed as `stamp: error: ...`, exit 2."""
+def __getattr__(name: str):
+    """`USER_ERRORS`, the exceptions that are the user's to fix (printed as `stamp: error: ...`, exit
+    2), built when first asked for: their modules import torch and transformers, which a command's
+    parser must not (`stamp --help` and a usage error stay fast)."""
+    if name != "USER_ERRORS":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from stamp.data.errors import DataError
+    from stamp.imaging import ImageError
+    from stamp.model.loading import StampModelError
+    from stamp.refine import RefineError
+    from stamp.yaml_config import ConfigError
+
+    return (
+        ImageError,
+        StampModelError,
+        DataError,
+        ConfigError,
+        RefineError,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+        ImportError,  # a missing optional dependency (e.g. deepspeed for a ZeRO accelerate config)
+    )
 
 
 def build_predictor(args):

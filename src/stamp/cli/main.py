@@ -13,6 +13,7 @@ from stamp.cli.args import EXIT_USAGE, HelpFormatter, Parser
 COMMANDS = (  # (module in stamp.cli, its function adding the parser, its function running it)
     ("demo", "add_parser", "run"),
     ("segment", "add_parser", "run"),
+    ("chat", "add_parser", "run"),
     ("train", "add_parser", "run"),
     ("eval", "add_parser", "run"),
     ("calibrate", "add_parser", "run"),

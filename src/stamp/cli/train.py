@@ -80,22 +80,52 @@ def resumed_config(cfg, overrides: list[str]):
     if recorded is None:
         return cfg
     given, run = _flat(json.loads(json.dumps(to_dict(cfg)))), _flat(recorded)
+    run["run.stop_at_step"] = given.get("run.stop_at_step")  # where this invocation stops: never recorded
     changed = sorted(k for k in given.keys() | run.keys() if given.get(k) != run.get(k))
     keys = [o.split("=", 1)[0].strip() for o in overrides]
-    refused = [k for k in changed if any(_overrides(pattern, k) for pattern in keys)]
+    overridden = [k for k in changed if any(_overrides(pattern, k) for pattern in keys)]
+    allowed = [k for k in overridden if k in RESUME_MAY_CHANGE]
+    refused = [k for k in overridden if k not in RESUME_MAY_CHANGE]
     if refused:
         raise ConfigError(
             f"--resume continues the run in {cfg.run.out_dir} with the settings it was started with; "
             + ", ".join(f"{k}={given.get(k)} (the run's: {run.get(k)})" for k in refused)
             + " would change it: drop the override(s), or start a new run (another run.out_dir)"
         )
-    if changed:
+    kept = [k for k in changed if k not in allowed]
+    if kept:
         print(
             f"stamp train: resuming {last} with the run's own settings (recorded in its checkpoint): "
-            + ", ".join(f"{k}={run.get(k)}" for k in changed),
+            + ", ".join(f"{k}={run.get(k)}" for k in kept),
             file=sys.stderr,
         )
-    return from_dict(TrainConfig, recorded)
+    if allowed:
+        print(
+            f"stamp train: resuming {last} with "
+            + ", ".join(f"{k}={given.get(k)} (the run's: {run.get(k)})" for k in allowed),
+            file=sys.stderr,
+        )
+    resumed = from_dict(TrainConfig, recorded)
+    resumed.run.stop_at_step = cfg.run.stop_at_step
+    for key in allowed:
+        section, name = key.split(".")
+        setattr(getattr(resumed, section), name, getattr(getattr(cfg, section), name))
+    return resumed
+
+
+RESUME_MAY_CHANGE = (
+    "run.steps",
+    "run.stop_at_step",
+    "run.save_every",
+    "run.keep_checkpoints",
+    "run.log_every",
+    "run.eval_every",
+    "run.threads",
+    "run.device",
+    "data.num_workers",
+)
+"""Settings an override may change on --resume (said on stderr): how long the run goes on and how this
+invocation runs, not what it trains with. `run.stop_at_step` always comes from the invocation."""
 
 
 def _flat(node, prefix: str = "") -> dict:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from stamp.inference.options import GenerationConfig
 from stamp.model.attention import build_hybrid_attention_mask
 from stamp.model.positions import placeholder_position_ids
 
@@ -42,39 +43,6 @@ tokens in a row, 11 copies of a 3-gram, 4 of a 16-gram)."""
 PREFILL_CHUNK = 512
 """Query tokens per forward of a prompt pass that needs an explicit mask (a left-padded batch, or an
 attention backend other than sdpa): its mask is (B, 1, C, K), at most B x 512 x L."""
-
-
-@dataclass
-class GenerationConfig:
-    """Decoding settings: the one declaration of the decoding options, which `StampPredictor.chat`,
-    `chat_batch` and the command line's options (`stamp.cli.args.add_generation_args`) take."""
-
-    max_new_tokens: int = 128
-    """Answer token budget: most tokens generated after any forced prefix."""
-    do_sample: bool = False
-    """Sample the answer (temperature, top-k, top-p) instead of decoding greedily."""
-    temperature: float = 1.0
-    """Sampling temperature (> 0)."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the smallest set of tokens reaching this probability, in (0, 1]."""
-    top_k: int = 0
-    """Sample among the k likeliest tokens only (0: all)."""
-    seed: int | None = None
-    """Seed of the sampling generator (sampling is reproducible given a seed)."""
-    predict_masks: bool = True
-    """Run the mask pass at each `<|seg|>`; False gives the text alone (used to show isolation)."""
-    repetition_stop: bool | None = None
-    """End an answer caught in a degenerate loop (`repeating_period`) with finish reason "repetition";
-    False lets it run to the end-of-turn token or the budget. None: the caller's default (a
-    `StampPredictor`'s `repetition_stop`; on for `generate` itself)."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not (0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass

@@ -20,7 +20,8 @@ def wanted(verbose: bool | None = None) -> bool:
 
 @contextlib.contextmanager
 def library_output(verbose: bool | None = None) -> Iterator[None]:
-    """Within the block: transformers' progress bars off unless `wanted(verbose)`, restored after; and
+    """Within the block: transformers' progress bars on if and only if `wanted(verbose)`, restored
+    after; and
     DeepSpeed not imported by accelerate's unwrapping of a model (`save_pretrained` asks whether the
     model is a DeepSpeedEngine, importing DeepSpeed, which prints its accelerator notice). Until
     something imported DeepSpeed -- a DeepSpeed run does -- no model can be a DeepSpeedEngine, so the
@@ -29,16 +30,16 @@ def library_output(verbose: bool | None = None) -> Iterator[None]:
 
     show = wanted(verbose)
     bars = hf_logging.is_progress_bar_enabled()
-    if not show:
-        hf_logging.disable_progress_bar()
+    if show != bars:
+        hf_logging.enable_progress_bar() if show else hf_logging.disable_progress_bar()
     with contextlib.ExitStack() as stack:
         if "deepspeed" not in sys.modules:
             stack.enter_context(_deepspeed_unavailable())
         try:
             yield
         finally:
-            if bars and not show:
-                hf_logging.enable_progress_bar()
+            if show != bars:
+                hf_logging.enable_progress_bar() if bars else hf_logging.disable_progress_bar()
 
 
 @contextlib.contextmanager
