@@ -98,11 +98,15 @@ def test_authors_recipe_runs_as_written(name, tmp_path, monkeypatch):
     assert (out / "result.json").is_file()
 
 
-def test_paper_reproduction_commands_expand_and_parse(tmp_path):
+def test_paper_reproduction_commands_expand_and_parse(tmp_path, monkeypatch):
     """docs/EVALUATION.md's "Reproducing the paper" block, run by bash with `stamp` recording its
     arguments: every command it issues parses, with the authors' protocol, and names an existing flag."""
     import subprocess
 
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda is checked when parsed:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)  # as on the GPU machine these lines are for
     text = (ROOT / "docs" / "EVALUATION.md").read_text()
     section = text.split("## Reproducing the paper", 1)[1]
     script = section.split("```bash\n", 1)[1].split("```", 1)[0]
