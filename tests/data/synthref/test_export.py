@@ -63,7 +63,8 @@ def test_reasonseg_export_round_trip(tmp_path) -> None:
 
 def test_llava_export_round_trip(tmp_path) -> None:
     out = export_synthref(tmp_path / "l", "val", N, "llava", progress=False)
-    ds, src = load_llava(out / "conversations.json", out)  # image paths are relative to the file's folder, _source("llava")
+    # the image paths in the file are relative to its folder
+    ds, src = load_llava(out / "conversations.json", out), _source("llava")
     for i in range(N):
         loaded, original = ds[i], src.generate(i)
         assert [(t.role, t.text) for t in loaded.turns] == [(t.role, t.text) for t in original.turns]
