@@ -162,12 +162,12 @@ def main(argv=None) -> int:
 
         from stamp.bundled import model_name
         from stamp.inference import StampPredictor
-        from stamp.processing import load_pretrained
+        from stamp.processing import load_model_and_processor
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        model = load_pretrained(model_name(args.model)).to(args.device).eval()
-        predictor = StampPredictor(model)
+        model, processor = load_model_and_processor(model_name(args.model))
+        predictor = StampPredictor(model.to(args.device).eval(), processor)
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             if mode not in ("batched", "unbatched"):
                 print(f"unknown mode {mode!r}", file=sys.stderr)

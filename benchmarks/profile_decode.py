@@ -38,12 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the tables there (decode_profile.txt)")
     args = p.parse_args(argv)
 
-    model, _ = load_bench_model(args.model, device=args.device)
+    model, processor, _ = load_bench_model(args.model, device=args.device)
     device = model.device
     lines = []
     for name in args.dtypes.split(","):
         model.to(DTYPES[name])
-        bench = MaskPassBench(model, args.history, (8, 8))
+        bench = MaskPassBench(model, args.history, (8, 8), tokenizer=processor.tokenizer)
         bench.autoregressive(steps=4)  # warm-up
         bench.stamp()
         _sync(device)

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, _ = load_bench_model(args.model, args.preset, args.device, dtype=DTYPES[args.dtype])
+    model, processor, _ = load_bench_model(args.model, args.preset, args.device, dtype=DTYPES[args.dtype])
     model.to(DTYPES[args.dtype])
     device = model.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         import stamp.model.modeling as modeling
 
         modeling.attention_backends = lambda device: contextlib.nullcontext()
-    bench = MaskPassBench(model, args.history, grid_for(args.n))
+    bench = MaskPassBench(model, args.history, grid_for(args.n), tokenizer=processor.tokenizer)
     with backends:
         bench.stamp()  # warm-up
         sync()

@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     from stamp.bundled import model_name
     from stamp.data.synthref import SynthRef
     from stamp.inference import StampPredictor
-    from stamp.processing import load_pretrained
+    from stamp.processing import load_model_and_processor
 
     torch.set_num_threads(args.threads)
     lo, hi = (int(v) for v in args.size.split(","))
     ds = SynthRef("val", seed=0, task_weights={"refer": 1.0}, image_size_range=(lo, hi))
-    pred = StampPredictor(load_pretrained(model_name(args.model), dtype=args.dtype), refine="none")
+    pred = StampPredictor(*load_model_and_processor(model_name(args.model), dtype=args.dtype), refine="none")
     keys = ("no_seg", "empty", "hit", "miss", "empty_argmax_on_target", "inter", "union")
     counts = dict.fromkeys(keys, 0)
     by_subtask: dict[str, dict[str, int]] = {}

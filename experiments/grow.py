@@ -68,7 +68,7 @@ def grow_depth(model, layers: int) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from stamp.processing import load_pretrained
+    from stamp.processing import load_model_and_processor
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model_dir", help="a STAMP model directory")
@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
             raise FileExistsError(f"{out} exists and is not empty; use --force to overwrite")
-        model = load_pretrained(args.model_dir)
+        model, processor = load_model_and_processor(args.model_dir)
         before = model.config.text_config.num_hidden_layers
         params = sum(p.numel() for p in model.parameters())
         new = grow_depth(model, args.layers)
-        model.save_stamp(args.out, overwrite=args.force)
+        model.save_stamp(args.out, processor, overwrite=args.force)
     except (ValueError, OSError) as e:  # (StampModelError is a ValueError)
         print(f"grow: error: {e}", file=sys.stderr)
         return 2

@@ -74,10 +74,10 @@ def marker_text(labels: list[int]) -> str:
     return json.dumps({"label_token_ids": [int(i) for i in labels]}) + "\n"
 
 
-def model_labels(model) -> tuple[int, int]:
+def model_labels(model, tokenizer) -> tuple[int, int]:
     """(background, foreground) label ids of a next-token model: its tokenizer's `LABEL_TEXT`, checked
     against `MARKER_FILE` where the model was loaded from a folder that holds it."""
-    bg, fg = label_token_ids(model.processor.tokenizer)
+    bg, fg = label_token_ids(tokenizer)
     folder = getattr(getattr(model, "checkpoint", None), "path", None)
     if folder is not None and (Path(folder) / MARKER_FILE).is_file():
         saved = json.loads((Path(folder) / MARKER_FILE).read_text())["label_token_ids"]
@@ -111,16 +111,16 @@ def readable_path(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, **kwargs):
-    """A next-token model from its folder (`readable_path`), processor attached."""
-    from stamp.processing import load_pretrained
+    """(a next-token model from its folder (`readable_path`), its processor)."""
+    from stamp.processing import load_model_and_processor
 
-    return load_pretrained(readable_path(path), **kwargs)
+    return load_model_and_processor(readable_path(path), **kwargs)
 
 
-def save_model(model, path: str | Path) -> None:
+def save_model(model, processor, path: str | Path) -> None:
     """Save a next-token model: STAMP's checkpoint plus `MARKER_FILE`."""
-    model.save_stamp(path)
-    (Path(path) / MARKER_FILE).write_text(marker_text(list(model_labels(model))))
+    model.save_stamp(path, processor)
+    (Path(path) / MARKER_FILE).write_text(marker_text(list(model_labels(model, processor.tokenizer))))
 
 
 # ---------------------------------------------------------------- training
@@ -245,13 +245,13 @@ def decode_labels(model, state: DecodeState, hidden, seg_rows, grids, labels: tu
 
 
 @torch.no_grad()
-def generate(model, requests, cfg: GenerationConfig, pad_id: int, eos_ids: set[int], on_event=None):
+def generate(model, labels, requests, cfg: GenerationConfig, pad_id: int, eos_ids: set[int], on_event=None):
     """Greedy answers to a left-padded batch of `GenerationRequest`s, with each `<|seg|>`'s mask decoded
     as labels right after it (`decode_labels`); the same loop, finish reasons and events as STAMP's
-    `stamp.inference.generation.generate`. Returns one `GenerationOutput` per request."""
+    `stamp.inference.generation.generate`; `labels`: the model's (background, foreground) ids
+    (`model_labels`). Returns one `GenerationOutput` per request."""
     if cfg.do_sample:
         raise ValueError(f"the {NAME} baseline decodes greedily only")
-    labels = model_labels(model)
     seg_id = model.stamp.seg_token_id
     t0 = time.perf_counter()
     pre = prefill(model, requests, pad_id)
@@ -328,7 +328,8 @@ class LabelPredictor(StampPredictor):
             req = self._request(enc, feats, r.prompt, r.history, r.answer_prefix)
             req.max_new_tokens, req.repetition_stop = r.max_new_tokens, r.repetition_stop
             reqs.append(req)
-        outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
+        labels = model_labels(self.model, self.processor.tokenizer)
+        outs = generate(self.model, labels, reqs, cfg, self.pad_id, self.eos_ids, on_event)
         return [self._finish(o, enc, secs, r.refine) for o, (enc, _, secs), r in zip(outs, encoded, requests)]
 
 

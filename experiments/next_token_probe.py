@@ -33,17 +33,18 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     try:
-        model = load_model(args.model).eval()
+        model, processor = load_model(args.model)
+        model.eval()
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
     st = model.stamp
-    bg, fg = model_labels(model)
+    bg, fg = model_labels(model, processor.tokenizer)
     ds = SynthRef("val", seed=0, task_weights={"refer": 1.0}, image_size_range=(224, 256))
     scores: dict[int, list[float]] = {fg: [], bg: []}
     for i in range(args.n):
-        ex = as_label_sequence(model.processor.encode_sample(ds[i]), st.seg_token_id, [bg, fg])
-        b = model.processor.collate([ex])
+        ex = as_label_sequence(processor.encode_sample(ds[i]), st.seg_token_id, [bg, fg])
+        b = processor.collate([ex])
         ids = b["input_ids"]
         length = ids.shape[1]
         with torch.no_grad():

@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     from stamp.bundled import model_name
     from stamp.data.synthref import SynthRef
     from stamp.inference import StampPredictor
-    from stamp.processing import load_pretrained
+    from stamp.processing import load_model_and_processor
 
     torch.set_num_threads(args.threads)
-    model = load_pretrained(model_name(args.model), dtype=args.dtype)
-    pred = StampPredictor(model, refine="none")
+    model, processor = load_model_and_processor(model_name(args.model), dtype=args.dtype)
+    pred = StampPredictor(model, processor, refine="none")
     ds = SynthRef("val", seed=args.seed, task_weights={"vqa": 1.0})
     rows: dict[str, list] = {k: [] for k in ("vision", "language", "vision_3x3", "language_3x3")}
     rows.update({k: [] for k in ("kind", "colour", "position", "scene")})

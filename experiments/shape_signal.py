@@ -54,17 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     from stamp.bundled import model_name
     from stamp.data.synthref import SynthRef
     from stamp.data.synthref.scenes import KINDS
-    from stamp.processing import load_pretrained
+    from stamp.processing import load_model_and_processor
 
     sys.path.insert(0, str(Path(__file__).parent))
     from probe_objects import object_cells
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = load_pretrained(model_name(args.model), dtype="float32")
-    from stamp.inference import StampPredictor
-
-    processor = StampPredictor(model, refine="none").processor
+    model, processor = load_model_and_processor(model_name(args.model), dtype="float32")
     tower = model.model.visual if hasattr(model.model, "visual") else model.visual
     for p in model.parameters():
         p.requires_grad_(False)
@@ -121,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             window = []
     model.eval()
-    model.save_stamp(out / "model")
+    model.save_stamp(out / "model", processor)
     print(f"trained the vision tower for {step} steps ({index} images); wrote {out / 'model'}")
     return 0
 

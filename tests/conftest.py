@@ -11,6 +11,16 @@ torch.set_num_threads(int(os.environ.get("STAMP_TEST_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")
-def tiny_model():
-
+def tiny_pair():
+    """(the tiny random model, its processor), built once."""
     return build_tiny_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_pair):
+    return tiny_pair[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_pair):
+    return tiny_pair[1]

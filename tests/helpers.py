@@ -14,12 +14,11 @@ def random_image(h: int, w: int, seed: int = 0) -> Image.Image:
     return Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype(np.uint8))
 
 
-def full_recompute_logits(model, image, prompt: str, answer: str) -> list[torch.Tensor]:
+def full_recompute_logits(model, proc, image, prompt: str, answer: str) -> list[torch.Tensor]:
     """Mask logits of the reference forward (`stamp.model.reference`) over [conversation ; placeholders]:
     the specification the cached generation is held equal to."""
     from stamp.model.reference import reference_forward
 
-    proc = model.processor
     enc = proc.encode_image(image)
     ids, _ = proc.encode_turns([Turn("user", prompt), Turn("assistant", answer)], enc)
     return reference_forward(model, torch.tensor(ids), enc.pixel_values, enc.grid_thw).mask_logits
@@ -85,3 +84,11 @@ class LoopingHead(torch.nn.Module):
 
     def forward(self, h):
         return self.head(h).index_fill(-1, torch.tensor([self.token]), 1e4)
+
+
+def save_tiny_model(path, seed: int = 0, **kwargs) -> None:
+    """A tiny random model and its processor saved as a complete model folder at `path`."""
+    from stamp.tiny import build_tiny_model
+
+    model, processor = build_tiny_model(seed=seed, **kwargs)
+    model.save_stamp(path, processor)

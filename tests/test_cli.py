@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import random_image
+from helpers import random_image, save_tiny_model
 from PIL import Image
 from safetensors.torch import load_file
 
 from stamp.cli import build_parser, main
-from stamp.processing import load_pretrained
+from stamp.model.modeling import StampModel
 from stamp.tiny import build_tiny_model
 
 
@@ -161,7 +161,7 @@ def _no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(stamp.processing, "load_pretrained", refuse)
+    monkeypatch.setattr(stamp.processing, "load_model_and_processor", refuse)
 
 
 def _exit_code(argv) -> int:
@@ -297,15 +297,15 @@ def test_same_defaults_in_the_predictor_the_cli_and_the_server(monkeypatch):
     from stamp.cli.common import build_predictor
     from stamp.inference import StampPredictor
     from stamp.model.loading import shipped_model_names
-    from stamp.processing import load_pretrained
+    from stamp.model.modeling import StampModel
     from stamp.refine import GuidedRefiner
 
     if "tiny-synth" not in shipped_model_names():
         pytest.skip("no bundled model in this installation")
-    model = load_pretrained("tiny-synth")
+    model = StampModel.from_pretrained("tiny-synth")
     api = StampPredictor(model)
     assert isinstance(api.refiner, GuidedRefiner) and api.threshold == model.stamp.mask_threshold
-    assert StampPredictor(build_tiny_model(seed=0)).refiner is None  # other models: no refinement
+    assert StampPredictor(*build_tiny_model(seed=0)).refiner is None  # other models: no refinement
     args = Namespace(model=None, dtype=None, device="cpu", base_model=None, cells=None)
     cli = build_predictor(Namespace(**vars(args), threshold=None, refine="auto"))
     assert isinstance(cli.refiner, GuidedRefiner) and cli.threshold == api.threshold
@@ -451,9 +451,11 @@ def test_tools_are_subcommands(tmp_path, capsys):
     schema = json.loads(capsys.readouterr().out)
     assert "/v1/segment" in schema["paths"]
     src = tmp_path / "model"
-    build_tiny_model(seed=0).save_stamp(src)
+    save_tiny_model(src)
     assert main(["export", str(src), "--out", str(tmp_path / "bf16")]) == 0
-    exported = load_pretrained(tmp_path / "bf16")  # stored in bf16, loaded in fp32 (its default_dtype)
+    exported = StampModel.from_pretrained(
+        tmp_path / "bf16"
+    )  # stored in bf16, loaded in fp32 (its default_dtype)
     stored = load_file(str(tmp_path / "bf16" / "model.safetensors"))
     assert {t.dtype for t in stored.values()} == {torch.bfloat16}
     assert exported.dtype == torch.float32 and exported.stamp.default_dtype == "float32"

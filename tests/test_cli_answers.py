@@ -14,11 +14,11 @@ from stamp.tiny import build_tiny_model
 
 @pytest.fixture
 def looping_model(monkeypatch):
-    """`stamp.processing.load_pretrained` gives a tiny model that says "x" forever; its forwards are counted."""
+    """`stamp.processing.load_model_and_processor` gives a tiny model that says "x" forever; its forwards are counted."""
     import stamp.processing
 
-    model = build_tiny_model(seed=0)
-    model.lm_head = LoopingHead(model.lm_head, model.processor._text_ids("x")[0])
+    model, processor = build_tiny_model(seed=0)
+    model.lm_head = LoopingHead(model.lm_head, processor._text_ids("x")[0])
     model.forwards = 0
 
     def count(*args):
@@ -26,7 +26,7 @@ def looping_model(monkeypatch):
 
     model.model.language_model.register_forward_hook(count)
     model.model.visual.register_forward_hook(count)
-    monkeypatch.setattr(stamp.processing, "load_pretrained", lambda *a, **k: model)
+    monkeypatch.setattr(stamp.processing, "load_model_and_processor", lambda *a, **k: (model, processor))
     return model
 
 

@@ -122,23 +122,29 @@ def test_the_generator_refuses_what_it_cannot_parse():
     assert from_args(Odd, p.parse_args(["--pair", "3,4", "--no-on"])) == Odd((3, 4), False)
 
 
-def test_predictor_takes_options_or_their_keywords(tiny_model):
-    by_keywords = StampPredictor(tiny_model, threshold=0.4, refine="none", max_prompt_tokens=100)
+def test_predictor_takes_options_or_their_keywords(tiny_model, tiny_processor):
+    by_keywords = StampPredictor(
+        tiny_model, tiny_processor, threshold=0.4, refine="none", max_prompt_tokens=100
+    )
     by_options = StampPredictor(
-        tiny_model, options=PredictorOptions(threshold=0.4, refine="none", max_prompt_tokens=100)
+        tiny_model,
+        tiny_processor,
+        options=PredictorOptions(threshold=0.4, refine="none", max_prompt_tokens=100),
     )
     for pred in (by_keywords, by_options):
         assert (pred.threshold, pred.refiner, pred.max_prompt_tokens) == (0.4, None, 100)
-    layered = StampPredictor(tiny_model, options=PredictorOptions(threshold=0.4), repetition_stop=False)
+    layered = StampPredictor(
+        tiny_model, tiny_processor, options=PredictorOptions(threshold=0.4), repetition_stop=False
+    )
     assert layered.options == PredictorOptions(threshold=0.4, repetition_stop=False)
     with pytest.raises(TypeError):
-        StampPredictor(tiny_model, thresold=0.4)
+        StampPredictor(tiny_model, tiny_processor, thresold=0.4)
     with pytest.raises(ValueError):
-        StampPredictor(tiny_model, upsample="cubic")
+        StampPredictor(tiny_model, tiny_processor, upsample="cubic")
 
 
-def test_chat_is_chat_batch_on_the_current_image(tiny_model):
-    pred = StampPredictor(tiny_model, refine="none")
+def test_chat_is_chat_batch_on_the_current_image(tiny_model, tiny_processor):
+    pred = StampPredictor(tiny_model, tiny_processor, refine="none")
     image = random_image(64, 80, 3)
     pred.set_image(image)
     one = pred.chat("Segment it.", answer_prefix="<|seg|>", max_new_tokens=3)

@@ -16,7 +16,7 @@ from tests_train_overrides import TINY_MODEL
 
 from stamp.data.sample import Turn
 from stamp.inference import StampPredictor
-from stamp.processing import load_pretrained
+from stamp.model.modeling import StampModel
 from stamp.tiny import build_tiny_model
 
 pytestmark = pytest.mark.gpu
@@ -29,8 +29,9 @@ def _needs_cuda():
         pytest.fail("this test needs a CUDA device (run `pytest -m gpu` on a GPU machine)")
 
 
-def _seg_logits(model, device):
-    pred = StampPredictor(model.to(device))
+def _seg_logits(pair, device):
+    model, processor = pair
+    pred = StampPredictor(model.to(device), processor)
     pred.set_image(random_image(200, 300))
     res = pred.chat("Segment the box please.", answer_prefix="It is <|seg|> and <|seg|>", max_new_tokens=0)
     return res
@@ -38,13 +39,13 @@ def _seg_logits(model, device):
 
 def test_cuda_generation_matches_cpu_and_the_uncached_forward():
     cpu = _seg_logits(build_tiny_model(seed=1), "cpu")
-    gpu_model = build_tiny_model(seed=1)
-    gpu = _seg_logits(gpu_model, "cuda")
+    gpu_model, gpu_model_processor = build_tiny_model(seed=1)
+    gpu = _seg_logits((gpu_model, gpu_model_processor), "cuda")
     assert gpu.text == cpu.text and len(gpu.masks) == 2
     for a, b in zip(gpu.masks, cpu.masks):
         assert np.abs(a.patch_logits - b.patch_logits).max() <= 1e-3
     # the cached two-phase pass on CUDA against one uncached training forward on CUDA
-    proc = gpu_model.processor
+    proc = gpu_model_processor
     enc = proc.encode_image(random_image(200, 300))
     ids, labels = proc.encode_turns(
         [Turn("user", "Segment the box please."), Turn("assistant", gpu.text)], enc
@@ -82,7 +83,7 @@ def test_cuda_training_with_data_workers(tmp_path):
     from stamp.eval.validation import validation_for
 
     last = train(cfg, progress=False, **validation_for(cfg))
-    loaded = load_pretrained(last / "model")
+    loaded = StampModel.from_pretrained(last / "model")
     assert all(torch.isfinite(p).all() for p in loaded.parameters())
 
 
@@ -103,8 +104,9 @@ def test_cuda_bf16_decoding_never_builds_cudnn_attention_plans():
     runs sdpa without it on CUDA (`stamp.model.attention.attention_backends`)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = build_tiny_model(seed=1).to("cuda", torch.bfloat16).eval()
-    pred = StampPredictor(model)
+    model, processor = build_tiny_model(seed=1)
+    model = model.to("cuda", torch.bfloat16).eval()
+    pred = StampPredictor(model, processor)
     pred.set_image(random_image(112, 112, 0))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         pred.chat(

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_image, tiny_next_token_model
+from helpers import random_image, save_tiny_model, tiny_next_token_model
 from tests_train_overrides import TINY_MODEL
 
 from stamp.inference import StampPredictor
-from stamp.tiny import build_tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ablations.py"
 
@@ -65,7 +64,7 @@ def test_failure_modes_counts_every_sample(tmp_path, capsys):
     gt = np.zeros((4, 4), dtype=bool)
     gt[:2, :2] = True
     assert mod.cell_fraction(gt, (2, 2), (0, 0)) == 1.0 and mod.cell_fraction(gt, (2, 2), (1, 1)) == 0.0
-    build_tiny_model(seed=0).save_stamp(tmp_path / "m")
+    save_tiny_model(tmp_path / "m")
     assert mod.main(["--model", str(tmp_path / "m"), "--n", "3", "--size", "96,112"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["no_seg"] + report["empty"] + report["hit"] + report["miss"] == 3
@@ -110,9 +109,9 @@ def test_next_token_probe_runs_on_a_baseline_model(tmp_path, capsys):
     import json
 
     mod = _load("next_token_probe")
-    build_tiny_model(seed=0).save_stamp(tmp_path / "stamp")
+    save_tiny_model(tmp_path / "stamp")
     assert mod.main(["--model", str(tmp_path / "stamp"), "--n", "1"]) == 2  # not a next-token model
-    _load("next_token").save_model(tiny_next_token_model(seed=0), tmp_path / "nt")
+    _load("next_token").save_model(*tiny_next_token_model(seed=0), tmp_path / "nt")
     assert mod.main(["--model", str(tmp_path / "nt"), "--n", "2"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["fg_cells"] + report["bg_cells"] > 0
@@ -151,7 +150,7 @@ def test_object_probe_helpers_on_hand_made_cases():
 def test_object_probe_and_shape_signal_run_on_a_tiny_model(tmp_path, capsys):
     import json
 
-    build_tiny_model(seed=0).save_stamp(tmp_path / "m")
+    save_tiny_model(tmp_path / "m")
     probe = _load("probe_objects")
     assert (
         probe.main(["--model", str(tmp_path / "m"), "--scenes", "10", "--out", str(tmp_path / "p.json")]) == 0
@@ -264,14 +263,14 @@ def test_the_shape_recipe_names_its_script_and_is_a_stamp_config(monkeypatch):
     assert " ".join(command) in (root / "configs" / "tiny-synth" / "README.md").read_text()
 
 
-def test_probe_image_token_states_ignore_the_prompt_and_left_padding(tiny_model):
+def test_probe_image_token_states_ignore_the_prompt_and_left_padding(tiny_model, tiny_processor):
     """The prompt pass at the image tokens (experiments/probe_objects.py): (cells, hidden), the same for
     any question (it comes after the image) and the same inside a left-padded batch; the vision tower
     does not run again."""
     states = _load("probe_objects").image_token_states
     from stamp.inference.generation import prefill
 
-    pred = StampPredictor(tiny_model)
+    pred = StampPredictor(tiny_model, tiny_processor)
     pred.set_image(random_image(150, 220, 3))
     gh, gw = pred.grid_hw
     short = states(pred, "Hi.")
@@ -286,4 +285,4 @@ def test_probe_image_token_states_ignore_the_prompt_and_left_padding(tiny_model)
     assert batch.attention_mask[0].sum() < batch.attention_mask.shape[1]  # row 0 is left-padded
     torch.testing.assert_close(batch.hidden[0][batch.image_tokens[0]], short, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="no image"):
-        states(StampPredictor(tiny_model))
+        states(StampPredictor(tiny_model, tiny_processor))

@@ -17,9 +17,9 @@ def _plain(tmp_path: Path) -> int:
     return (tmp_path / "plain").stat().st_mode & 0o777
 
 
-def test_saved_model_weights_follow_the_umask(tiny_model, tmp_path):
+def test_saved_model_weights_follow_the_umask(tiny_model, tiny_processor, tmp_path):
     want = _plain(tmp_path)
-    tiny_model.save_stamp(tmp_path / "model")
+    tiny_model.save_stamp(tmp_path / "model", tiny_processor)
     modes = _modes(tmp_path / "model")
     assert "model.safetensors" in modes and set(modes.values()) == {want}, modes
 

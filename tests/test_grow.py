@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_image
+from helpers import random_image, save_tiny_model
 
 from stamp.data.sample import StampSample, Turn
 from stamp.inference import StampPredictor
-from stamp.processing import load_pretrained
-from stamp.tiny import build_tiny_model
+from stamp.model.modeling import StampModel
+from stamp.tiny import build_tiny_model, tiny_processor
 
 _spec = importlib.util.spec_from_file_location(
     "grow", Path(__file__).resolve().parents[1] / "experiments" / "grow.py"
@@ -25,11 +25,12 @@ def _batch(model):
     mask = np.pad(np.ones((60, 80), np.uint8), ((40, 124), (30, 114)))
     turns = [Turn("user", "Segment."), Turn("assistant", "It is <|seg|>.")]
     sample = StampSample("t", random_image(224, 224, 7), turns, [mask])
-    return model.processor.collate([model.processor.encode_sample(sample)])
+    processor = tiny_processor()
+    return processor.collate([processor.encode_sample(sample)])
 
 
 def _chat(model):
-    pred = StampPredictor(model)
+    pred = StampPredictor(model, tiny_processor())
     pred.set_image(random_image(200, 260, 3))
     first = pred.chat("What is this?", max_new_tokens=6)
     second = pred.chat("Segment it.", answer_prefix="It is <|seg|>", max_new_tokens=4)  # reuses the cache
@@ -46,7 +47,8 @@ def test_insertion_points():
 
 
 def test_grown_model_computes_the_same_and_learns(tmp_path):
-    model = build_tiny_model(seed=2).eval()
+    model, processor = build_tiny_model(seed=2)
+    model.eval()
     layers = model.config.text_config.num_hidden_layers
     batch = _batch(model)
     with torch.no_grad():
@@ -71,8 +73,8 @@ def test_grown_model_computes_the_same_and_learns(tmp_path):
     torch.testing.assert_close(logits, chat_before[2], rtol=0, atol=1e-5)
 
     # saved and loaded: the same model
-    model.save_stamp(tmp_path / "grown")
-    loaded = load_pretrained(tmp_path / "grown")
+    model.save_stamp(tmp_path / "grown", processor)
+    loaded = StampModel.from_pretrained(tmp_path / "grown")
     assert len(loaded.model.language_model.layers) == 2 * layers
     assert _chat(loaded)[:2] == chat_before[:2]
 
@@ -86,11 +88,11 @@ def test_grown_model_computes_the_same_and_learns(tmp_path):
 
 def test_grow_cli(tmp_path, capsys):
     src = tmp_path / "small"
-    build_tiny_model(seed=0).save_stamp(src)
+    save_tiny_model(src)
     out = tmp_path / "grown"
     assert main([str(src), "--layers", "3", "--out", str(out)]) == 0
     assert "from 2 to 3 layers" in capsys.readouterr().out
-    assert load_pretrained(out).config.text_config.num_hidden_layers == 3
+    assert StampModel.from_pretrained(out).config.text_config.num_hidden_layers == 3
     assert main([str(src), "--layers", "3", "--out", str(out)]) == 2  # exists: refused
     assert "exists and is not empty; use --force" in capsys.readouterr().err
     assert main([str(src), "--layers", "9", "--out", str(tmp_path / "x")]) == 2

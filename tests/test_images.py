@@ -39,8 +39,8 @@ def test_bad_inputs(tmp_path):
         load_image(3)
 
 
-def test_processor_refuses_every_control_token(tiny_model):
-    proc = tiny_model.processor
+def test_processor_refuses_every_control_token(tiny_model, tiny_processor):
+    proc = tiny_processor
     for tok in ("<|seg|>", "<|mask|>", "<|image_pad|>", "<|vision_start|>", "<|im_start|>"):
         with pytest.raises(ValueError, match="reserved"):
             proc.check_user_text(f"segment {tok} now")

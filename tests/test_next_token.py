@@ -13,20 +13,20 @@ from helpers import load_experiment, random_image, tiny_next_token_model
 
 from stamp.data.sample import Turn
 from stamp.model.loading import StampModelError
+from stamp.model.modeling import StampModel
 from stamp.model.settings import StampSettings
-from stamp.processing import load_pretrained
 
 nt = load_experiment("next_token")
 
 
 @pytest.fixture(scope="module")
 def baseline():
+    """(model, processor) of the baseline's tiny model."""
     return tiny_next_token_model(seed=3)
 
 
-def _uncached_scores(model, image, prompt: str, answer_ids: list[int], seg_at: int, n: int) -> torch.Tensor:
+def _uncached_scores(model, proc, image, prompt: str, answer_ids, seg_at: int, n: int) -> torch.Tensor:
     """logit(fg) - logit(bg) at the `<|seg|>` and the first n - 1 labels, by ONE causal forward."""
-    proc = model.processor
     enc = proc.encode_image(image)
     ids, _ = proc.encode_turns([Turn("user", prompt)], enc, add_generation_prompt=True)
     start = len(ids)
@@ -41,24 +41,25 @@ def _uncached_scores(model, image, prompt: str, answer_ids: list[int], seg_at: i
         causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
         hidden, _ = model.run_language_model(embeds, pos, causal)
         logits = model.lm_head(hidden[0])
-    bg, fg = nt.model_labels(model)
+    bg, fg = nt.model_labels(model, proc.tokenizer)
     rows = slice(start + seg_at, start + seg_at + n)
     return (logits[rows, fg] - logits[rows, bg]).float()
 
 
 def test_labels_decoded_with_cache_equal_one_causal_forward(baseline):
+    model, processor = baseline
     image = random_image(200, 260, 5)
-    pred = nt.LabelPredictor(baseline)
+    pred = nt.LabelPredictor(model, processor)
     pred.set_image(image)
     res = pred.chat("Segment the box.", answer_prefix="It is <|seg|>", max_new_tokens=3)
     assert len(res.masks) == 1
     got = res.masks[0].patch_logits
     gh, gw = got.shape
-    bg, fg = nt.model_labels(baseline)
-    prefix = baseline.processor._text_ids("It is <|seg|>")
-    seg_at = prefix.index(baseline.stamp.seg_token_id)
+    bg, fg = nt.model_labels(model, processor.tokenizer)
+    prefix = processor._text_ids("It is <|seg|>")
+    seg_at = prefix.index(model.stamp.seg_token_id)
     labels = [fg if v > 0 else bg for v in got.flatten().tolist()]
-    ref = _uncached_scores(baseline, image, "Segment the box.", prefix + labels, seg_at, gh * gw)
+    ref = _uncached_scores(model, processor, image, "Segment the box.", prefix + labels, seg_at, gh * gw)
     assert np.abs(got.flatten() - ref.numpy()).max() <= 1e-4
     # the labels are the mask, not answer text
     assert all(t not in (bg, fg) for t in res.token_ids[: len(prefix)])
@@ -69,7 +70,7 @@ def test_batched_rows_of_different_sizes_equal_single(baseline):
         (random_image(120, 140, 1), "Segment the thing."),
         (random_image(300, 200, 2), "Longer prompt: it."),
     ]
-    pred = nt.LabelPredictor(baseline)
+    pred = nt.LabelPredictor(*baseline)
     batch = pred.predict_batch(items, answer_prefix="<|seg|>", max_new_tokens=3)
     sizes = {r.masks[0].patch_logits.size for r in batch}
     assert len(sizes) == 2  # different N per row: one row pads while the other decodes labels
@@ -101,25 +102,28 @@ def test_label_sequence_example():
 def test_a_saved_model_is_marked_as_the_scripts(baseline, tmp_path):
     """The script's model folder: STAMP's checkpoint (no trace of the baseline in its settings) plus its
     own file; the script refuses a plain STAMP model."""
-    nt.save_model(baseline, tmp_path / "m")
+    model, processor = baseline
+    labels = nt.model_labels(model, processor.tokenizer)
+    nt.save_model(model, processor, tmp_path / "m")
     marker = json.loads((tmp_path / "m" / nt.MARKER_FILE).read_text())
-    assert marker["label_token_ids"] == list(nt.model_labels(baseline))
+    assert marker["label_token_ids"] == list(labels)
     assert "next_token" not in (tmp_path / "m" / "config.json").read_text()
-    again = nt.load_model(tmp_path / "m")
-    assert nt.model_labels(again) == nt.model_labels(baseline)
-    nt.LabelPredictor(again)
-    baseline.save_stamp(tmp_path / "plain")
+    again, again_processor = nt.load_model(tmp_path / "m")
+    assert nt.model_labels(again, again_processor.tokenizer) == labels
+    nt.LabelPredictor(again, again_processor)
+    model.save_stamp(tmp_path / "plain", processor)
     with pytest.raises(ValueError, match="not a next-token model"):
         nt.load_model(tmp_path / "plain")
     with pytest.raises(ValueError, match="not a next-token model"):
-        nt.LabelPredictor(load_pretrained(tmp_path / "plain"))
+        nt.LabelPredictor(StampModel.from_pretrained(tmp_path / "plain"))
 
 
-def _old_style(model, path: Path) -> None:
+def _old_style(model, processor, path: Path) -> None:
     """A checkpoint as the baseline wrote it when STAMP's settings named its decoder."""
-    model.save_stamp(path)
+    model.save_stamp(path, processor)
     config = json.loads((path / "config.json").read_text())
-    config["stamp"].update(mask_decoder="next_token", label_token_ids=list(nt.model_labels(model)))
+    labels = list(nt.model_labels(model, processor.tokenizer))
+    config["stamp"].update(mask_decoder="next_token", label_token_ids=labels)
     (path / "config.json").write_text(json.dumps(config))
 
 
@@ -128,9 +132,9 @@ def test_an_old_checkpoint_is_a_one_line_error_naming_the_script(baseline, tmp_p
     script, and the script evaluates it."""
     from stamp.cli import main
 
-    _old_style(baseline, tmp_path / "m")
+    _old_style(*baseline, tmp_path / "m")
     with pytest.raises(StampModelError, match=r"decoded by 'next_token'.*python experiments/next_token\.py"):
-        load_pretrained(tmp_path / "m")
+        StampModel.from_pretrained(tmp_path / "m")
     common = ["--data", "synthref", "--limit", "1", "--model", str(tmp_path / "m"), "--no-progress"]
     common += ["--force-seg", "--max-new-tokens", "2", "--refine", "none"]
     capsys.readouterr()
@@ -141,7 +145,9 @@ def test_an_old_checkpoint_is_a_one_line_error_naming_the_script(baseline, tmp_p
     assert nt.main(["eval", *common, "--out", str(tmp_path / "b.json")]) == 0
     results = json.loads((tmp_path / "b.json").read_text())
     assert results["n_samples"] == 1 and results["samples"][0]["has_mask"]
-    assert nt.model_labels(nt.load_model(tmp_path / "m")) == nt.model_labels(baseline)
+    loaded, loaded_processor = nt.load_model(tmp_path / "m")
+    model, processor = baseline
+    assert nt.model_labels(loaded, loaded_processor.tokenizer) == nt.model_labels(model, processor.tokenizer)
 
 
 def test_the_script_trains_and_evaluates_through_stamps_pieces(tmp_path, capsys):

@@ -25,13 +25,13 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
-def test_the_limit_is_one_option_checked_before_decoding(tmp_path, tiny_model):
+def test_the_limit_is_one_option_checked_before_decoding(tmp_path, tiny_model, tiny_processor):
     big = tmp_path / "big.png"
     big.write_bytes(png_header(10_000, 10_000))  # 100 MP, as the 10,000 x 10,000 photo
     assert PredictorOptions().max_image_pixels == DEFAULT_MAX_IMAGE_PIXELS == 25_000_000
     with pytest.raises(ImageTooLargeError, match=r"10000x10000 = 100000000 pixels; the limit is 25000000"):
         load_image(big)  # from the header: the file has no pixel data to decode
-    pred = StampPredictor(tiny_model, max_image_pixels=5_000)
+    pred = StampPredictor(tiny_model, tiny_processor, max_image_pixels=5_000)
     for image in (random_image(100, 60), np.zeros((100, 60, 3), np.uint8), big):
         with pytest.raises(ImageTooLargeError, match="the limit is 5000 pixels"):
             pred.set_image(image)

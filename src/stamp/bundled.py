@@ -49,9 +49,9 @@ def export(model_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
     settings."""
     import torch
 
-    from stamp.processing import load_pretrained
+    from stamp.processing import load_model_and_processor
 
-    model = load_pretrained(model_dir, dtype="float32").to(torch.bfloat16)
-    model.stamp.default_dtype = "float32"
-    model.save_stamp(out_dir, overwrite=overwrite)
+    model, processor = load_model_and_processor(model_dir, dtype="float32")
+    model.to(torch.bfloat16).stamp.default_dtype = "float32"
+    model.save_stamp(out_dir, processor, overwrite=overwrite)
     return Path(out_dir)

@@ -382,13 +382,12 @@ def settings_from_preprocessor_config(
     )
 
 
-def load_pretrained(path: str | Path, **kwargs):
-    """`StampModel.from_pretrained(path, **kwargs)` with its processor attached (`model.processor`)."""
+def load_model_and_processor(name_or_path: str | Path, **kwargs):
+    """(`StampModel.from_pretrained(name_or_path, **kwargs)`, its processor read beside it)."""
     from stamp.model.modeling import StampModel
 
-    model = StampModel.from_pretrained(path, **kwargs)
-    model.processor = StampProcessor.for_model(model)
-    return model
+    model = StampModel.from_pretrained(name_or_path, **kwargs)
+    return model, StampProcessor.for_model(model)
 
 
 def has_processor_files(path: str | Path) -> bool:

@@ -1,5 +1,5 @@
 """The tiny random STAMP model of the tests and the offline schema: hidden 64, 2 layers, 1 vision block,
-a byte-level tokenizer built in code (no files), its processor attached."""
+a byte-level tokenizer built in code (no files), and its processor."""
 
 from __future__ import annotations
 
@@ -21,18 +21,22 @@ TINY = Architecture(
 )
 
 
+def tiny_processor(*, min_cells: int = 4, max_cells: int = 64) -> StampProcessor:
+    """The tiny model's processor (every tiny model has the same): the byte-level tokenizer, no system
+    prompt, images resized to between `min_cells` and `max_cells` merged 28x28 cells (224x224 -> 8x8)."""
+    settings = ProcessorSettings(
+        min_pixels=min_cells * CELL * CELL, max_pixels=max_cells * CELL * CELL, system_prompt=None
+    )
+    return StampProcessor(build_byte_tokenizer(), settings)
+
+
 def build_tiny_model(
     seed: int = 0, *, min_cells: int = 4, max_cells: int = 64, family: str = "qwen2_vl", **settings
 ):
-    """A tiny random STAMP model for tests, `.processor` attached. Images are resized to between
-    `min_cells` and `max_cells` merged 28x28 cells (224x224 -> 8x8). `family`: the backbone class;
-    `settings`: `StampSettings` fields and `attn_implementation`."""
+    """(a tiny random STAMP model for tests, its processor: `tiny_processor`). `family`: the backbone
+    class; `settings`: `StampSettings` fields and `attn_implementation`."""
     from dataclasses import replace
 
-    tokenizer = build_byte_tokenizer()
-    model = build_model(tokenizer, replace(TINY, family=family), seed=seed, **settings)
-    processor = ProcessorSettings(
-        min_pixels=min_cells * CELL * CELL, max_pixels=max_cells * CELL * CELL, system_prompt=None
-    )
-    model.processor = StampProcessor(tokenizer, processor)
-    return model
+    processor = tiny_processor(min_cells=min_cells, max_cells=max_cells)
+    model = build_model(processor.tokenizer, replace(TINY, family=family), seed=seed, **settings)
+    return model, processor

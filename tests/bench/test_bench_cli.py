@@ -194,7 +194,7 @@ def test_interrupted_run_keeps_what_it_measured(tmp_path):
     from stamp.bench.runner import BenchSettings, run_bench
     from stamp.bench.setup import load_bench_model
 
-    model, source = load_bench_model(None, "tiny", "cpu", None)
+    model, processor, source = load_bench_model(None, "tiny", "cpu", None)
     settings = BenchSettings.quick_settings(dtypes=["fp32"], device="cpu")
     seen = []
 
@@ -204,7 +204,7 @@ def test_interrupted_run_keeps_what_it_measured(tmp_path):
             if len(seen) == 1:
                 raise KeyboardInterrupt
 
-    doc = run_bench(model, source, settings, log=log)
+    doc = run_bench(model, processor, source, settings, log=log)
     assert doc["interrupted"] == "KeyboardInterrupt"
     assert len(doc["mask_pass"]) == 1 and doc["mask_pass"][0]["device"] == "cpu"
     assert doc["request"] == [] and "INCOMPLETE" in render(doc)

@@ -21,7 +21,7 @@ from stamp.tiny import build_tiny_model
 @pytest.mark.parametrize("position_mode", ["grid", "text"])
 @pytest.mark.parametrize("attention_mode", ["hybrid", "causal"])
 def test_cached_and_uncached_passes_agree(attn, position_mode, attention_mode):
-    model = build_tiny_model(
+    model, processor = build_tiny_model(
         seed=3, attn_implementation=attn, position_mode=position_mode, attention_mode=attention_mode
     )
     bench = MaskPassBench(model, history=40, grid=(3, 5))
@@ -30,7 +30,7 @@ def test_cached_and_uncached_passes_agree(attn, position_mode, attention_mode):
 
 
 def test_stamp_pass_equals_production_generation():
-    model = build_tiny_model(seed=4)
+    model, processor = build_tiny_model(seed=4)
     bench = MaskPassBench(model, history=24, grid=(4, 4))
     logits = bench.stamp()
     r = bench.request
@@ -41,14 +41,14 @@ def test_stamp_pass_equals_production_generation():
 
 
 def test_history_is_really_used():
-    model = build_tiny_model(seed=5)
+    model, processor = build_tiny_model(seed=5)
     a = MaskPassBench(model, history=16, grid=(2, 2), seed=0).stamp()
     b = MaskPassBench(model, history=16, grid=(2, 2), seed=1).stamp()
     assert (a - b).abs().max() > 1e-4
 
 
 def test_autoregressive_baseline_labels_and_cache():
-    model = build_tiny_model(seed=6)
+    model, processor = build_tiny_model(seed=6)
     bench = MaskPassBench(model, history=10, grid=(2, 3))
     labels = bench.autoregressive()
     assert len(labels) == 6 and set(labels) <= set(bench.label_ids.tolist())
@@ -61,7 +61,7 @@ def test_scaled_baseline_times_both_ends(monkeypatch):
     prompt + N - ar_steps), scales the mean step to N, and says so in the record."""
     from stamp.bench.mask_pass import MaskPassSettings, mask_pass_record
 
-    model = build_tiny_model(seed=6)
+    model, processor = build_tiny_model(seed=6)
     bench = MaskPassBench(model, history=10, grid=(3, 4))
     end = bench.end_cache(5)
     assert end.get_seq_length() == bench.context + 12 - 5
@@ -77,8 +77,8 @@ def test_scaled_baseline_times_both_ends(monkeypatch):
 
 
 def test_history_avoids_special_tokens():
-    model = build_tiny_model(seed=0)
-    plain = set(plain_token_ids(model).tolist())
+    model, processor = build_tiny_model(seed=0)
+    plain = set(plain_token_ids(model, processor.tokenizer).tolist())
     for special in (model.stamp.seg_token_id, model.stamp.mask_token_id, model.config.image_token_id):
         assert special not in plain
 

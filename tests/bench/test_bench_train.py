@@ -56,18 +56,25 @@ def test_train_records(train_doc):
 
 
 def test_train_leaves_the_model_as_it_found_it():
-    model = build_tiny_model(seed=0).eval().requires_grad_(False)
-    run_train(model, TrainSettings(batch_sizes=[1], image_side=112, steps=1, warmup=0), log=lambda _: None)
+    model, processor = build_tiny_model(seed=0)
+    model.eval().requires_grad_(False)
+    run_train(
+        model,
+        processor,
+        TrainSettings(batch_sizes=[1], image_side=112, steps=1, warmup=0),
+        log=lambda _: None,
+    )
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 def test_lora_trains_only_adapters_and_saved_modules():
-    model = build_tiny_model(seed=0).eval().requires_grad_(False)
+    model, processor = build_tiny_model(seed=0)
+    model.eval().requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     adapters, saved = _lora_trainable(model, LoraConfig())
     settings = TrainSettings(batch_sizes=[1], grad_ckpt=[False], lora=True, image_side=112, steps=1, warmup=1)
-    (rec,) = run_train(model, settings, log=lambda _: None)
+    (rec,) = run_train(model, processor, settings, log=lambda _: None)
     assert rec["mode"] == "lora" and rec["trainable_params"] == adapters + saved < rec["total_params"]
     after = model.state_dict()
     assert set(after) == set(before)  # the adapters are gone again

@@ -66,7 +66,7 @@ def test_built_in_the_target_dtype_without_an_fp32_copy(monkeypatch):
             made.append(self.weight.dtype)
 
     monkeypatch.setattr(torch.nn.Linear, "__init__", spy)
-    model, estimate = build_preset_model("small", torch.bfloat16)
+    model, _, estimate = build_preset_model("small", torch.bfloat16)
     assert made and set(made) == {torch.bfloat16}  # every layer was created in bf16
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as the 2B model

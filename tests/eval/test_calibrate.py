@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import save_tiny_model
 
 from stamp.cli import main
 from stamp.data.synthref import SynthRef
@@ -12,14 +13,14 @@ from stamp.eval.evaluate import evaluate_samples
 from stamp.eval.runner import DEFAULT_FORCE_PREFIX
 from stamp.inference import StampPredictor
 from stamp.model.settings import StampSettings
-from stamp.tiny import build_tiny_model
+from stamp.processing import StampProcessor
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("m") / "tiny"
-    build_tiny_model(seed=0).save_stamp(path)
+    save_tiny_model(path)
     return path
 
 
@@ -32,18 +33,18 @@ def _run(predictor, n=5):
 
 
 @pytest.mark.parametrize("refine", ["none", "guided"])
-def test_replay_matches_a_fresh_run_at_each_threshold(tiny_model, refine):
-    replay = ReplayPredictor(tiny_model, refine=refine)
+def test_replay_matches_a_fresh_run_at_each_threshold(tiny_model, tiny_processor, refine):
+    replay = ReplayPredictor(tiny_model, tiny_processor, refine=refine)
     replay.set_threshold(0.5)
     first = _run(replay)
-    assert first == _run(StampPredictor(tiny_model, threshold=0.5, refine=refine))
+    assert first == _run(StampPredictor(tiny_model, tiny_processor, threshold=0.5, refine=refine))
     calls = replay.vision_calls
     # the random model's probabilities sit near 0.5: cutting lower must change some masks
     for t in (0.45, 0.55):
         replay.set_threshold(t)
         replay.rewind()
         replayed = _run(replay)
-        assert replayed == _run(StampPredictor(tiny_model, threshold=t, refine=refine))
+        assert replayed == _run(StampPredictor(tiny_model, tiny_processor, threshold=t, refine=refine))
         if refine == "guided":
             assert replay.refiner.threshold == t
     assert replay.vision_calls == calls  # replays never ran the vision tower
@@ -51,8 +52,8 @@ def test_replay_matches_a_fresh_run_at_each_threshold(tiny_model, refine):
     assert unions != [r["union"] for r in replayed[1] if "union" in r]
 
 
-def test_replay_refuses_a_different_sequence(tiny_model):
-    replay = ReplayPredictor(tiny_model)
+def test_replay_refuses_a_different_sequence(tiny_model, tiny_processor):
+    replay = ReplayPredictor(tiny_model, tiny_processor)
     _run(replay, n=2)
     replay.rewind()
     replay.set_image(np.zeros((64, 64, 3), np.uint8))
@@ -67,7 +68,7 @@ def test_choice_rule():
     assert choose(rs[:2]) == 0.4
 
 
-def test_mask_threshold_setting_is_validated_and_used(tiny_model, model_dir):
+def test_mask_threshold_setting_is_validated_and_used(tiny_model, tiny_processor, model_dir):
     base = {"seg_token_id": 1, "mask_token_id": 2}
     assert StampSettings.from_dict(base).mask_threshold == 0.5  # configs without the key still load
     for bad in (0.0, 1.0, -0.2, "0.4", True):
@@ -76,13 +77,13 @@ def test_mask_threshold_setting_is_validated_and_used(tiny_model, model_dir):
     old = tiny_model.stamp.mask_threshold
     try:
         tiny_model.stamp.mask_threshold = 0.35
-        assert StampPredictor(tiny_model).threshold == 0.35
-        assert StampPredictor(tiny_model, threshold=0.6).threshold == 0.6  # the caller's wins
-        assert StampPredictor(tiny_model, refine="guided").refiner.threshold == 0.35
+        assert StampPredictor(tiny_model, tiny_processor).threshold == 0.35
+        assert StampPredictor(tiny_model, tiny_processor, threshold=0.6).threshold == 0.6  # the caller's wins
+        assert StampPredictor(tiny_model, tiny_processor, refine="guided").refiner.threshold == 0.35
     finally:
         tiny_model.stamp.mask_threshold = old
     with pytest.raises(ValueError, match="threshold"):
-        StampPredictor(tiny_model, threshold=1.5)
+        StampPredictor(tiny_model, tiny_processor, threshold=1.5)
 
 
 def test_calibrate_cli_writes_the_choice(model_dir, tmp_path, capsys):
@@ -111,9 +112,9 @@ def test_calibrate_cli_writes_the_choice(model_dir, tmp_path, capsys):
     assert res["best"] == choose(res["results"]) and f"best threshold: {res['best']}" in printed
     config = json.loads((model / "config.json").read_text())
     assert config["stamp"]["mask_threshold"] == res["best"]
-    from stamp.processing import load_pretrained
+    from stamp.model.modeling import StampModel
 
-    assert StampPredictor(load_pretrained(str(model))).threshold == res["best"]
+    assert StampPredictor(StampModel.from_pretrained(str(model))).threshold == res["best"]
     # the sweep file is not overwritten without --force; bad thresholds are a one-line usage error
     assert main(argv) == 2 and "already exists" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
@@ -143,9 +144,7 @@ def test_calibrate_write_refuses_a_directory_without_stamp_settings(tmp_path, ca
 def test_cell_range_deploys_another_resolution(model_dir, tmp_path, capsys):
     from helpers import random_image
 
-    from stamp.processing import load_pretrained
-
-    proc = load_pretrained(str(model_dir)).processor
+    proc = StampProcessor.from_pretrained(str(model_dir))
     for lo, hi in ((4, 9), (16, 25)):
         proc.set_cell_range(lo, hi)
         for h, w in ((56, 56), (500, 400), (300, 900)):

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers import save_tiny_model
 
 from stamp.cli import main
 from stamp.eval.compare import compare, load_results
 from stamp.eval.metrics import SegMetrics
-from stamp.tiny import build_tiny_model
 
 
 def _doc(records):
@@ -113,7 +113,7 @@ def test_older_files_without_mask_nonempty_have_no_t_acc():
 def test_cli_on_two_real_eval_runs(tmp_path, capsys):
 
     model = tmp_path / "tiny"
-    build_tiny_model(seed=0).save_stamp(model)
+    save_tiny_model(model)
     common = ["eval", "--data", "synthref", "--split", "val", "--limit", "10", "--model", str(model)]
     common += ["--no-progress", "--max-new-tokens", "6", "--synth-tasks", "refer=0.4,no_target=0.3,vqa=0.3"]
     a, b = tmp_path / "a.json", tmp_path / "b.json"

@@ -3,18 +3,17 @@
 import json
 
 import pytest
-from helpers import run_two_cpu_ranks
+from helpers import run_two_cpu_ranks, save_tiny_model
 
 from stamp.cli import main
 from stamp.data.synthref.export import export_synthref
-from stamp.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("m") / "tiny"
-    build_tiny_model(seed=0).save_stamp(path)
+    save_tiny_model(path)
     return path
 
 
@@ -233,9 +232,9 @@ def test_save_masks_folder_is_never_mixed_with_an_old_run(model_dir, tmp_path, m
     argv += ["--force-seg", "--max-new-tokens", "2", "--synth-tasks", "refer=1", "--save-masks", str(masks)]
     import stamp.processing
 
-    real = stamp.processing.load_pretrained
+    real = stamp.processing.load_model_and_processor
     monkeypatch.setattr(
-        stamp.processing, "load_pretrained", lambda *a, **k: pytest.fail("loaded before the check")
+        stamp.processing, "load_model_and_processor", lambda *a, **k: pytest.fail("loaded before the check")
     )
     assert main(argv + ["--out", str(tmp_path / "a.json")]) == 2
     assert "--force" in capsys.readouterr().err and stale.exists()
@@ -243,7 +242,7 @@ def test_save_masks_folder_is_never_mixed_with_an_old_run(model_dir, tmp_path, m
     assert main(argv + ["--out", str(tmp_path / "a.json"), "--force"]) == 2
     assert "more than mask PNGs" in capsys.readouterr().err and stale.exists()
     (masks / "notes.txt").unlink()
-    monkeypatch.setattr(stamp.processing, "load_pretrained", real)
+    monkeypatch.setattr(stamp.processing, "load_model_and_processor", real)
     assert main(argv + ["--out", str(tmp_path / "a.json"), "--force"]) == 0
     res = json.loads((tmp_path / "a.json").read_text())
     written = sorted(p.name for p in masks.iterdir())

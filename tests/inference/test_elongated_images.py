@@ -14,10 +14,11 @@ from stamp.imaging.resize import MAX_ASPECT, pad_to_aspect
 from stamp.inference import StampPredictor
 from stamp.inference.predictor import logits_to_mask
 from stamp.processing import StampProcessor
+from stamp.tiny import tiny_processor
 
 
 def _predictor(model, resize: str, refine: str = "none") -> StampPredictor:
-    base = StampPredictor(model, refine="none").processor
+    base = tiny_processor()
     processor = StampProcessor(base.tokenizer, replace(base.settings, resize=resize))
     return StampPredictor(model, processor, refine=refine)
 
@@ -70,10 +71,10 @@ def test_normal_images_are_untouched(tiny_model, resize):
     assert np.array_equal(m.mask, want.mask) and np.array_equal(m.probs, want.probs)
 
 
-def test_a_padded_training_mask_ignores_the_padding(tiny_model):
+def test_a_padded_training_mask_ignores_the_padding(tiny_model, tiny_processor):
     from stamp.data.sample import StampSample, Turn
 
-    processor = StampPredictor(tiny_model, refine="none").processor
+    processor = StampPredictor(tiny_model, tiny_processor, refine="none").processor
     mask = np.ones((1, 416), np.uint8)
     sample = StampSample(
         "x",

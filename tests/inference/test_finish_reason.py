@@ -38,8 +38,8 @@ def test_repeating_period_rule():
         "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30",
     ],
 )
-def test_normal_answers_never_trip_the_rule(tiny_model, answer):
-    ids = tiny_model.processor._text_ids(answer)
+def test_normal_answers_never_trip_the_rule(tiny_model, tiny_processor, answer):
+    ids = tiny_processor._text_ids(answer)
     assert all(repeating_period(ids[:k]) == 0 for k in range(len(ids) + 1))
 
 
@@ -73,10 +73,10 @@ def _requests(pred, n):
     return out
 
 
-def test_batched_rows_keep_their_own_finish_reasons(tiny_model):
+def test_batched_rows_keep_their_own_finish_reasons(tiny_model, tiny_processor):
     """Row 0 ends its turn, row 1 loops on `x <|seg|>` (each `<|seg|>` still gets its mask), row 2
     never repeats and runs out of tokens; each row equals the same request alone."""
-    pred = StampPredictor(tiny_model)
+    pred = StampPredictor(tiny_model, tiny_processor)
     seg, end = tiny_model.stamp.seg_token_id, pred.processor.im_end_id
     x = pred.processor._text_ids("x")[0]
     scripts = [
@@ -106,8 +106,8 @@ def test_batched_rows_keep_their_own_finish_reasons(tiny_model):
             assert (a - b).abs().max() <= 1e-5
 
 
-def test_predictor_results_carry_the_reason_and_the_switch(tiny_model):
-    pred = StampPredictor(tiny_model)
+def test_predictor_results_carry_the_reason_and_the_switch(tiny_model, tiny_processor):
+    pred = StampPredictor(tiny_model, tiny_processor)
     pred.set_image(random_image(120, 120, 9))
     x, end = pred.processor._text_ids("x")[0], pred.processor.im_end_id
     real = _scripted(tiny_model, [lambda s: x])
@@ -115,7 +115,7 @@ def test_predictor_results_carry_the_reason_and_the_switch(tiny_model):
         stopped = pred.chat("Talk.", max_new_tokens=100)
         tiny_model.lm_head.step = 0
         cut = pred.chat("Talk.", max_new_tokens=10)
-        free = StampPredictor(tiny_model, repetition_stop=False)
+        free = StampPredictor(tiny_model, tiny_processor, repetition_stop=False)
         free.set_image(random_image(120, 120, 9))
         tiny_model.lm_head.step = 0
         ran_on = free.chat("Talk.", max_new_tokens=100)
@@ -134,17 +134,17 @@ def test_predictor_results_carry_the_reason_and_the_switch(tiny_model):
     assert ended.finish_reason == "eos" and ended.text == "xx"
 
 
-def test_a_forced_prefix_is_not_a_loop(tiny_model):
+def test_a_forced_prefix_is_not_a_loop(tiny_model, tiny_processor):
     """Repetition is judged on the free tokens: a repetitive forced prefix with no budget is "length"."""
-    pred = StampPredictor(tiny_model)
+    pred = StampPredictor(tiny_model, tiny_processor)
     pred.set_image(random_image(100, 100, 1))
     res = pred.chat("Hi", answer_prefix="a" * 40, max_new_tokens=0)
     assert res.finish_reason == "length" and res.text == "a" * 40
 
 
-def test_a_forced_prefix_does_not_count_towards_a_loop(tiny_model):
+def test_a_forced_prefix_does_not_count_towards_a_loop(tiny_model, tiny_processor):
     """A repetitive forced prefix and one free token: the loop rule sees one token, no loop."""
-    pred = StampPredictor(tiny_model)
+    pred = StampPredictor(tiny_model, tiny_processor)
     pred.set_image(random_image(100, 100, 1))
     a = pred.processor._text_ids("a")[0]
     real = _scripted(tiny_model, [lambda s: a])

@@ -31,8 +31,10 @@ def test_every_form_gives_the_same_turns():
             parse_history(bad)
 
 
-def test_the_predictor_takes_the_http_apis_history_and_refuses_what_the_server_refuses(tiny_model):
-    pred = StampPredictor(tiny_model)
+def test_the_predictor_takes_the_http_apis_history_and_refuses_what_the_server_refuses(
+    tiny_model, tiny_processor
+):
+    pred = StampPredictor(tiny_model, tiny_processor)
     pred.set_image(random_image(96, 96, 3))
     dicts = [{"role": t.role, "text": t.text} for t in TURNS]
     a = pred.chat("And now?", dicts, max_new_tokens=3)

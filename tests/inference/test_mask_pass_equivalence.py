@@ -15,12 +15,12 @@ from stamp.tiny import build_tiny_model
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("attention_mode", ["hybrid", "causal"])
 def test_single_request_matches_full_recompute(attn, attention_mode):
-    model = build_tiny_model(seed=7, attn_implementation=attn, attention_mode=attention_mode)
+    model, processor = build_tiny_model(seed=7, attn_implementation=attn, attention_mode=attention_mode)
     image = random_image(150, 230, 3)
-    pred = StampPredictor(model)
+    pred = StampPredictor(model, processor)
     pred.set_image(image)
     res = pred.chat("Segment it.", answer_prefix="A <|seg|> and <|seg|>", max_new_tokens=3)
-    ref = full_recompute_logits(model, image, "Segment it.", res.text)
+    ref = full_recompute_logits(model, processor, image, "Segment it.", res.text)
     assert len(res.masks) == len(ref) == 2
     for got, want in zip(res.masks, ref):
         assert np.abs(got.patch_logits - want.numpy()).max() <= 1e-5
@@ -41,8 +41,8 @@ def test_batch_rows_at_seg_together_or_apart(prefixes):
     """Both rows at `<|seg|>` in the same step, or at different steps (masked-out placeholder slots for
     the other row): one mask-pass forward per step that has a `<|seg|>`, each row equal to its
     uncached forward."""
-    model = build_tiny_model(seed=8)
-    pred = StampPredictor(model)
+    model, processor = build_tiny_model(seed=8)
+    pred = StampPredictor(model, processor)
     images = [random_image(224, 224, 4), random_image(224, 224, 5)]
     requests = _requests(pred, images, ["Segment the thing."] * 2, prefixes)
     placeholder_forwards = []  # forwards of more than one query after the prefill
@@ -59,7 +59,7 @@ def test_batch_rows_at_seg_together_or_apart(prefixes):
     assert placeholder_forwards == ([True] if together else [True, True])  # always masked: the `<|seg|>` row
     for image, out in zip(images, outs):
         text = pred.processor.decode(out.token_ids)
-        ref = full_recompute_logits(model, image, "Segment the thing.", text)
+        ref = full_recompute_logits(model, processor, image, "Segment the thing.", text)
         assert len(out.mask_logits) >= 1
         assert (out.mask_logits[0] - ref[0]).abs().max() <= 1e-5
 
@@ -68,8 +68,8 @@ def test_padded_batch_equals_each_request_alone():
     """Rows of different lengths and grids, at `<|seg|>` at different steps, with several masks or
     none: the batch gives each request's own tokens and masks, and the batch cache is left consistent
     for the free tokens that follow."""
-    model = build_tiny_model(seed=10)
-    pred = StampPredictor(model)
+    model, processor = build_tiny_model(seed=10)
+    pred = StampPredictor(model, processor)
     items = [
         (random_image(160, 300, 6), "Segment the thing."),
         (random_image(260, 220, 7), "Segment every thing, and talk."),

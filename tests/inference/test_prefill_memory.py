@@ -41,9 +41,9 @@ def sdpa_masks(monkeypatch):
 
 
 def test_unpadded_prefill_hands_sdpa_no_mask(sdpa_masks):
-    model = build_tiny_model(seed=0)
+    model, processor = build_tiny_model(seed=0)
     length = 3000
-    pre = prefill(model, _text_requests(model, [length]), model.processor.pad_token_id)
+    pre = prefill(model, _text_requests(model, [length]), processor.pad_token_id)
     prompt_calls = [s for s in sdpa_masks if s[2] > 1]
     assert pre.hidden.shape[1] == length and prompt_calls
     assert all(mask is None and causal for mask, causal, _ in prompt_calls)  # the is_causal kernel
@@ -54,7 +54,7 @@ def test_padded_prefill_masks_grow_linearly(attn, monkeypatch):
     """The largest mask built for a left-padded batch is at most B x PREFILL_CHUNK x L elements."""
     import stamp.inference.generation as generation
 
-    model = build_tiny_model(seed=0, attn_implementation=attn)
+    model, processor = build_tiny_model(seed=0, attn_implementation=attn)
     built = []
     real = generation.build_hybrid_attention_mask
 
@@ -65,7 +65,7 @@ def test_padded_prefill_masks_grow_linearly(attn, monkeypatch):
 
     monkeypatch.setattr(generation, "build_hybrid_attention_mask", counting)
     length, rows = 3000, 2
-    pre = prefill(model, _text_requests(model, [length, 1000]), model.processor.pad_token_id)
+    pre = prefill(model, _text_requests(model, [length, 1000]), processor.pad_token_id)
     assert pre.attention_mask[1].sum() == 1000 and pre.hidden.shape[1] == length
     assert built and max(built) <= rows * PREFILL_CHUNK * length < rows * length * length // 4
 
@@ -73,10 +73,10 @@ def test_padded_prefill_masks_grow_linearly(attn, monkeypatch):
 def test_padded_prefill_equals_each_row_alone():
     """Chunking the prompt pass changes nothing: a padded batch's hidden states at each row's tokens are
     those of the row alone (unpadded: sdpa's causal kernel), over several chunks."""
-    model = build_tiny_model(seed=3)
+    model, processor = build_tiny_model(seed=3)
     lengths = [2 * PREFILL_CHUNK + 37, PREFILL_CHUNK - 5]
     reqs = _text_requests(model, lengths)
-    pad = model.processor.pad_token_id
+    pad = processor.pad_token_id
     batch = prefill(model, reqs, pad)
     for b, n in enumerate(lengths):
         alone = prefill(model, [reqs[b]], pad)
@@ -97,7 +97,7 @@ PROBE = textwrap.dedent(
         with open("/proc/self/status") as fh:
             return next(int(line.split()[1]) for line in fh if line.startswith(field))
 
-    pred = StampPredictor(build_tiny_model(seed=0), max_prompt_tokens=None)
+    pred = StampPredictor(*build_tiny_model(seed=0), max_prompt_tokens=None)
     words = [f"w{i % 97}" for i in range(40000)]
 
     def prompt_of(n):

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from stamp.inference import StampPredictor
 from stamp.model.loading import StampModelError
-from stamp.processing import load_pretrained
+from stamp.model.modeling import StampModel
+from stamp.processing import StampProcessor
 
 # The loader merges the LoRA weights into the base (no adapter matmuls at inference): in float32 that
 # moves logits of size ~1 by up to ~2e-5 against peft's unmerged forward, hence atol 1e-4 on logits.
@@ -43,23 +44,23 @@ def _outputs(model, ids):
 
 
 def _cells(model, size=(640, 480)):
-    return model.processor.encode_image(random_image(size[1], size[0])).num_cells
+    return StampProcessor.for_model(model).encode_image(random_image(size[1], size[0])).num_cells
 
 
 def test_full_checkpoint_equals_the_authors_outputs(folders):
-    model = load_pretrained(folders / "full", dtype="float32")
+    model = StampModel.from_pretrained(folders / "full", dtype="float32")
     logits, cls = _outputs(model, REF["full.input_ids"])
     torch.testing.assert_close(logits, REF["full.logits"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cls, REF["full.classifier"], atol=1e-5, rtol=1e-5)
     assert model.stamp.position_mode == "text"
     assert 1024 <= _cells(model) <= 1280  # the folder's own preprocessor_config.json
-    assert model.processor.settings.resize == "fast"  # its Qwen2VLImageProcessorFast
+    assert StampProcessor.for_model(model).settings.resize == "fast"  # its Qwen2VLImageProcessorFast
 
 
 def test_adapter_as_peft_0_17_saves_it_loads_and_equals_peft(folders):
     keys = set(load_file(str(folders / "adapter" / "adapter_model.safetensors")))
     assert {f"{EMBED}.modules_to_save.weight", f"{EMBED}.original_module.weight"} <= keys  # peft's copies
-    model = load_pretrained(folders / "adapter", base_model=folders / "base", dtype="float32")
+    model = StampModel.from_pretrained(folders / "adapter", base_model=folders / "base", dtype="float32")
     logits, cls = _outputs(model, REF["adapter.input_ids"])
     torch.testing.assert_close(logits, REF["adapter.logits"], atol=1e-4, rtol=1e-4)  # merged vs unmerged LoRA
     torch.testing.assert_close(cls, REF["adapter.classifier"], atol=1e-5, rtol=1e-5)
@@ -71,7 +72,7 @@ def test_adapter_equals_the_installed_peft_run_directly(folders):
     peft = pytest.importorskip("peft")
     from transformers import AutoTokenizer
 
-    base = load_pretrained(folders / "base", dtype="float32")
+    base = StampModel.from_pretrained(folders / "base", dtype="float32")
     tok = AutoTokenizer.from_pretrained(str(folders / "adapter"))
     base.resize_token_embeddings(len(tok), mean_resizing=False)
     direct = peft.PeftModel.from_pretrained(base, str(folders / "adapter")).eval()
@@ -79,7 +80,7 @@ def test_adapter_equals_the_installed_peft_run_directly(folders):
     with torch.no_grad():
         out = direct(input_ids=ids[None], output_hidden_states=True)
         want_cls = direct.base_model.model.classifier(out.hidden_states[-1])[0, :, 0]
-    ours = load_pretrained(folders / "adapter", base_model=folders / "base", dtype="float32")
+    ours = StampModel.from_pretrained(folders / "adapter", base_model=folders / "base", dtype="float32")
     logits, cls = _outputs(ours, ids)
     torch.testing.assert_close(logits, out.logits[0, -16:], atol=1e-4, rtol=1e-4)  # merged vs unmerged LoRA
     torch.testing.assert_close(cls, want_cls, atol=1e-5, rtol=1e-5)
@@ -87,21 +88,21 @@ def test_adapter_equals_the_installed_peft_run_directly(folders):
 
 def test_adapter_runs_at_the_resolution_its_folder_declares(folders):
     """The adapter folder's 1024..1280 cells, not the stock base folder's 4..16384."""
-    model = load_pretrained(folders / "adapter", base_model=folders / "base")
+    model = StampModel.from_pretrained(folders / "adapter", base_model=folders / "base")
     cells = _cells(model)
     assert 1024 <= cells <= 1280, cells
-    assert model.processor.settings.resize == "fast"
-    stock = load_pretrained(folders / "base")
+    assert StampProcessor.for_model(model).settings.resize == "fast"
+    stock = StampModel.from_pretrained(folders / "base")
     assert _cells(stock) < 1024  # the base's own sizing would have run it at fewer cells
 
 
 def test_authors_checkpoints_without_a_processor_file_get_their_sizing(folders):
     (folders / "full" / "preprocessor_config.json").unlink()
     (folders / "adapter" / "preprocessor_config.json").unlink()
-    full = load_pretrained(folders / "full")
-    assert 1024 <= _cells(full) <= 1280 and full.processor.settings.resize == "fast"
-    adapter = load_pretrained(folders / "adapter", base_model=folders / "base")
-    assert 1024 <= _cells(adapter) <= 1280 and adapter.processor.settings.resize == "fast"
+    full = StampModel.from_pretrained(folders / "full")
+    assert 1024 <= _cells(full) <= 1280 and StampProcessor.for_model(full).settings.resize == "fast"
+    adapter = StampModel.from_pretrained(folders / "adapter", base_model=folders / "base")
+    assert 1024 <= _cells(adapter) <= 1280 and StampProcessor.for_model(adapter).settings.resize == "fast"
 
 
 def test_disagreeing_modules_to_save_copy_is_a_one_line_error(folders):
@@ -110,7 +111,7 @@ def test_disagreeing_modules_to_save_copy_is_a_one_line_error(folders):
     sd[f"{EMBED}.modules_to_save.weight"] = sd[f"{EMBED}.modules_to_save.weight"] + 1.0
     save_file(sd, str(path), metadata={"format": "pt"})
     with pytest.raises(StampModelError, match="disagree") as err:
-        load_pretrained(folders / "adapter", base_model=folders / "base")
+        StampModel.from_pretrained(folders / "adapter", base_model=folders / "base")
     assert "\n" not in str(err.value)
 
 
@@ -120,13 +121,13 @@ def test_original_module_copy_is_not_used(folders):
     sd = load_file(str(path))
     sd[f"{EMBED}.original_module.weight"] = torch.zeros_like(sd[f"{EMBED}.original_module.weight"])
     save_file(sd, str(path), metadata={"format": "pt"})
-    model = load_pretrained(folders / "adapter", base_model=folders / "base", dtype="float32")
+    model = StampModel.from_pretrained(folders / "adapter", base_model=folders / "base", dtype="float32")
     logits, _ = _outputs(model, REF["adapter.input_ids"])
     torch.testing.assert_close(logits, REF["adapter.logits"], atol=1e-4, rtol=1e-4)  # merged vs unmerged LoRA
     sd[f"{EMBED}.original_module.weight"] = sd[f"{EMBED}.original_module.weight"][:-1]  # wrong shape
     save_file(sd, str(path), metadata={"format": "pt"})
     with pytest.raises(StampModelError, match="original_module"):
-        load_pretrained(folders / "adapter", base_model=folders / "base")
+        StampModel.from_pretrained(folders / "adapter", base_model=folders / "base")
 
 
 def test_adapter_hub_id_base_needs_a_local_folder(folders):
@@ -134,13 +135,14 @@ def test_adapter_hub_id_base_needs_a_local_folder(folders):
     cfg = json.loads((folders / "adapter" / "adapter_config.json").read_text())
     assert "/" in cfg["base_model_name_or_path"]
     with pytest.raises(StampModelError, match="base_model"):
-        load_pretrained(folders / "adapter")
+        StampModel.from_pretrained(folders / "adapter")
 
 
 def test_adapter_segments_end_to_end(folders):
-    model = load_pretrained(folders / "adapter", base_model=folders / "base")
-    model.processor.set_cell_range(4, 16)  # a small image keeps the test fast
-    p = StampPredictor(model)
+    model = StampModel.from_pretrained(folders / "adapter", base_model=folders / "base")
+    processor = StampProcessor.for_model(model)
+    processor.set_cell_range(4, 16)  # a small image keeps the test fast
+    p = StampPredictor(model, processor)
     p.set_image(random_image(112, 112))
     result = p.chat("Please segment only the circle in the image.", answer_prefix="<|seg|>", max_new_tokens=2)
     assert len(result.masks) >= 1 and result.masks[0].mask.shape == (112, 112)

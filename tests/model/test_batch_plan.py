@@ -6,6 +6,7 @@ from helpers import random_image
 from test_packing import _batch
 
 from stamp.model.batch_plan import image_mrope_positions
+from stamp.tiny import tiny_processor
 
 
 def test_plan_places_every_token_once_and_blocks_after_their_conversation(tiny_model):
@@ -55,8 +56,8 @@ def test_plan_moves_in_one_piece_and_keeps_values(tiny_model):
     assert moved.text_targets.numel() == 0  # no labels given: no text loss positions
 
 
-def test_seg_without_an_image_is_a_clear_error(tiny_model):
-    proc = tiny_model.processor
+def test_seg_without_an_image_is_a_clear_error(tiny_model, tiny_processor):
+    proc = tiny_processor
     ids = proc._text_ids("no image here ") + [proc.seg_token_id]
     with pytest.raises(ValueError, match="no image before it"):
         tiny_model.plan_batch(
@@ -68,7 +69,7 @@ def test_seg_without_an_image_is_a_clear_error(tiny_model):
 
 
 def _two_image_batch(tiny_model):
-    proc = tiny_model.processor
+    proc = tiny_processor()
     a, b = proc.encode_image(random_image(224, 224, 1)), proc.encode_image(random_image(280, 168, 2))
 
     def block(enc):

@@ -5,9 +5,9 @@ from stamp.model.tokens import MASK_TOKEN, QWEN_SPECIAL_TOKENS, SEG_TOKEN
 from stamp.train.tokenizer import SHIPPED_TOKENIZER, load_synth_tokenizer
 
 
-def test_seg_uses_the_last_image_before_it(tiny_model):
+def test_seg_uses_the_last_image_before_it(tiny_model, tiny_processor):
     """Two images in one conversation: a <|seg|> after the second image segments the second one."""
-    proc = tiny_model.processor
+    proc = tiny_processor
     a, b = proc.encode_image(random_image(224, 224, 1)), proc.encode_image(random_image(280, 224, 2))
     img = proc.image_token_id
 

@@ -6,6 +6,7 @@ from helpers import random_image
 
 from stamp.data.sample import StampSample, Turn
 from stamp.model.packing import plan_rows
+from stamp.tiny import tiny_processor
 
 
 def _batch(model):
@@ -31,7 +32,7 @@ def _batch(model):
             "d", random_image(112, 112, 4), [Turn("user", "Hi"), Turn("assistant", "Hello there.")], []
         ),
     ]
-    proc = model.processor
+    proc = tiny_processor()
     return proc.collate([proc.encode_sample(s) for s in samples])
 
 

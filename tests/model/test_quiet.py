@@ -7,9 +7,10 @@ import sys
 
 SCRIPT = """
 import sys
-from stamp.processing import load_pretrained
-model = load_pretrained("tiny-synth"{verbose})
-model.save_stamp(sys.argv[1])
+from stamp.model.modeling import StampModel
+from stamp.processing import StampProcessor
+model = StampModel.from_pretrained("tiny-synth"{verbose})
+model.save_stamp(sys.argv[1], StampProcessor.from_pretrained("tiny-synth"))
 print("deepspeed" in sys.modules)
 """
 

@@ -42,10 +42,10 @@ def _samples():
 )
 @pytest.mark.parametrize("pack", [True, False])
 def test_training_forward_equals_the_reference(attn, attention_mode, position_mode, pack):
-    model = build_tiny_model(
+    model, processor = build_tiny_model(
         seed=3, attn_implementation=attn, attention_mode=attention_mode, position_mode=position_mode
     )
-    proc = model.processor
+    proc = processor
     examples = [proc.encode_sample(s) for s in _samples()]
     batch = proc.collate(examples)
     with torch.no_grad():
@@ -70,8 +70,8 @@ def test_training_forward_equals_the_reference(attn, attention_mode, position_mo
 
 def test_the_reference_text_is_blind_to_the_placeholders():
     """The conversation never sees a placeholder: its logits equal a plain causal forward's."""
-    model = build_tiny_model(seed=4)
-    proc = model.processor
+    model, processor = build_tiny_model(seed=4)
+    proc = processor
     example = proc.encode_sample(_samples()[2])
     enc = example["image"]
     ids = torch.tensor(example["input_ids"])

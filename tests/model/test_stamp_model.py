@@ -7,15 +7,16 @@ from helpers import random_image
 
 from stamp.data.sample import StampSample, Turn
 from stamp.inference import StampPredictor
-from stamp.processing import load_pretrained
-from stamp.tiny import build_tiny_model
+from stamp.model.modeling import StampModel
+from stamp.tiny import build_tiny_model, tiny_processor
 
 
 def _batch(model, answer="It is <|seg|>.", image=None, n_masks=1):
     image = image or random_image(224, 224, 7)
     masks = [np.pad(np.ones((60, 80), np.uint8), ((40, 124), (30, 114)))] * n_masks
     sample = StampSample("t", image, [Turn("user", "Segment."), Turn("assistant", answer)], masks)
-    return model.processor.collate([model.processor.encode_sample(sample)])
+    processor = tiny_processor()
+    return processor.collate([processor.encode_sample(sample)])
 
 
 def _logits_with_features(model, batch, feats):
@@ -30,7 +31,7 @@ def _logits_with_features(model, batch, feats):
 
 @pytest.mark.parametrize("mode,expect_change", [("hybrid", True), ("causal", False)])
 def test_bidirectionality(mode, expect_change):
-    model = build_tiny_model(seed=3, attention_mode=mode)
+    model, processor = build_tiny_model(seed=3, attention_mode=mode)
     batch = _batch(model)
     orig = model.mask_embeddings
     with torch.no_grad():
@@ -66,7 +67,7 @@ def test_grid_alignment_each_placeholder_reads_its_own_cell(tiny_model):
 
 
 def test_plain_mask_embedding_ignores_visual_features():
-    model = build_tiny_model(seed=4, mask_embedding="plain")
+    model, processor = build_tiny_model(seed=4, mask_embedding="plain")
     batch = _batch(model)
     with torch.no_grad():
         feats = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])[0]
@@ -75,7 +76,8 @@ def test_plain_mask_embedding_ignores_visual_features():
 
 
 def test_gradients_reach_head_mask_embedding_and_backbone():
-    model = build_tiny_model(seed=5).train()
+    model, processor = build_tiny_model(seed=5)
+    model.train()
     out = model.stamp_forward(**_batch(model, answer="a <|seg|> b <|seg|>", n_masks=2))
     assert out.mask_logits.shape[0] == 2 and out.text_loss is not None and out.bce_loss is not None
     out.loss.backward()
@@ -87,7 +89,7 @@ def test_gradients_reach_head_mask_embedding_and_backbone():
 
 
 def test_vision_tower_runs_once_per_training_sample():
-    model = build_tiny_model(seed=6)
+    model, processor = build_tiny_model(seed=6)
     calls = []
     handle = model.model.visual.register_forward_hook(lambda *a: calls.append(1))
     model.stamp_forward(**_batch(model, answer="a <|seg|> b <|seg|> c <|seg|>", n_masks=3))
@@ -95,31 +97,31 @@ def test_vision_tower_runs_once_per_training_sample():
     assert len(calls) == 1
 
 
-def test_save_load_roundtrip_identical_logits(tmp_path, tiny_model):
-    tiny_model.save_stamp(tmp_path / "m")
-    loaded = load_pretrained(tmp_path / "m")
+def test_save_load_roundtrip_identical_logits(tmp_path, tiny_model, tiny_processor):
+    tiny_model.save_stamp(tmp_path / "m", tiny_processor)
+    loaded = StampModel.from_pretrained(tmp_path / "m")
     assert loaded.stamp == tiny_model.stamp and loaded.config.stamp == tiny_model.config.stamp
     image = random_image(210, 190, 8)
     results = []
-    for m in (tiny_model, loaded):
-        p = StampPredictor(m)
+    for m, processor in ((tiny_model, tiny_processor), (loaded, None)):
+        p = StampPredictor(m, processor)
         p.set_image(image)
         results.append(p.chat("Segment.", answer_prefix="<|seg|>", max_new_tokens=5))
     assert results[0].token_ids == results[1].token_ids
     np.testing.assert_allclose(results[0].masks[0].patch_logits, results[1].masks[0].patch_logits, atol=1e-6)
     with pytest.raises(Exception, match="exists"):
-        tiny_model.save_stamp(tmp_path / "m")
+        tiny_model.save_stamp(tmp_path / "m", tiny_processor)
 
 
 def test_qwen2_5_vl_backbone():
-    model = build_tiny_model(seed=7, family="qwen2_5_vl")
+    model, processor = build_tiny_model(seed=7, family="qwen2_5_vl")
     out = model.stamp_forward(**_batch(model))
     assert torch.isfinite(out.loss)
-    pred = StampPredictor(model)
+    pred = StampPredictor(model, processor)
     image = random_image(224, 224, 9)
     pred.set_image(image)
     res = pred.chat("Segment.", answer_prefix="<|seg|>", max_new_tokens=3)
     from helpers import full_recompute_logits
 
-    ref = full_recompute_logits(model, image, "Segment.", res.text)
+    ref = full_recompute_logits(model, processor, image, "Segment.", res.text)
     assert np.abs(res.masks[0].patch_logits - ref[0].numpy()).max() <= 1e-5

@@ -14,12 +14,12 @@ from stamp.serve.settings import ServeSettings  # noqa: E402
 
 
 @pytest.fixture
-def make_client(tiny_model):
+def make_client(tiny_model, tiny_processor):
     """make_client(**settings) -> a started TestClient (closed, batcher stopped, at teardown)."""
     opened = []
 
     def make(predictor=None, **settings):
-        app = create_app(predictor or StampPredictor(tiny_model), ServeSettings(**settings))
+        app = create_app(predictor or StampPredictor(tiny_model, tiny_processor), ServeSettings(**settings))
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         opened.append((client, predictor))
@@ -38,5 +38,5 @@ def client(make_client):
 
 
 @pytest.fixture
-def scripted(tiny_model):
-    return ScriptedPredictor(tiny_model)
+def scripted(tiny_model, tiny_processor):
+    return ScriptedPredictor(tiny_model, tiny_processor)

@@ -24,8 +24,8 @@ class ScriptedPredictor(StampPredictor):
     """The tiny model, plus test hooks keyed on the prompt: "SLOW" blocks the worker until `gate` is
     set (and sets `entered`), "BOOM" raises inside generation."""
 
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, processor):
+        super().__init__(model, processor)
         self.gate, self.entered = threading.Event(), threading.Event()
         self.batch_sizes: list[int] = []
 

@@ -24,9 +24,9 @@ def _events(text: str) -> list[tuple[str, dict]]:
 
 @pytest.fixture
 def looping_client(make_client):
-    model = build_tiny_model(seed=0)
-    model.lm_head = LoopingHead(model.lm_head, model.processor._text_ids("x")[0])
-    return make_client(StampPredictor(model), batch_wait_ms=0)
+    model, processor = build_tiny_model(seed=0)
+    model.lm_head = LoopingHead(model.lm_head, processor._text_ids("x")[0])
+    return make_client(StampPredictor(model, processor), batch_wait_ms=0)
 
 
 def test_finish_reason_in_the_response_and_the_done_event(looping_client):
@@ -51,16 +51,20 @@ def test_model_info_says_bundled(make_client, tiny_model):
     info = make_client(batch_wait_ms=0).get("/v1/model").json()
     assert info["bundled"] is False and info["note"] is None and info["max_prompt_tokens"] == 8192
     from stamp.model.loading import shipped_model_names
-    from stamp.processing import load_pretrained
+    from stamp.model.modeling import StampModel
 
     if "tiny-synth" not in shipped_model_names():
         pytest.skip("no bundled model in this installation")
-    info = make_client(StampPredictor(load_pretrained("tiny-synth")), batch_wait_ms=0).get("/v1/model").json()
+    info = (
+        make_client(StampPredictor(StampModel.from_pretrained("tiny-synth")), batch_wait_ms=0)
+        .get("/v1/model")
+        .json()
+    )
     assert info["bundled"] is True and "synthetic shapes" in info["note"] and "--model" in info["note"]
 
 
-def test_token_bound_is_a_422_before_the_model(make_client, tiny_model):
-    pred = StampPredictor(tiny_model, max_prompt_tokens=40)
+def test_token_bound_is_a_422_before_the_model(make_client, tiny_model, tiny_processor):
+    pred = StampPredictor(tiny_model, tiny_processor, max_prompt_tokens=40)
     client = make_client(pred, batch_wait_ms=0)
     assert client.get("/v1/model").json()["max_prompt_tokens"] == 40
     prompt = "Please segment the red circle next to the square."  # under 2000 characters, over 40 tokens

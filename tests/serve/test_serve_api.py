@@ -23,7 +23,7 @@ def test_health_and_model(client):
     assert info["max_upload_bytes"] == 10 * 1024 * 1024 and info["image_cells"] == [4, 64]
 
 
-def test_segment_multipart_matches_the_predictor(client, tiny_model):
+def test_segment_multipart_matches_the_predictor(client, tiny_model, tiny_processor):
     data = image_bytes(150, 100)
     r = client.post(
         "/v1/segment",
@@ -32,7 +32,7 @@ def test_segment_multipart_matches_the_predictor(client, tiny_model):
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    pred = StampPredictor(tiny_model)
+    pred = StampPredictor(tiny_model, tiny_processor)
     pred.set_image(Image.open(io.BytesIO(data)))
     want = pred.chat("Segment the dog.", answer_prefix=FORCE, max_new_tokens=3)
     assert body["text"] == want.text and body["text"].startswith(FORCE)

@@ -56,8 +56,10 @@ def _run(app, requests):
         app.state.service.batcher.stop()
 
 
-def test_concurrent_requests_share_one_batch_and_match_single_answers(tiny_model):
-    batched = create_app(StampPredictor(tiny_model), ServeSettings(max_batch_size=4, batch_wait_ms=2000))
+def test_concurrent_requests_share_one_batch_and_match_single_answers(tiny_model, tiny_processor):
+    batched = create_app(
+        StampPredictor(tiny_model, tiny_processor), ServeSettings(max_batch_size=4, batch_wait_ms=2000)
+    )
     together = _run(batched, REQUESTS)
     stats = batched.state.service.batcher.stats()
     assert stats["max_batch_seen"] == 4 and stats["batches_run"] == 1 and stats["requests_done"] == 4
@@ -65,7 +67,9 @@ def test_concurrent_requests_share_one_batch_and_match_single_answers(tiny_model
         4
     ] * 3
 
-    alone = create_app(StampPredictor(tiny_model), ServeSettings(max_batch_size=1, batch_wait_ms=0))
+    alone = create_app(
+        StampPredictor(tiny_model, tiny_processor), ServeSettings(max_batch_size=1, batch_wait_ms=0)
+    )
     singles = _run(alone, REQUESTS)
     stats = alone.state.service.batcher.stats()
     assert stats["max_batch_seen"] == 1 and stats["batches_run"] == 4
@@ -75,8 +79,8 @@ def test_concurrent_requests_share_one_batch_and_match_single_answers(tiny_model
         assert [m["rle"] for m in a.json()["masks"]] == [m["rle"] for m in b.json()["masks"]]
 
 
-def test_a_failing_request_does_not_sink_its_batch(tiny_model):
-    predictor = ScriptedPredictor(tiny_model)
+def test_a_failing_request_does_not_sink_its_batch(tiny_model, tiny_processor):
+    predictor = ScriptedPredictor(tiny_model, tiny_processor)
     app = create_app(predictor, ServeSettings(max_batch_size=3, batch_wait_ms=2000))
     reqs = [
         ("/v1/segment", {"prompt": "fine", "max_new_tokens": "2"}, 1),

@@ -151,12 +151,12 @@ def test_upload_size_limit(make_client):
     still_serving(client)
 
 
-def test_pixel_limit_and_decompression_bombs(make_client, monkeypatch, tiny_model):
+def test_pixel_limit_and_decompression_bombs(make_client, monkeypatch, tiny_model, tiny_processor):
     from stamp.imaging.load import MAX_IMAGE_PIXELS
     from stamp.inference import StampPredictor
 
     # the predictor's max_image_pixels, the one limit of the API, the CLI and the server
-    client = make_client(StampPredictor(tiny_model, max_image_pixels=11_000), batch_wait_ms=0)
+    client = make_client(StampPredictor(tiny_model, tiny_processor, max_image_pixels=11_000), batch_wait_ms=0)
     assert client.get("/v1/model").json()["max_pixels"] == 11_000
     expect(_form(client, image_bytes(120, 100)), 413, "too_many_pixels", "120x100")
     still_serving(client)  # the default upload, 120x90, is under the limit
@@ -165,7 +165,9 @@ def test_pixel_limit_and_decompression_bombs(make_client, monkeypatch, tiny_mode
     expect(_form(client, png_header(30_000, 30_000)), 413, "too_many_pixels")
     monkeypatch.undo()
     # A generous app limit: Pillow's own bomb checks (error above 2x, warning above 1x) become 413s too.
-    roomy = make_client(StampPredictor(tiny_model, max_image_pixels=MAX_IMAGE_PIXELS), batch_wait_ms=0)
+    roomy = make_client(
+        StampPredictor(tiny_model, tiny_processor, max_image_pixels=MAX_IMAGE_PIXELS), batch_wait_ms=0
+    )
     expect(_form(roomy, png_header(30_000, 30_000)), 413, "too_many_pixels")  # DecompressionBombError
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -38,7 +38,7 @@ def test_serve_on_a_busy_port_is_one_line_exit_2_before_the_model(monkeypatch, c
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the port was checked")
 
-    monkeypatch.setattr(stamp.processing, "load_pretrained", refuse)
+    monkeypatch.setattr(stamp.processing, "load_model_and_processor", refuse)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

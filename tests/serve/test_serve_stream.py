@@ -70,8 +70,8 @@ def test_stream_errors(make_client, scripted):
 class MaskGatedPredictor(StampPredictor):
     """Generation pauses after each mask until `gate` is set: the mask must reach the client first."""
 
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, processor):
+        super().__init__(model, processor)
         self.gate = threading.Event()
 
     def chat_batch(self, requests, *, on_event=None, **kwargs):
@@ -83,8 +83,8 @@ class MaskGatedPredictor(StampPredictor):
         return super().chat_batch(requests, on_event=hook, **kwargs)
 
 
-def test_masks_reach_a_real_client_while_generation_is_still_running(tiny_model):
-    predictor = MaskGatedPredictor(tiny_model)
+def test_masks_reach_a_real_client_while_generation_is_still_running(tiny_model, tiny_processor):
+    predictor = MaskGatedPredictor(tiny_model, tiny_processor)
     app = create_app(predictor, ServeSettings(batch_wait_ms=0))
     fields = {"prompt": "Segment it.", "answer_prefix": "It is <|seg|> here", "max_new_tokens": "2"}
     kinds, waited = [], None
@@ -103,9 +103,9 @@ def test_masks_reach_a_real_client_while_generation_is_still_running(tiny_model)
     assert kinds.index("mask") < len(kinds) - 2  # text followed the mask: the answer went on after it
 
 
-def test_generate_reports_each_seg_token_then_its_mask(tiny_model):
-    pred = StampPredictor(tiny_model)
-    proc = tiny_model.processor
+def test_generate_reports_each_seg_token_then_its_mask(tiny_model, tiny_processor):
+    pred = StampPredictor(tiny_model, tiny_processor)
+    proc = tiny_processor
     req = pred._request(*pred._encode(random_image(100, 120))[:2], "Go", None, "a <|seg|> b <|seg|>")
     seen = []
     out = generate(
@@ -126,8 +126,8 @@ def test_generate_reports_each_seg_token_then_its_mask(tiny_model):
     assert [e[2] for e in seen if e[0] == "mask"] == [0, 1]
 
 
-def test_text_streamer_never_splits_a_character(tiny_model):
-    proc = tiny_model.processor
+def test_text_streamer_never_splits_a_character(tiny_model, tiny_processor):
+    proc = tiny_processor
     text = "é€😀 ok"
     ids = proc._text_ids(text)
     assert len(ids) > len(text)  # bytes, not characters
@@ -150,7 +150,7 @@ def test_phrase_spans():
     assert phrase_spans("no masks") == []
 
 
-def test_streamed_masks_are_refined_once_each(make_client, tiny_model):
+def test_streamed_masks_are_refined_once_each(make_client, tiny_model, tiny_processor):
     """The stream refines each mask as it goes out; the worker must not refine them again."""
     from stamp.refine.base import GuidedRefiner
 
@@ -161,7 +161,7 @@ def test_streamed_masks_are_refined_once_each(make_client, tiny_model):
             Counting.calls += 1
             return super().refine(*args, **kwargs)
 
-    client = make_client(StampPredictor(tiny_model, refine=Counting()), batch_wait_ms=0)
+    client = make_client(StampPredictor(tiny_model, tiny_processor, refine=Counting()), batch_wait_ms=0)
     fields = {"prompt": "Segment both.", "answer_prefix": PREFIX, "max_new_tokens": "2"}
     events = parse_sse(
         client.post("/v1/segment/stream", files=upload(image_bytes(140, 100)), data=fields).text

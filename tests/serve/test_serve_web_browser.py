@@ -40,8 +40,8 @@ ARGS = [
 
 
 @pytest.fixture(scope="module")
-def site(tiny_model):
-    app = create_app(StampPredictor(tiny_model), ServeSettings(web=True, batch_wait_ms=0))
+def site(tiny_model, tiny_processor):
+    app = create_app(StampPredictor(tiny_model, tiny_processor), ServeSettings(web=True, batch_wait_ms=0))
     with serve_in_thread(app) as url:
         yield url
 

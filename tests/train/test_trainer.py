@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_two_cpu_ranks
+from helpers import run_two_cpu_ranks, save_tiny_model
 from safetensors.torch import load_file
 
-from stamp.processing import load_pretrained
+from stamp.model.modeling import StampModel
 from stamp.tiny import build_tiny_model
 from stamp.train.checkpoint import latest_checkpoint
 from stamp.train.config import TrainConfig
@@ -65,7 +65,7 @@ def test_training_reduces_loss_and_writes_artifacts(tiny_overrides, tmp_path):
     assert last.stat().st_mode & 0o777 == (out / "checkpoints").stat().st_mode & 0o777  # not mkdtemp's 0700
     assert len(list((out / "checkpoints").glob("step_*"))) <= cfg.run.keep_checkpoints
 
-    loaded = load_pretrained(last / "model")  # a checkpoint's model folder is a loadable model
+    loaded = StampModel.from_pretrained(last / "model")  # a checkpoint's model folder is a loadable model
     assert loaded.stamp.seg_token_id == trainer.model.stamp.seg_token_id
 
 
@@ -217,7 +217,7 @@ def test_deepspeed_zero2_on_two_cpu_ranks_matches_ddp_and_resumes_exactly(tiny_o
 def test_lora_and_frozen_vision_train_the_right_parameters(tiny_overrides, tmp_path):
 
     base = tmp_path / "base"
-    build_tiny_model(seed=0).save_stamp(base)
+    save_tiny_model(base)
     cfg = _cfg(
         tiny_overrides,
         "run.steps=2",
@@ -238,8 +238,8 @@ def test_lora_and_frozen_vision_train_the_right_parameters(tiny_overrides, tmp_p
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in trainable)
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
-    merged = load_pretrained(last / "model", base_model=base)  # adapter checkpoint + its base
-    assert merged.stamp.seg_token_id == trainer.model.processor.seg_token_id
+    merged = StampModel.from_pretrained(last / "model", base_model=base)  # adapter checkpoint + its base
+    assert merged.stamp.seg_token_id == trainer.processor.seg_token_id
 
 
 def test_resume_takes_data_settings_from_the_config(tiny_overrides, tmp_path):
@@ -248,9 +248,9 @@ def test_resume_takes_data_settings_from_the_config(tiny_overrides, tmp_path):
     cfg = _cfg(tiny_overrides, "run.steps=1")
     last = train(cfg, progress=False)
     soft = _cfg(tiny_overrides, "loss.target_threshold=null", "model.max_cells=16")
-    model = build_model(soft, weights_from=last / "model")
-    assert model.processor.settings.target_threshold is None
-    assert model.processor.settings.max_pixels == 16 * 28 * 28
+    _, processor = build_model(soft, weights_from=last / "model")
+    assert processor.settings.target_threshold is None
+    assert processor.settings.max_pixels == 16 * 28 * 28
 
 
 def test_next_token_baseline_trains_on_label_text(tiny_overrides, tmp_path):
@@ -268,14 +268,15 @@ def test_next_token_baseline_trains_on_label_text(tiny_overrides, tmp_path):
     ids = batch["input_ids"][0].tolist()
     seg = ids.index(settings.seg_token_id)
     n_cells = int(batch["image_grid_thw"][0][1] * batch["image_grid_thw"][0][2]) // 4
-    assert set(ids[seg + 1 : seg + 1 + n_cells]) <= set(nt.model_labels(trainer.model))
+    assert set(ids[seg + 1 : seg + 1 + n_cells]) <= set(
+        nt.model_labels(trainer.model, trainer.processor.tokenizer)
+    )
     with torch.no_grad():
         out = trainer.model.stamp_forward(**batch)
     assert out.mask_logits is None and out.text_loss is not None
     last = trainer.fit()
     assert (last / "model" / nt.MARKER_FILE).is_file()
-    model = nt.load_model(last / "model")
-    pred = nt.LabelPredictor(model)
+    pred = nt.LabelPredictor(*nt.load_model(last / "model"))
     pred.set_image(np.zeros((100, 120, 3), dtype=np.uint8))
     res = pred.chat("Segment it.", answer_prefix="<|seg|>", max_new_tokens=2)
     assert len(res.masks) == 1 and res.masks[0].mask.shape == (100, 120)
@@ -358,21 +359,21 @@ def test_pretrained_keeps_its_image_range_unless_the_config_sets_one(tiny_overri
     from stamp.train.build import build_model
 
     base = tmp_path / "base"
-    model = build_tiny_model(seed=0)
-    model.processor.set_pixel_range(6 * 28 * 28, 12 * 28 * 28)
-    model.save_stamp(base)
+    model, processor = build_tiny_model(seed=0)
+    processor.set_pixel_range(6 * 28 * 28, 12 * 28 * 28)
+    model.save_stamp(base, processor)
     overrides = [o for o in tiny_overrides if "_cells=" not in o] + [
         "model.min_cells=null",
         "model.max_cells=null",
     ]
     pretrained = ["model.init=pretrained", f"model.path={base}"]
-    kept = build_model(_cfg(overrides, *pretrained)).processor.settings
+    kept = build_model(_cfg(overrides, *pretrained))[1].settings
     assert (kept.min_pixels, kept.max_pixels) == (6 * 784, 12 * 784)
-    larger = build_model(_cfg(overrides, *pretrained, "model.max_cells=30")).processor.settings
+    larger = build_model(_cfg(overrides, *pretrained, "model.max_cells=30"))[1].settings
     assert (larger.min_pixels, larger.max_pixels) == (6 * 784, 30 * 784)  # min stays the checkpoint's
     with pytest.raises(ValueError, match="min_cells"):
         build_model(_cfg(overrides, *pretrained, "model.max_cells=4"))
-    scratch = build_model(_cfg(overrides)).processor.settings
+    scratch = build_model(_cfg(overrides))[1].settings
     assert (scratch.min_pixels, scratch.max_pixels) == (64 * 784, 256 * 784)
     with pytest.raises(ValueError, match="max_cells"):
         _cfg(overrides, "model.min_cells=9", "model.max_cells=4")

@@ -60,14 +60,15 @@ def grid_for(n: int) -> tuple[int, int]:
     return gh, n // gh
 
 
-def plain_token_ids(model) -> torch.Tensor:
-    """Vocabulary ids that are ordinary text (no special, added, image or STAMP tokens), ascending."""
+def plain_token_ids(model, tokenizer=None) -> torch.Tensor:
+    """Vocabulary ids that are ordinary text (no special, added, image or STAMP tokens), ascending;
+    `tokenizer` (the model's, when known) names its special and added tokens too."""
     vocab = model.get_input_embeddings().weight.shape[0]
     special = {model.stamp.seg_token_id, model.stamp.mask_token_id}
     for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
         if getattr(model.config, name, None) is not None:
             special.add(int(getattr(model.config, name)))
-    tok = getattr(getattr(model, "processor", None), "tokenizer", None)
+    tok = tokenizer
     if tok is not None:
         special.update(int(i) for i in tok.all_special_ids)
         special.update(int(i) for i in tok.get_added_vocab().values())
@@ -87,7 +88,7 @@ def _crop_to(cache, length: int) -> None:
 class MaskPassBench:
     """One model, one text length after the image, one grid: the three passes of the module docstring."""
 
-    def __init__(self, model, history: int, grid: tuple[int, int], *, seed: int = 0):
+    def __init__(self, model, history: int, grid: tuple[int, int], *, seed: int = 0, tokenizer=None):
         if history < 1:
             raise ValueError(f"history must be >= 1 token, got {history}")
         self.model = model
@@ -99,7 +100,7 @@ class MaskPassBench:
         self.device = model.device
         self.seg_id = model.stamp.seg_token_id
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        plain = plain_token_ids(model)
+        plain = plain_token_ids(model, tokenizer)
         self.pad_id = int(plain[0])
         self.label_ids = plain[:2].to(self.device)  # stand-ins for two label words: the cost is the same
         text = plain[torch.randint(0, len(plain), (history,), generator=gen)].tolist()
@@ -292,7 +293,7 @@ def mask_pass_record(bench: MaskPassBench, s: MaskPassSettings, dtype: str, peak
 
 
 def run_mask_pass(
-    model, settings: MaskPassSettings, log=print, into: tuple[list, list] | None = None
+    model, settings: MaskPassSettings, log=print, into: tuple[list, list] | None = None, processor=None
 ) -> tuple[list[dict], list[dict]]:
     """All (n, dtype) records and the per-dtype matmul references. The model is cast to each dtype in
     turn (in place) and back to its original dtype at the end. `into=(records, references)`: lists to
@@ -308,7 +309,8 @@ def run_mask_pass(
             references.append(ref.to_dict())
             log(f"[mask pass] {name}: matmul reference {ref.best_gflops:.1f} GFLOP/s at {ref.best_shape}")
             for n in settings.ns:
-                bench = MaskPassBench(model, settings.history, grid_for(n))
+                tokenizer = processor.tokenizer if processor is not None else None
+                bench = MaskPassBench(model, settings.history, grid_for(n), tokenizer=tokenizer)
                 rec = mask_pass_record(bench, settings, name, ref.best_gflops)
                 records.append(rec)
                 log(

@@ -123,7 +123,7 @@ def check_memory(name: str, params: int, dtype: torch.dtype, device: torch.devic
 def build_preset_model(
     name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu", seed: int = 0
 ):
-    """A random STAMP model of preset `name` in `dtype` on `device`, eval mode, `.processor` attached.
+    """A random STAMP model of preset `name` in `dtype` on `device`, eval mode, and its processor.
     Returns (model, memory estimate dict)."""
     from stamp.processing import StampProcessor
 
@@ -133,5 +133,4 @@ def build_preset_model(
     config, tokenizer = build_config(name)
     estimate = check_memory(name, parameter_count(config), dtype, device)
     model = build_from_config(config, seed=seed, dtype=dtype, device=device).requires_grad_(False)
-    model.processor = StampProcessor(tokenizer, PROCESSOR_SETTINGS)
-    return model, estimate
+    return model, StampProcessor(tokenizer, PROCESSOR_SETTINGS), estimate

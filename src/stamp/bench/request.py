@@ -189,7 +189,7 @@ def batch_records(
     return records
 
 
-def run_requests(model, settings: RequestSettings, log=print) -> tuple[list[dict], list[dict]]:
+def run_requests(model, processor, settings: RequestSettings, log=print) -> tuple[list[dict], list[dict]]:
     """(request records, batch records), one request record per dtype and one batch record per
     (dtype, batch size). The model is cast to each dtype in turn and back at the end."""
     from stamp.inference import StampPredictor
@@ -213,7 +213,7 @@ def run_requests(model, settings: RequestSettings, log=print) -> tuple[list[dict
         try:
             for name in settings.dtypes:
                 model.to(DTYPES[name])
-                predictor = StampPredictor(model, refine=settings.refine)
+                predictor = StampPredictor(model, processor, refine=settings.refine)
                 for i, side in enumerate(sides):
                     warm = settings if i == 0 or side is None else replace(settings, warmup=0)
                     rec = request_record(predictor, per_side[side], warm, name)

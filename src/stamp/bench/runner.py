@@ -140,7 +140,7 @@ class BenchInterrupted(Exception):
     """Raised (e.g. by a SIGTERM handler) to end a run early; `run_bench` returns what it measured."""
 
 
-def run_bench(model, source: dict, settings: BenchSettings, command: str = "", log=print) -> dict:
+def run_bench(model, processor, source: dict, settings: BenchSettings, command: str = "", log=print) -> dict:
     """Run the selected parts on `model` (already on `settings.device`) and return the JSON document."""
     unknown = sorted(set(settings.parts) - set(PARTS))
     if unknown:
@@ -170,16 +170,18 @@ def run_bench(model, source: dict, settings: BenchSettings, command: str = "", l
             if "mask_pass" in settings.parts:
                 records, refs = [], []
                 try:
-                    run_mask_pass(model, settings.mask_pass, log=log, into=(records, refs))
+                    run_mask_pass(
+                        model, settings.mask_pass, log=log, into=(records, refs), processor=processor
+                    )
                 finally:  # the measurements finished so far are kept if the run is interrupted
                     doc["mask_pass"] += [{**tag, **r} for r in records]
                     doc["matmul"] += [{**tag, **r} for r in refs]
             if "request" in settings.parts:
-                requests, batches = run_requests(model, settings.request, log=log)
+                requests, batches = run_requests(model, processor, settings.request, log=log)
                 doc["request"] += [{**tag, **r} for r in requests]
                 doc["batch"] += [{**tag, **r} for r in batches]
             if "train" in settings.parts:  # last: its optimizer steps change the weights
-                records = run_train(model, settings.train, log=log)
+                records = run_train(model, processor, settings.train, log=log)
                 doc["train"] += [{**tag, **r} for r in records]
     except (KeyboardInterrupt, BenchInterrupted) as stop:
         doc["interrupted"] = str(stop) or type(stop).__name__
@@ -279,13 +281,15 @@ def run_command(args, command: str) -> int:
     try:
         if "train" in settings.parts and preset in PRESETS:  # before anything is allocated
             check_preset_training(preset, settings, DTYPES[dtypes[0]])
-        model, source = load_bench_model(args.model, preset, first_device, args.attn, DTYPES[dtypes[0]])
+        model, processor, source = load_bench_model(
+            args.model, preset, first_device, args.attn, DTYPES[dtypes[0]]
+        )
     except PresetMemoryError as err:
         print(f"stamp bench: {err}", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # e.g. `timeout`: keep what was measured
     try:
-        doc = run_bench(model, source, settings, command=command)
+        doc = run_bench(model, processor, source, settings, command=command)
     finally:
         signal.signal(signal.SIGTERM, previous)
     written = write_json(doc, args.json, force=args.force) if args.json else None  # before printing

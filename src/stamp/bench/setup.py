@@ -1,7 +1,7 @@
 """Which model the benchmark runs, on which machine, with how many threads.
 
 Models:
-- `--model DIR`: a saved STAMP model (`stamp.processing.load_pretrained`);
+- `--model DIR`: a saved STAMP model (`stamp.processing.load_model_and_processor`);
 - nothing: the bundled model (`load_model(None)`; a tiny random model with a notice where none is bundled);
 - `--preset tiny`: `build_tiny_model()` (hidden 64, 2 layers: the test model);
 - `--preset qwen2-vl-2b | qwen2-vl-7b | qwen2.5-vl-3b | qwen2.5-vl-7b`: a RANDOM model with the published
@@ -42,7 +42,7 @@ def load_bench_model(
     attn: str | None = None,
     dtype: torch.dtype | None = None,
 ):
-    """(model in eval mode on `device`, a dict describing where it came from). `attn`: override the
+    """(model in eval mode on `device`, its processor, a dict describing where it came from). `attn`: override the
     attention implementation ("sdpa" or "eager") of the whole model. `dtype`: the dtype a real-size
     preset is built in (default bf16); other models load as saved."""
     if model is not None and preset is not None:
@@ -50,12 +50,15 @@ def load_bench_model(
     if preset in REAL_PRESETS:
         from stamp.bench.presets import build_preset_model
 
-        net, memory = build_preset_model(preset, dtype or torch.bfloat16, device)
+        net, processor, memory = build_preset_model(preset, dtype or torch.bfloat16, device)
         source = {"kind": "preset", "name": preset, "random_weights": True, "memory_estimate": memory}
     elif preset == "tiny":
         from stamp.tiny import build_tiny_model
 
-        net, source = build_tiny_model(seed=0), {"kind": "preset", "name": "tiny", "random_weights": True}
+        (net, processor), source = (
+            build_tiny_model(seed=0),
+            {"kind": "preset", "name": "tiny", "random_weights": True},
+        )
     elif preset is not None:
         from stamp.train.build import build_model
         from stamp.train.config import TrainConfig
@@ -67,13 +70,13 @@ def load_bench_model(
         cfg = load_config(TrainConfig, path)
         if cfg.model.init != "scratch":
             raise ValueError(f"{path}: model.init must be 'scratch' for a preset (use --model for weights)")
-        net = build_model(cfg)
+        net, processor = build_model(cfg)
         source = {"kind": "preset", "name": preset, "config": str(path), "random_weights": True}
     else:
         from stamp.bundled import is_bundled, model_name
-        from stamp.processing import load_pretrained
+        from stamp.processing import load_model_and_processor
 
-        net = load_pretrained(model_name(model))
+        net, processor = load_model_and_processor(model_name(model))
         source = {
             "kind": "bundled" if is_bundled(model) else "path",
             "name": model or "bundled",
@@ -85,7 +88,7 @@ def load_bench_model(
         if attn not in SUPPORTED_ATTN_IMPLEMENTATIONS:
             raise ValueError(f"--attn must be one of {SUPPORTED_ATTN_IMPLEMENTATIONS}, got {attn!r}")
         net.set_attn_implementation(attn)
-    return net.eval().requires_grad_(False).to(device), source
+    return net.eval().requires_grad_(False).to(device), processor, source
 
 
 def describe_model(model, source: dict) -> dict:

@@ -238,14 +238,13 @@ def _time_steps(module, params: list, batch: dict, settings: TrainSettings, devi
     return timing, resident, [float(v) for v in losses]
 
 
-def run_train(model, settings: TrainSettings, log=print) -> list[dict]:
+def run_train(model, processor, settings: TrainSettings, log=print) -> list[dict]:
     """One record per (gradient checkpointing, batch size): ms per step, samples/s, peak memory."""
     from stamp.train.build import apply_lora, set_gradient_checkpointing
     from stamp.train.config import LoraConfig, LossConfig
     from stamp.train.trainer import StampTrainingModule
 
     device = model.device
-    processor = model.processor
     planner = model.batch_planner()
     examples = [
         processor.encode_sample(s) for s in synthetic_samples(max(settings.batch_sizes), settings.image_side)

@@ -45,18 +45,18 @@ def build_predictor(args):
     from stamp.bundled import model_name
     from stamp.inference import StampPredictor
     from stamp.inference.predictor import PredictorOptions, resolve_refine
-    from stamp.processing import load_pretrained
+    from stamp.processing import load_model_and_processor
     from stamp.refine import check_refine_source
 
     check_refine_source(args.refine)
-    model = load_pretrained(
+    model, processor = load_model_and_processor(
         model_name(args.model), dtype=args.dtype, device=args.device, base_model=args.base_model
     )
     announce_bundled(args.model)
     if args.cells is not None:
-        model.processor.set_cell_range(*args.cells)
+        processor.set_cell_range(*args.cells)
     options = from_args(PredictorOptions, args, refine=resolve_refine(args.refine, model))
-    return StampPredictor(model, options=options)
+    return StampPredictor(model, processor, options=options)
 
 
 def announce_bundled(model: str | None) -> None:

@@ -114,8 +114,8 @@ def _serve(args, *, web: bool) -> int:
     import torch
 
     from stamp.bundled import model_name
-    from stamp.inference.predictor import PredictorOptions, resolve_refine
-    from stamp.processing import load_pretrained
+    from stamp.inference.predictor import PredictorOptions, StampPredictor, resolve_refine
+    from stamp.processing import load_model_and_processor
     from stamp.refine import check_refine_source
     from stamp.serve.app import create_app
 
@@ -127,14 +127,14 @@ def _serve(args, *, web: bool) -> int:
         return EXIT_USAGE
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_pretrained(
+    model, processor = load_model_and_processor(
         model_name(args.model), dtype=args.dtype, device=args.device, base_model=args.base_model
     )
     announce_bundled(args.model)
     if args.cells is not None:
-        model.processor.set_cell_range(*args.cells)
+        processor.set_cell_range(*args.cells)
     options = from_args(PredictorOptions, args, refine=resolve_refine(args.refine, model))
-    app = create_app(model, settings, options)
+    app = create_app(StampPredictor(model, processor, options=options), settings)
     what = "web demo" if web else "API"
     print(f"stamp: {what} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -33,8 +33,8 @@ class ReplayPredictor(StampPredictor):
     samples and, after `rewind()`, replays them: later passes redo only the thresholding and the
     refinement, so they must ask the same prompts about the same images in the same order (checked)."""
 
-    def __init__(self, model, *, refine="none") -> None:
-        super().__init__(model, refine=refine)
+    def __init__(self, model, processor=None, *, refine="none") -> None:
+        super().__init__(model, processor, refine=refine)
         self._log: list[tuple[object, list[tuple[str, object]]]] = []  # (encoded image, [(prompt, output)])
         self._pos: int | None = None  # None: recording
         self._turns: list[tuple[str, object]] = []
@@ -143,7 +143,7 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
     from stamp.data.registry import open_dataset, parse_data_spec
     from stamp.eval.evaluate import evaluate_samples
     from stamp.inference.predictor import resolve_refine
-    from stamp.processing import load_pretrained
+    from stamp.processing import load_model_and_processor
     from stamp.refine import check_refine_source
 
     thresholds = sorted({float(t) for t in job.thresholds})
@@ -161,11 +161,11 @@ def run_calibration(job: CalibrationJob, progress: bool = True) -> dict:
     )
     n = len(dataset) if job.limit is None else min(job.limit, len(dataset))
     torch.manual_seed(job.seed)
-    model = load_pretrained(model_name(job.model), dtype=job.dtype, device=job.device)
+    model, processor = load_model_and_processor(model_name(job.model), dtype=job.dtype, device=job.device)
     if job.cells is not None:
-        model.processor.set_cell_range(*job.cells)
+        processor.set_cell_range(*job.cells)
     refine = resolve_refine(job.refine, model)
-    predictor = ReplayPredictor(model, refine=refine)
+    predictor = ReplayPredictor(model, processor, refine=refine)
     before = predictor.threshold
     results = []
     for k, t in enumerate(thresholds):

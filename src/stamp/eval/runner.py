@@ -124,16 +124,16 @@ def run_eval(job: EvalJob, progress: bool = True, teardown: bool = True, predict
 def _run(job, protocol, dataset, n, rank, world, masks_dir, stage, progress, teardown, predictor_type):
     from stamp.bundled import model_name
     from stamp.inference import StampPredictor
-    from stamp.processing import load_pretrained
+    from stamp.processing import load_model_and_processor
 
     out = Path(job.out)
     torch.manual_seed(job.seed)
-    model = load_pretrained(
+    model, processor = load_model_and_processor(
         model_name(job.model), dtype=job.dtype, device=job.device, base_model=job.base_model
     )
     cells = job.cells or protocol.cells
     if cells is not None:
-        model.processor.set_cell_range(*cells)
+        processor.set_cell_range(*cells)
     from stamp.inference.predictor import resolve_refine
 
     if protocol.name == "authors" and job.refine == "auto":
@@ -142,6 +142,7 @@ def _run(job, protocol, dataset, n, rank, world, masks_dir, stage, progress, tea
     threshold = job.threshold if job.threshold is not None else protocol.threshold
     predictor = (predictor_type or StampPredictor)(
         model,
+        processor,
         threshold=threshold,
         refine=job.refine,
         upsample=protocol.upsample,

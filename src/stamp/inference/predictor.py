@@ -206,9 +206,8 @@ class StampPredictor:
         self.max_prompt_tokens = options.max_prompt_tokens
         self.max_image_pixels = options.max_image_pixels
         self.model = model.eval()
-        self.processor = processor or getattr(model, "processor", None)
-        if self.processor is None:  # a model from StampModel.from_pretrained: its folder's processor
-            self.processor = model.processor = StampProcessor.for_model(model)
+        # a model from StampModel.from_pretrained: the processor of the folder it came from
+        self.processor = processor if processor is not None else StampProcessor.for_model(model)
         self.threshold = resolve_threshold(model, threshold)
         self.upsample = upsample
         refine = resolve_refine(refine, model)

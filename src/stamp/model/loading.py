@@ -436,23 +436,23 @@ def _rename_adapter_key(key: str) -> str:
 
 
 def save_stamp_model(
-    model, path: str | os.PathLike, *, overwrite: bool = False, state_dict: dict | None = None
+    model, path: str | os.PathLike, processor, *, overwrite: bool = False, state_dict: dict | None = None
 ) -> None:
-    """Write weights, config, tokenizer and processor settings atomically (temp dir, then rename).
+    """Write weights, config and `processor` (anything with `save_pretrained(folder)`: its tokenizer
+    and settings) atomically (temp dir, then rename).
 
     Refuses to replace an existing non-empty directory unless `overwrite=True`.
     """
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise StampModelError(f"{path} exists and is not empty; pass overwrite=True to replace it")
-    if model.processor is None:
-        raise StampModelError("the model has no processor attached; nothing to save the tokenizer from")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     os.chmod(tmp, new_dir_mode())  # mkdtemp makes 0700; the saved model should look like any folder
     try:
         model.config.stamp = model.stamp.to_dict()
-        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)  # + processor
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
+        processor.save_pretrained(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -67,7 +67,6 @@ class StampModel:
         self.classifier = nn.Linear(config.text_config.hidden_size, 1)
         nn.init.normal_(self.classifier.weight, std=getattr(config.text_config, "initializer_range", 0.02))
         nn.init.zeros_(self.classifier.bias)
-        self.processor = None  # a StampProcessor, attached by the processor layer (StampProcessor.for_model)
         self.checkpoint = None  # where from_pretrained loaded it from (stamp.model.loading.Checkpoint)
 
     # ----------------------------------------------------------------- loading (see stamp.model.loading)
@@ -90,21 +89,21 @@ class StampModel:
         return super().from_pretrained(path, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' `save_pretrained` with the STAMP settings in the config and, when a processor is
-        attached, its tokenizer and settings: a folder `from_pretrained` loads completely."""
+        """transformers' `save_pretrained` with the STAMP settings in the config. As in transformers, the
+        processor saves itself beside it (`processor.save_pretrained(save_directory)`); `save_stamp` does
+        both at once, atomically."""
         self.config.stamp = self.stamp.to_dict()
         with library_output():  # no bar, no DeepSpeed notice unless asked (stamp.model.quiet)
             super().save_pretrained(save_directory, *args, **kwargs)
-        if self.processor is not None:
-            self.processor.save_pretrained(save_directory)
         plain_modes(save_directory)  # safetensors writes 0o600 weights; the user's umask, as elsewhere
 
-    def save_stamp(self, path, *, overwrite: bool = False, state_dict: dict | None = None) -> None:
-        """Save weights (safetensors), config with the STAMP settings, tokenizer and processor settings.
-        `state_dict` replaces the model's own weights (e.g. the gathered full weights of an FSDP run)."""
+    def save_stamp(self, path, processor, *, overwrite: bool = False, state_dict: dict | None = None) -> None:
+        """A complete model folder, written atomically: weights (safetensors), config with the STAMP
+        settings, and `processor`'s tokenizer and settings. `state_dict` replaces the model's own
+        weights (e.g. the gathered full weights of an FSDP run)."""
         from stamp.model.loading import save_stamp_model
 
-        save_stamp_model(self, path, overwrite=overwrite, state_dict=state_dict)
+        save_stamp_model(self, path, processor, overwrite=overwrite, state_dict=state_dict)
 
     # ----------------------------------------------------------------- building blocks
     @property

@@ -10,10 +10,11 @@ import json
 
 def openapi_schema() -> dict:
     """The schema of `create_app` with default settings."""
+    from stamp.inference import StampPredictor
     from stamp.serve.app import create_app
     from stamp.tiny import build_tiny_model
 
-    return create_app(build_tiny_model(seed=0)).openapi()
+    return create_app(StampPredictor(*build_tiny_model(seed=0))).openapi()
 
 
 def render() -> str:

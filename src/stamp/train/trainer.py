@@ -261,8 +261,9 @@ class Trainer:
         if not resume and self.accel.is_main_process:
             _check_fresh_out_dir(self.out_dir)
         torch.manual_seed(cfg.run.seed)
-        self.model = build_model(cfg, weights_from=self.resume_from / "model" if self.resume_from else None)
-        self.processor = self.model.processor
+        self.model, self.processor = build_model(
+            cfg, weights_from=self.resume_from / "model" if self.resume_from else None
+        )
         terms = _build_extra_losses(extra_losses, self.model)
         self.stream = TrainStream(
             cfg.data,
@@ -440,7 +441,7 @@ class Trainer:
             path = save_checkpoint(
                 self.out_dir,
                 self.step,
-                lambda p: _save_model(unwrapped, p, weights, self.model_files),
+                lambda p: _save_model(unwrapped, self.processor, p, weights, self.model_files),
                 None if self.sharded else self.optimizer,
                 self.scheduler,
                 state,
@@ -544,15 +545,15 @@ class Trainer:
 
 
 def _save_model(
-    model, path: Path, state_dict: dict | None = None, files: dict[str, str] | None = None
+    model, processor, path: Path, state_dict: dict | None = None, files: dict[str, str] | None = None
 ) -> None:
     """`state_dict`: the full weights where the model's own parameters are shards (FSDP); `files`: more
     files of the model folder (name -> text)."""
     if hasattr(model, "peft_config"):  # LoRA: the adapter, loadable with its base model
         model.save_pretrained(str(path), state_dict=state_dict)
-        model.processor.save_pretrained(path)
+        processor.save_pretrained(path)
     else:
-        model.save_stamp(path, state_dict=state_dict)
+        model.save_stamp(path, processor, state_dict=state_dict)
     for name, text in (files or {}).items():
         (Path(path) / name).write_text(text)
 
