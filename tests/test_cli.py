@@ -464,3 +464,42 @@ def test_tools_are_subcommands(tmp_path, capsys):
     assert main(["data", "tokenizer", "--out", str(tok), "--samples", "20", "--vocab-size", "300"]) == 0
     assert (tok / "tokenizer.json").is_file()
     assert main(["data", "tokenizer", "--out", str(tok), "--samples", "20"]) == 2
+
+
+def test_the_bundled_model_by_name_and_its_copy_answer_alike_in_the_cli(tmp_path, capsys):
+    """`--model tiny-synth` names the bundled model; a copy saved with save_stamp elsewhere gives the
+    same answer and the same mask files (its defaults travel in its config), without the bundled note."""
+    from stamp.processing import StampProcessor
+
+    image = tmp_path / "scene.png"
+    Image.fromarray((np.random.RandomState(3).rand(150, 190, 3) * 255).astype(np.uint8)).save(image)
+    copy = tmp_path / "copy"
+    StampModel.from_pretrained("tiny-synth").save_stamp(copy, StampProcessor.from_pretrained("tiny-synth"))
+    records, notes = [], []
+    for name, model in (("a", "tiny-synth"), ("b", str(copy))):
+        out = tmp_path / name
+        argv = ["segment", str(image), "--prompt", "Segment the red circle.", "--model", model]
+        assert main([*argv, "--answer-prefix", "Sure, it is <|seg|>", "--out", str(out)]) == 0
+        notes.append("stamp: note:" in capsys.readouterr().err)
+        record = json.loads((out / "result.json").read_text())
+        records.append((record["text"], [(m["area"], m["rle"]["counts"]) for m in record["masks"]]))
+        assert (out / "mask_0.png").is_file()
+    assert records[0] == records[1] and records[0][1]
+    assert notes == [True, False]  # the note names the bundled model; the copy is the user's own
+
+
+def test_export_without_out_writes_a_new_folder_here_never_the_package(tmp_path, monkeypatch, capsys):
+    """`stamp export MODEL_DIR` alone writes ./NAME-bf16 in the working directory; the installed
+    package's bundled model is never a default target."""
+    from stamp.model.loading import SHIPPED_MODELS_DIR
+
+    bundled = SHIPPED_MODELS_DIR / "tiny-synth" / "model.safetensors"
+    before = bundled.stat().st_mtime_ns
+    src = tmp_path / "run" / "model"
+    save_tiny_model(src)
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(src)]) == 0
+    assert (tmp_path / "model-bf16" / "model.safetensors").is_file()
+    assert "model-bf16" in capsys.readouterr().out
+    assert main(["export", str(src)]) == 2  # exists: --force needed
+    assert bundled.stat().st_mtime_ns == before

@@ -94,3 +94,19 @@ def test_readme_folder_example_answers_correctly(tmp_path, monkeypatch):
         result = json.loads(path.read_text())
         assert "no green object" in result["text"].lower(), result["text"]
         assert all(m["area"] == 0 for m in result["masks"]), path
+
+
+def test_every_results_file_is_cited_by_a_document():
+    """docs/results/ holds what the documents cite (by path, or by the folder a table reads from); the
+    history of runs is in git, not in the tree."""
+    docs = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "configs").rglob("README.md")]
+    text = "\n".join(p.read_text() for p in docs)
+    uncited = []
+    for f in sorted((ROOT / "docs" / "results").rglob("*")):
+        if f.is_dir() or f.name == "README.md":
+            continue
+        rel = f.relative_to(ROOT)
+        folders = [f"{p}/" for p in rel.parents if str(p) not in (".", "docs", "docs/results")]
+        if str(rel) not in text and not any(d in text for d in folders):
+            uncited.append(str(rel))
+    assert not uncited, uncited
