@@ -172,3 +172,28 @@ def test_streamed_masks_are_refined_once_each(make_client, tiny_model, tiny_proc
     Counting.calls = 0
     plain = client.post("/v1/segment", files=upload(image_bytes(140, 100)), data=fields).json()
     assert len(plain["masks"]) == 2 and Counting.calls == 2  # the plain endpoint refines in the worker
+
+
+def test_a_client_that_hangs_up_mid_stream_frees_its_slot(tiny_model, tiny_processor):
+    """A streaming client hangs up after its first mask while generation is held: its batch is
+    abandoned (the generation stops early), the queue drains, and the next clients are answered."""
+    predictor = MaskGatedPredictor(tiny_model, tiny_processor)
+    app = create_app(predictor, ServeSettings(batch_wait_ms=0, max_batch_size=1))
+    fields = {"prompt": "Segment it.", "answer_prefix": "It is <|seg|> here", "max_new_tokens": "40"}
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        with http.stream("POST", "/v1/segment/stream", files=upload(), data=fields) as r:
+            for line in r.iter_lines():
+                if line == "event: mask":
+                    break  # hang up here, generation still held at its first mask
+        predictor.gate.set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            stats = http.get("/health").json()
+            if stats["requests_abandoned"] + stats["requests_done"] >= 1 and stats["queue_depth"] == 0:
+                break
+            time.sleep(0.05)
+        assert stats["queue_depth"] == 0 and stats["requests_abandoned"] == 1, stats
+        follow = {"prompt": "Segment it.", "answer_prefix": "It is <|seg|>", "max_new_tokens": "2"}
+        answers = [http.post("/v1/segment", files=upload(), data=follow) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert http.get("/health").json()["queue_depth"] == 0

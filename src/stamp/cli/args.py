@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
+EXIT_FAULT = 1
+"""Exit codes: 2 for what the user must fix (arguments, inputs), 1 for a fault of the machine (a full
+disk) or a run that left work undone."""
 REFINE_METAVAR = "auto|none|guided|sam:PATH|sam-authors:PATH"
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 from importlib import import_module
 
-from stamp.cli.args import EXIT_USAGE, HelpFormatter, Parser
+from stamp.cli.args import EXIT_FAULT, EXIT_USAGE, HelpFormatter, Parser
 
 COMMANDS = (  # (module in stamp.cli, its function adding the parser, its function running it)
     ("demo", "add_parser", "run"),
@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - user-facing errors become one line
         from stamp.cli.common import USER_ERRORS
+        from stamp.faults import WriteError
 
+        if isinstance(exc, WriteError):  # the machine's fault (a full disk): said, what is safe named
+            print(f"stamp {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_FAULT
         if isinstance(exc, USER_ERRORS):
             print(f"stamp: error: {exc}", file=sys.stderr)
             return EXIT_USAGE

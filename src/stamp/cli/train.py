@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from stamp.cli.args import add_command, add_progress_arg
+from stamp.cli.args import EXIT_FAULT, add_command, add_progress_arg
 from stamp.cli.common import exit_now, several_ranks
 
 EXAMPLES = """examples:
@@ -37,7 +37,7 @@ def add_parser(sub):
 def run(args) -> int:
     from stamp.eval.validation import validation_for
     from stamp.recipes import find_recipe
-    from stamp.train.checkpoint import latest_checkpoint
+    from stamp.train.checkpoint import CheckpointWriteError, latest_checkpoint
     from stamp.train.config import TrainConfig
     from stamp.train.trainer import train
     from stamp.yaml_config import load_config
@@ -45,18 +45,27 @@ def run(args) -> int:
     cfg = load_config(TrainConfig, find_recipe(args.config), args.overrides)
     if args.resume:
         cfg = resumed_config(cfg, args.overrides)
+    script = Path(sys.argv[0])  # `stamp`, `python -m stamp`, or a script that calls this command
+    prog = "stamp" if script.name in ("stamp", "__main__.py") else f"python {shlex.quote(str(script))}"
+    resume = f"{prog} train " + shlex.join([args.config, *args.overrides, "--resume"])
     try:
         last = train(cfg, resume=args.resume, progress=not args.no_progress, **validation_for(cfg))
     except KeyboardInterrupt:
         done = latest_checkpoint(Path(cfg.run.out_dir))
-        script = Path(sys.argv[0])  # `stamp`, `python -m stamp`, or a script that calls this command
-        prog = "stamp" if script.name in ("stamp", "__main__.py") else f"python {shlex.quote(str(script))}"
-        resume = f"{prog} train " + shlex.join([args.config, *args.overrides, "--resume"])
         if done is None:
             print("stamp: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
         else:
             print(f"stamp: interrupted; last checkpoint: {done}; resume with: {resume}", file=sys.stderr)
         return 130
+    except CheckpointWriteError as err:  # e.g. a full disk: nothing of that checkpoint was left
+        done = latest_checkpoint(Path(cfg.run.out_dir))
+        safe = (
+            f"the last complete checkpoint is {done.name} (resume with: {resume})"
+            if done is not None
+            else "no checkpoint was completed: free space and start again"
+        )
+        print(f"stamp train: error: {err}; {safe}", file=sys.stderr)
+        return EXIT_FAULT
     if last is not None:
         print(f"last checkpoint: {last} (model: {last / 'model'})")
     if several_ranks():  # one rank of several: skip the teardown (see stamp.train.trainer.train)

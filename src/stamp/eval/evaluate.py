@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from stamp.data.errors import DataError
 from stamp.data.sample import SEG_TOKEN, StampSample
 from stamp.eval.metrics import SegMetrics, VQAAccuracy, mask_iou_stats, normalize_answer
+from stamp.imaging import ImageError
 from stamp.model.losses import IGNORE_VALUE, patch_targets
 from stamp.outputs.records import encode_rle
 
@@ -129,7 +131,10 @@ def evaluate_samples(
     for sample in tqdm(samples, total=total, desc="eval", unit="sample", disable=not progress):
         prompt, gold, gt_masks = first_exchange(sample)
         t0 = time.perf_counter()
-        predictor.set_image(sample.load_image())
+        try:
+            predictor.set_image(sample.load_image())
+        except (ImageError, DataError) as err:  # a damaged or missing file: which sample, which file
+            raise DataError(f"sample {sample.id}: {err}") from None
         is_vqa = not gt_masks and "answer" in sample.meta
         result = predictor.chat(
             prompt, max_new_tokens=max_new_tokens, answer_prefix=None if is_vqa else answer_prefix

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from stamp.faults import WriteError, describe, is_fault
 from stamp.filemodes import new_dir_mode
 from stamp.model.settings import StampSettings
 from stamp.model.tokens import add_stamp_tokens
@@ -446,10 +447,12 @@ def save_stamp_model(
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise StampModelError(f"{path} exists and is not empty; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    os.chmod(tmp, new_dir_mode())  # mkdtemp makes 0700; the saved model should look like any folder
+    existed = path.exists()
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        os.chmod(tmp, new_dir_mode())  # mkdtemp makes 0700; the saved model should look like any folder
         model.config.stamp = model.stamp.to_dict()
         model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
         processor.save_pretrained(tmp)
@@ -461,6 +464,10 @@ def save_stamp_model(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_fault(err):
+            kept = "the earlier model there is untouched" if existed else "nothing was written"
+            raise WriteError(f"{describe(err)} while saving the model to {path}; {kept}", err) from None
         raise

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from stamp.faults import WriteError, describe, is_fault
 from stamp.filemodes import new_dir_mode, new_file_mode  # noqa: F401  (re-exported)
 from stamp.outputs.jsondoc import dumps, json_ready  # noqa: F401  (re-exported)
 from stamp.outputs.records import PALETTE, encode_rle, mask_record, result_timings  # noqa: F401
@@ -27,17 +28,28 @@ HALO = (0, 0, 0)
 two-tone outline shows on any background, a mask's own colour included."""
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Write `data` as the new file `path`, in the user's file mode: every file of a result goes through
+    here (the one place a full disk shows up, and where the tests inject one)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, new_file_mode())
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see a partial file."""
+    """Write to a temp file in the same folder, then rename: readers never see a partial file. A fault
+    of the machine (full disk, ...) is a `WriteError` saying the earlier file, if any, is untouched."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    existed = path.exists()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.partial")
     try:
-        os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write_file(tmp, data)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if is_fault(err):
+            kept = f"the earlier {path.name} is untouched" if existed else "nothing was written"
+            raise WriteError(f"{describe(err)} while writing {path}; {kept}", err) from None
         raise
 
 
@@ -79,15 +91,23 @@ def staged_dir(target: Path, force: bool = False) -> Iterator[Path]:
     new one is complete). On an error the temporary folder is removed and `target` left as it was."""
     target = Path(target)
     check_result_dir(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    existed = target.is_dir() and any(target.iterdir())
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
         os.chmod(tmp, new_dir_mode())
         yield tmp
         check_result_dir(target, force)  # the same check, for a folder that appeared meanwhile
         replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_fault(err):
+            kept = "; the earlier result is untouched" if existed else ""
+            raise WriteError(
+                f"{describe(err)} while writing {target}/; nothing was written there{kept}", err
+            ) from None
         raise
 
 
@@ -258,9 +278,9 @@ def write_result(
     overlay = add_legend(overlay, legend_labels(payload["masks"]))
     with staged_dir(out_dir, force) as tmp:
         for k, m in enumerate(result.masks):
-            (tmp / f"mask_{k}.png").write_bytes(_png_bytes(Image.fromarray(m.mask.astype(np.uint8) * 255)))
-        (tmp / "overlay.png").write_bytes(_png_bytes(overlay))
-        (tmp / "result.json").write_bytes((dumps(payload, indent=2) + "\n").encode())
+            write_file(tmp / f"mask_{k}.png", _png_bytes(Image.fromarray(m.mask.astype(np.uint8) * 255)))
+        write_file(tmp / "overlay.png", _png_bytes(overlay))
+        write_file(tmp / "result.json", (dumps(payload, indent=2) + "\n").encode())
     return result_paths(out_dir, len(result.masks))
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from stamp.faults import WriteError, describe, is_fault
 from stamp.filemodes import new_dir_mode, plain_modes
 
 STATE_FILE = "trainer_state.json"
@@ -36,6 +37,16 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
         return None
     done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
     return done[-1] if done else None
+
+
+def remove_partial_checkpoints(out_dir: Path) -> list[str]:
+    """Delete what a killed save left under `out_dir`'s checkpoints (temporary `.step_*` folders, never
+    renamed into place, so never a checkpoint); returns their names."""
+    root = checkpoint_dir(out_dir)
+    stale = sorted(p for p in root.glob(".step_*") if p.is_dir()) if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in stale]
 
 
 def recorded_config(checkpoint: Path) -> dict | None:
@@ -95,6 +106,15 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
 
 
+class CheckpointWriteError(WriteError):
+    """Checkpoint `step` could not be written to `path` (a full disk, ...): nothing of it was left, and
+    the checkpoints before it are complete (`latest_checkpoint`)."""
+
+    def __init__(self, step: int, path: Path, cause: OSError):
+        super().__init__(f"{describe(cause)} while saving step {step} to {path}", cause)
+        self.step, self.path = step, path
+
+
 def save_checkpoint(
     out_dir: Path,
     step: int,
@@ -112,11 +132,12 @@ def save_checkpoint(
     `optimizer_ranks/` before the checkpoint becomes visible; `extra_files`: file name -> tensors,
     more safetensors files of the checkpoint (outside its model folder)."""
     root = checkpoint_dir(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=root))
-    os.chmod(tmp, new_dir_mode())  # (mkdtemp makes 0700; a checkpoint should look like any folder)
+    tmp = None
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=root))
+        os.chmod(tmp, new_dir_mode())  # (mkdtemp makes 0700; a checkpoint should look like any folder)
         save_model(tmp / "model")
         if partitions is not None:
             partitions.rename(tmp / PARTITIONS)
@@ -140,8 +161,12 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        cause = err.cause if isinstance(err, WriteError) else err
+        if is_fault(cause):
+            raise CheckpointWriteError(step, final, cause) from None
         raise
     done = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
     for old in done[: max(0, len(done) - keep)]:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from stamp.train.checkpoint import (
     latest_checkpoint,
+    remove_partial_checkpoints,
     load_checkpoint,
     load_partition,
     partition_staging_dir,
@@ -255,6 +256,8 @@ class Trainer:
             cpu = False
         self.accel = Accelerator(cpu=cpu, kwargs_handlers=handlers)
         _check_sharding_honoured(self.accel.distributed_type.name)
+        if resume and self.accel.is_main_process:
+            remove_partial_checkpoints(self.out_dir)  # what a killed save left: never a checkpoint
         self.resume_from = latest_checkpoint(self.out_dir) if resume else None
         if resume and self.resume_from is None and self.accel.is_main_process:
             print(f"stamp train: no checkpoint under {self.out_dir}; starting from scratch")

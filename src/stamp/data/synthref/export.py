@@ -33,6 +33,7 @@ from stamp.data.errors import DataError
 from stamp.data.sample import StampSample
 from stamp.data.synthref.dataset import SPLITS, SynthRef
 from stamp.data.synthref.scenes import KINDS
+from stamp.faults import WriteError, describe, is_fault
 from stamp.filemodes import new_dir_mode
 
 FORMATS = ("refer", "grefer", "reasonseg", "llava")
@@ -83,17 +84,25 @@ def export_synthref(
         image_size_range=image_size_range,
         min_visible=1.0 if fmt == "reasonseg" else 0.6,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, new_dir_mode())  # (mkdtemp makes 0700)
+    existed = out.exists() and any(out.iterdir())
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        os.chmod(tmp, new_dir_mode())  # (mkdtemp makes 0700)
         samples = tqdm(range(n), desc=f"synthref {split} -> {fmt}", disable=not progress, unit="sample")
         _WRITERS[fmt](tmp, split, (ds.generate(i) for i in samples))
         info = {"generator": "synthref", "split": split, "n": n, "format": fmt, "seed": seed}
         (tmp / "export_info.json").write_text(json.dumps(info, indent=1))
         _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_fault(err):
+            kept = "; the earlier export there is untouched" if existed else ""
+            raise WriteError(
+                f"{describe(err)} while exporting to {out}/; nothing was written there{kept}", err
+            ) from None
         raise
     return out
 
