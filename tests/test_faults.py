@@ -100,7 +100,15 @@ def test_results_file_on_a_full_disk(model_dir, tmp_path, monkeypatch, capsys):
 
 
 def _train_argv(out_dir, *extra):
-    return ["train", CONFIG, "--no-progress", *TINY_MODEL, "run.eval_every=0", f"run.out_dir={out_dir}", *extra]
+    return [
+        "train",
+        CONFIG,
+        "--no-progress",
+        *TINY_MODEL,
+        "run.eval_every=0",
+        f"run.out_dir={out_dir}",
+        *extra,
+    ]
 
 
 STEPS = ["run.steps=3", "run.save_every=1", "run.keep_checkpoints=5", "data.num_workers=0"]
@@ -222,7 +230,9 @@ def test_export_and_data_synth_on_a_full_disk(model_dir, tmp_path, monkeypatch, 
     monkeypatch.setattr(StampProcessor, "save_pretrained", full)
     assert main(["export", str(model_dir), "--out", str(tmp_path / "bf16")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"stamp export: error: no space left on device while saving the model to {tmp_path / 'bf16'}; nothing was written"]
+    assert err == [
+        f"stamp export: error: no space left on device while saving the model to {tmp_path / 'bf16'}; nothing was written"
+    ]
     monkeypatch.setattr(PILImage.Image, "save", full)
     out = tmp_path / "synth"
     assert main(["data", "synth", "--out", str(out), "--n", "2", "--format", "llava", "--no-progress"]) == 1

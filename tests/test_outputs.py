@@ -1,5 +1,6 @@
 """Atomic output writes: complete files only, and the permissions any plainly created file would get."""
 
+import errno
 import os
 
 from stamp.bench.report import write_json
@@ -167,6 +168,7 @@ def test_force_replaces_the_whole_result_and_a_failure_leaves_the_old_one(tmp_pa
     from PIL import Image
 
     import stamp.outputs.files as files
+    from stamp.faults import WriteError
 
     image, out = Image.new("RGB", (40, 30)), tmp_path / "out"
     files.write_result(_result("A <|seg|> and B <|seg|>.", [50, 60]), image, out)
@@ -176,10 +178,10 @@ def test_force_replaces_the_whole_result_and_a_failure_leaves_the_old_one(tmp_pa
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def broken(*a, **k):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(files, "_png_bytes", broken)  # fails half-way through writing the new result
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="no space left on device .* the earlier result is untouched"):
         files.write_result(_result("X <|seg|>.", [5]), image, out, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder left
