@@ -31,10 +31,10 @@ from tqdm import tqdm
 
 from stamp.train.checkpoint import (
     latest_checkpoint,
-    remove_partial_checkpoints,
     load_checkpoint,
     load_partition,
     partition_staging_dir,
+    remove_partial_checkpoints,
     save_checkpoint,
     save_partition,
 )
