@@ -66,3 +66,23 @@ def test_damaged_folder_is_one_line(kind, tmp_path, image, capsys):
     with pytest.raises(StampModelError, match=named):
         StampModel.from_pretrained(folder)
         StampProcessor.from_pretrained(folder)
+
+
+def test_a_model_that_cannot_fit_is_refused_before_loading(tmp_path, image, monkeypatch, capsys):
+    """The weights' size (from the safetensors headers, in the dtype asked for) against the memory the
+    device has free: one line before anything is loaded, instead of the process being killed."""
+    import torch
+
+    import stamp.model.loading as loading
+
+    folder = SHIPPED_MODELS_DIR / "tiny-synth"
+    need32 = loading.weight_bytes(folder, torch.float32)
+    assert need32 == 2 * loading.weight_bytes(folder) == 2 * loading.weight_bytes(folder, torch.bfloat16)
+    monkeypatch.setattr(loading, "available_bytes", lambda device: need32 - 1)
+    with pytest.raises(StampModelError, match=r"need about .* GiB in float32 but cpu has .* GiB free"):
+        StampModel.from_pretrained("tiny-synth")
+    StampModel.from_pretrained("tiny-synth", dtype="bfloat16")  # half the size fits
+    out = tmp_path / "out"
+    assert main(["segment", str(image), "--prompt", "x", "--out", str(out)]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("stamp: note:")]
+    assert len(lines) == 1 and "GiB free" in lines[0] and not out.exists()

@@ -17,11 +17,10 @@ For a fixed N and history, random weights cost exactly what trained weights cost
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from stamp.model.build import Architecture, build_from_config, meta_model, stamp_config
+from stamp.model.loading import available_bytes
 from stamp.processing import CELL, ProcessorSettings
 
 
@@ -89,20 +88,6 @@ def build_config(name: str):
 def parameter_count(config) -> int:
     """Parameters of the model `config` describes, counted on the meta device (nothing allocated)."""
     return sum(p.numel() for p in meta_model(config).parameters())
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Free memory of `device`: CUDA's free memory, or the CPU's MemAvailable (None if unknown)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def check_memory(name: str, params: int, dtype: torch.dtype, device: torch.device) -> dict:

@@ -66,6 +66,68 @@ def _checkpoint_keys(path: Path) -> set[str]:
     return keys
 
 
+_STORED_SIZES = {
+    "F64": 8,
+    "I64": 8,
+    "F32": 4,
+    "I32": 4,
+    "BF16": 2,
+    "F16": 2,
+    "I16": 2,
+    "U8": 1,
+    "I8": 1,
+    "BOOL": 1,
+}
+
+
+def weight_bytes(path: Path, dtype: torch.dtype | None = None) -> int:
+    """Bytes the folder's weights take in memory as `dtype` (None: as stored), read from the
+    safetensors headers alone."""
+    total = 0
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for key in fh.keys():
+                piece = fh.get_slice(key)
+                numel = 1
+                for n in piece.get_shape():
+                    numel *= n
+                size = (
+                    torch.empty((), dtype=dtype).element_size()
+                    if dtype
+                    else _STORED_SIZES.get(piece.get_dtype(), 4)
+                )
+                total += numel * size
+    return total
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory of `device`: CUDA's free memory, or the CPU's MemAvailable (None if unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(path: Path, dtype: torch.dtype | None, devices) -> None:
+    """StampModelError (one line) when the folder's weights, as `dtype`, need more memory than one of
+    `devices` has free: said before anything is loaded, rather than the process being killed."""
+    need = weight_bytes(path, dtype)
+    for device in devices:
+        free = available_bytes(torch.device(device))
+        if free is not None and need > free:
+            what = str(dtype).removeprefix("torch.") if dtype else "their stored dtype"
+            raise StampModelError(
+                f"{path}: the weights need about {need / 2**30:.1f} GiB in {what} but {device} has "
+                f"{free / 2**30:.1f} GiB free (a smaller dtype: dtype= / --dtype bfloat16; or another device)"
+            )
+
+
 def read_json(file: Path) -> dict:
     """A model folder's JSON file as a dict; StampModelError naming the file when it is unreadable or
     not a JSON object."""
@@ -277,10 +339,13 @@ def load_stamp_model(
     config.stamp = _without_mask_decoder(path, config.stamp)
     settings = StampSettings.from_dict({**config.stamp, **{k: v for k, v in overrides.items() if v}})
     config.stamp = settings.to_dict()
+    load_dtype = _dtype(dtype if dtype is not None else settings.default_dtype)
+    if device_map is None:  # loaded on the CPU, then moved: both must hold the weights
+        check_fits(path, load_dtype, {"cpu", str(torch.device(device or "cpu"))})
     model, info = model_classes[config.model_type].from_pretrained_weights(
         str(path),
         config=config,
-        dtype=_dtype(dtype if dtype is not None else settings.default_dtype),
+        dtype=load_dtype,
         attn_implementation=attn_implementation,
         local_files_only=True,
         output_loading_info=True,
