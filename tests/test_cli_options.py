@@ -89,7 +89,9 @@ def test_serve_options_make_the_settings():
         argv += [option, str(value)]
     settings = serve_cli.settings_from_args(build_parser().parse_args(argv), web=True)
     assert settings == ServeSettings(**values, web=True, model_name="m")
-    assert serve_cli.settings_from_args(build_parser().parse_args(["serve"]), web=False) == ServeSettings()
+    assert serve_cli.settings_from_args(build_parser().parse_args(["serve"]), web=False) == ServeSettings(
+        model_name="tiny-synth"
+    )
 
 
 def test_predictor_options_from_the_command_line():

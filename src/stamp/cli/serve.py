@@ -19,7 +19,7 @@ from stamp.cli.args import (
     from_args,
     non_negative_int,
 )
-from stamp.cli.common import announce_bundled
+from stamp.cli.common import build_predictor
 
 EXAMPLES = {
     "serve": """examples:
@@ -74,10 +74,12 @@ def add_web_parser(sub):
 
 
 def settings_from_args(args, *, web: bool):
-    """`ServeSettings` from parsed arguments (ValueError on a bad value)."""
+    """`ServeSettings` from parsed arguments (ValueError on a bad value). Clients are shown the model's
+    name (the bundled model's, or its folder's), never its path on this machine."""
+    from stamp.bundled import display_name
     from stamp.serve.settings import ServeSettings
 
-    return from_args(ServeSettings, args, web=web, model_name=args.model)
+    return from_args(ServeSettings, args, web=web, model_name=display_name(args.model))
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -113,9 +115,6 @@ def _serve(args, *, web: bool) -> int:
         return 0
     import torch
 
-    from stamp.bundled import model_name
-    from stamp.inference.predictor import PredictorOptions, StampPredictor, resolve_refine
-    from stamp.processing import load_model_and_processor
     from stamp.refine import check_refine_source
     from stamp.serve.app import create_app
 
@@ -127,14 +126,7 @@ def _serve(args, *, web: bool) -> int:
         return EXIT_USAGE
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, processor = load_model_and_processor(
-        model_name(args.model), dtype=args.dtype, device=args.device, base_model=args.base_model
-    )
-    announce_bundled(args.model)
-    if args.cells is not None:
-        processor.set_cell_range(*args.cells)
-    options = from_args(PredictorOptions, args, refine=resolve_refine(args.refine, model))
-    app = create_app(StampPredictor(model, processor, options=options), settings)
+    app = create_app(build_predictor(args), settings)
     what = "web demo" if web else "API"
     print(f"stamp: {what} on http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
