@@ -2,7 +2,7 @@
 
 Models:
 - `--model DIR`: a saved STAMP model (`stamp.processing.load_model_and_processor`);
-- nothing: the bundled model (`load_model(None)`; a tiny random model with a notice where none is bundled);
+- nothing: the bundled model, `tiny-synth`;
 - `--preset tiny`: `build_tiny_model()` (hidden 64, 2 layers: the test model);
 - `--preset qwen2-vl-2b | qwen2-vl-7b | qwen2.5-vl-3b | qwen2.5-vl-7b`: a RANDOM model with the published
   dimensions, built in the run's dtype on its device (`stamp.bench.presets`);

@@ -7,6 +7,7 @@ exactly as a plain decode step), the N placeholders see the history, the `<|seg|
 their last hidden states go through the classifier. Afterwards the N placeholder entries are cropped
 from the cache, so the answer continues from the unforked history and the placeholders never enter the
 text stream. Rows of a batch that are not at a `<|seg|>` carry masked-out placeholder slots in that step.
+Each mask equals the one the reference forward (`stamp.model.reference`) computes without any cache.
 
 Each answer ends for one reason (`GenerationOutput.finish_reason`): "eos" (the model ended its turn),
 "length" (the token budget ran out) or "repetition" (a degenerate loop, `repeating_period`, stopped by

@@ -43,7 +43,8 @@ class PredictorOptions:
             "help": "sub-patch refinement: image-guided upsampling, or SAM from a local transformers SAM "
             "folder or an original checkpoint file (sam_vit_h_4b8939.pth): 'sam' is the project's "
             "refiner, 'sam-authors' the authors' evaluation procedure (seeded points) "
-            "(default auto: guided for the bundled model, none for others)"
+            "(default auto: the model's own, from its config -- guided for the bundled model, none "
+            "unless a checkpoint names one)"
         },
     )
     """How coarse cell masks are refined to pixels: "auto" (the checkpoint's own, `StampSettings.refine`:

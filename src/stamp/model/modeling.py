@@ -10,6 +10,8 @@ transformers classes directly, so parameter names are exactly those of the autho
 Training step (one forward, several `<|seg|>` per sample, the vision tower once):
     sequence = [conversation (L)] + [N_1 placeholders of seg 1] + ... + [N_k of seg k]
     block j sees the conversation up to its `<|seg|>` and itself; the conversation never sees blocks.
+That is the reference forward of `stamp.model.reference` (the spec), computed for a whole batch at once
+in packed rows (`stamp.model.batch_plan`); tests hold the two equal.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ class ServeSettings:
     web: bool = False
     """Serve the demo page at `/`."""
     model_name: str | None = None
-    """What `/v1/model` calls the model (default: its path or "tiny-random")."""
+    """What `/v1/model` and the page call the model (default: its folder's name, never its path; "tiny-random"
+    for a model built in code)."""
 
     def __post_init__(self) -> None:
         checks = {
