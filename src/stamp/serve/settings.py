@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from stamp.inference.options import GenerationConfig
+
 
 @dataclass
 class ServeSettings:
@@ -21,7 +23,7 @@ class ServeSettings:
     """Longest prompt (and longest history turn or answer prefix), in characters (422 above)."""
     max_history_turns: int = 16
     """Most earlier turns a request may carry."""
-    default_max_new_tokens: int = 128
+    default_max_new_tokens: int = GenerationConfig.max_new_tokens
     """Answer token budget when a request gives none."""
     max_new_tokens_limit: int = 512
     """Largest answer token budget a request may ask for."""
