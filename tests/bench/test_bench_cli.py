@@ -92,6 +92,17 @@ def test_request_and_batch_records(quick_doc):
         assert second["vision"] == 0 and r["second_query_vision_calls"] == 0  # the vision tower is skipped
         assert r["masks_per_request"] >= 1
         assert r["decode_ms_per_token"] > 0 and r["image_side"] is None
+        # each stage against its bound at this run's own matmul rate and bandwidth
+        ref = r["bounds_reference"]
+        assert ref["matmul_gflops"] > 0 and ref["bandwidth_gbs"] > 0
+        assert ref["matmul_dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[r["dtype"]]
+        assert list(r["stages"]) == ["vision", "prefill", "decode", "mask"]
+        for name, st in r["stages"].items():
+            assert st["ms"] == first[name] and st["gflop"] > 0 and st["bound_ms"] > 0
+            assert st["share"] == pytest.approx(st["bound_ms"] / st["ms"])
+        assert r["stages"]["decode"]["gbyte"] > 0 and r["stages"]["decode"]["bound_by"] == "bandwidth"
+        geometry = r["stages_geometry"]
+        assert geometry["patches"] == 4 * r["cells"] and geometry["prompt_tokens"] > r["cells"]
     assert all(r["device"] == "cpu" for r in doc["request"] + doc["batch"])
     sizes = [(b["dtype"], b["batch_size"]) for b in doc["batch"]]
     assert sizes == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]

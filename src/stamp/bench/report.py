@@ -128,6 +128,40 @@ def request_table(doc: dict, markdown: bool = False) -> str:
     return _table(header + ["decode ms/token", "peak MB"], rows, markdown)
 
 
+def stages_table(doc: dict, markdown: bool = False) -> str:
+    """The first query's stages against their bounds (`stamp.bench.stages`): measured ms, the work
+    (GFLOP; GB read for decode), the bound at this run's reference rate, and bound / measured."""
+    rows = []
+    for r in doc.get("request", []):
+        if not r.get("stages"):
+            continue
+        side = r.get("image_side")
+        image = f"{side}x{side}" if side else "SynthRef"
+        ref = r["bounds_reference"]
+        for stage, st in r["stages"].items():
+            rate = (
+                f"{ref['bandwidth_gbs']:.1f} GB/s"
+                if st["bound_by"] == "bandwidth"
+                else f"{ref['matmul_gflops']:.1f} GFLOP/s {ref['matmul_dtype']}"
+            )
+            rows.append(
+                [
+                    r["device"],
+                    r["dtype"],
+                    image,
+                    stage,
+                    _fmt(st["ms"], ".1f"),
+                    _fmt(st["gflop"], ".4g"),
+                    _fmt(st["gbyte"], ".4g"),
+                    _fmt(st["bound_ms"], ".1f"),
+                    rate,
+                    _fmt(None if st["share"] is None else 100 * st["share"], ".0f"),
+                ]
+            )
+    header = ["device", "dtype", "image", "stage", "ms", "GFLOP", "GB read", "bound ms", "bound at"]
+    return _table(header + ["% of bound"], rows, markdown)
+
+
 def batch_table(doc: dict, markdown: bool = False) -> str:
     rows = [
         [
@@ -212,6 +246,8 @@ def render(doc: dict, markdown: bool = False) -> str:
         ]
     if doc.get("request"):
         sections += ["request latency (median ms)", request_table(doc, markdown)]
+        if any(r.get("stages") for r in doc["request"]):
+            sections += ["request stages against their bounds (1st query)", stages_table(doc, markdown)]
     if doc.get("batch"):
         sections += ["batch throughput", batch_table(doc, markdown)]
     if doc.get("train"):

@@ -15,6 +15,11 @@ weights the answer rarely ends earlier, so decode time is that of about `max_new
 Throughput: `StampPredictor.predict_batch` on B distinct images at a time (vision per image, then one
 left-padded generation for the batch, refinement included), over the same max(batch sizes) images at
 every B; images/s = those images / median wall time of the batches that cover them.
+
+Each request record also holds `stages`: the first query's vision, prefill, decode and mask stages
+against their bounds at the matmul rate and memory bandwidth measured in the same process, on the same
+device, in the record's dtype (`stamp.bench.stages`; the references are in `bounds_reference`). The
+vision stage's time includes the processor's preprocessing, as `StampResult.timings` reports it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from pathlib import Path
 
 import torch
 
+from stamp.bench.flops import matmul_peak
 from stamp.bench.mask_pass import DTYPES
+from stamp.bench.stages import STAGE_NAMES, StageWork, memory_bandwidth, request_work, stage_bounds
 from stamp.bench.timing import MemoryProbe, synchronize
 
 STAGES = ("image_load", "vision", "prefill", "decode", "mask", "postprocess", "refine")
@@ -49,6 +56,12 @@ class RequestSettings:
     """SynthRef image side range in pixels (the processor resizes to the model's cell budget)."""
     image_sides: list[int] | None = None
     """Square images of these sides instead (one request record per side); the warm-up uses the first."""
+    matmul_shapes: list[tuple[int, int, int]] = field(
+        default_factory=lambda: [(1024, 1024, 1024), (2048, 2048, 2048)]
+    )
+    """`torch.mm` shapes whose best rate is the stages' compute reference (`stamp.bench.flops.matmul_peak`)."""
+    bandwidth_bytes: int = 512 * 2**20
+    """Size of the tensor whose copy and sum give the decode stage's bandwidth reference."""
 
 
 def _scene_files(
@@ -78,14 +91,46 @@ def _median_ms(values: list[float]) -> float:
     return 1e3 * statistics.median(values) if values else 0.0
 
 
-def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSettings, dtype: str) -> dict:
-    """The latency breakdown (median ms per stage) of first and second queries on `files`."""
+def decode_steps(result) -> int:
+    """Decode forwards of an answer that starts with the forced `<|seg|>` (fed in the mask pass): every
+    later token is fed but the last one of an answer cut at its length limit."""
+    fed = len(result.token_ids) - (1 if result.finish_reason == "length" else 0)
+    return max(0, fed - 1)
+
+
+def reference_rates(device, dtype: torch.dtype, settings: RequestSettings) -> dict:
+    """This run's references for the stage bounds: the best `torch.mm` GFLOP/s in `dtype` and the memory
+    bandwidth, measured on `device`."""
+    peak = matmul_peak(dtype, device, settings.matmul_shapes, repeats=3)
+    bw = memory_bandwidth(device, settings.bandwidth_bytes)
+    return {
+        "matmul_dtype": peak.dtype,
+        "matmul_gflops": peak.best_gflops,
+        "matmul_best_shape": list(peak.best_shape),
+        "matmul_by_shape": peak.by_shape,
+        "bandwidth_gbs": bw.best_gbs,
+        "bandwidth_method": bw.method,
+        "bandwidth_by_method": bw.by_method,
+        "bandwidth_bytes": bw.bytes,
+    }
+
+
+def request_record(
+    predictor,
+    files: list[tuple[Path, str]],
+    settings: RequestSettings,
+    dtype: str,
+    references: dict | None = None,
+) -> dict:
+    """The latency breakdown (median ms per stage) of first and second queries on `files`; with
+    `references` (`reference_rates`), the first query's stages against their bounds."""
     from stamp.imaging import load_image
 
     device = predictor.model.device
     first: dict[str, list[float]] = {s: [] for s in (*STAGES, "total", "wall")}
     second: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
     second_vision_calls, answer_tokens, masks, cells, peaks, per_token = 0, [], 0, [], [], []
+    works: list[StageWork] = []
     for k, (path, prompt) in enumerate(files):
         timed = k >= settings.warmup
         probe = MemoryProbe(device)
@@ -100,6 +145,8 @@ def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSe
         wall = time.perf_counter() - t0
         peak = probe.stop()
         calls = predictor.vision_calls
+        if timed:
+            works.append(_work(predictor, prompt, res))
         res2 = predictor.chat(
             "And what else is there?", answer_prefix="<|seg|>", max_new_tokens=settings.max_new_tokens
         )
@@ -125,7 +172,7 @@ def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSe
         masks += len(res.masks)
         if res.masks:
             cells.append(res.masks[0].patch_logits.size)
-    return {
+    record = {
         "dtype": dtype,
         "requests": len(answer_tokens),
         "first_query_ms": {s: _median_ms(v) for s, v in first.items()},
@@ -140,6 +187,28 @@ def request_record(predictor, files: list[tuple[Path, str]], settings: RequestSe
         "max_new_tokens": settings.max_new_tokens,
         "refine": settings.refine,
     }
+    if references is not None and works:
+        work = {k: statistics.median(getattr(w, k) for w in works) for k in StageWork.__dataclass_fields__}
+        ms = {s: record["first_query_ms"][s] for s in STAGE_NAMES}
+        record["stages"] = stage_bounds(ms, work, references["matmul_gflops"], references["bandwidth_gbs"])
+        record["stages_geometry"] = {
+            "prompt_tokens": statistics.median(w.prompt_tokens for w in works),
+            "decode_steps": statistics.median(w.decode_steps for w in works),
+            "patches": statistics.median(w.patches for w in works),
+        }
+        record["bounds_reference"] = dict(references)
+    return record
+
+
+def _work(predictor, prompt: str, res) -> StageWork:
+    """The analytic work of the first query just answered on the predictor's current image."""
+    enc = predictor._image
+    ids, _ = predictor._text_request(prompt, None, "<|seg|>", enc)  # the prompt pass's tokens
+    _, patches_h, patches_w = (int(v) for v in enc.grid_thw)
+    cells = res.masks[0].patch_logits.size if res.masks else 0
+    return request_work(
+        predictor.model, (patches_h, patches_w), len(ids), decode_steps(res), cells, masks=bool(res.masks)
+    )
 
 
 def batch_records(
@@ -214,9 +283,14 @@ def run_requests(model, processor, settings: RequestSettings, log=print) -> tupl
             for name in settings.dtypes:
                 model.to(DTYPES[name])
                 predictor = StampPredictor(model, processor, refine=settings.refine)
+                references = reference_rates(model.device, DTYPES[name], settings)
+                log(
+                    f"[request] {name} references: matmul {references['matmul_gflops']:.1f} GFLOP/s, "
+                    f"bandwidth {references['bandwidth_gbs']:.1f} GB/s"
+                )
                 for i, side in enumerate(sides):
                     warm = settings if i == 0 or side is None else replace(settings, warmup=0)
-                    rec = request_record(predictor, per_side[side], warm, name)
+                    rec = request_record(predictor, per_side[side], warm, name, references)
                     rec["image_side"] = side
                     requests.append(rec)
                     t = rec["first_query_ms"]

@@ -52,7 +52,14 @@ class BenchSettings:
                 matmul_shapes=[(128, 128, 128), (256, 256, 256)],
             ),
             request=RequestSettings(
-                dtypes=dtypes, requests=1, warmup=0, max_new_tokens=3, batch_sizes=[1, 2], batch_repeats=1
+                dtypes=dtypes,
+                requests=1,
+                warmup=0,
+                max_new_tokens=3,
+                batch_sizes=[1, 2],
+                batch_repeats=1,
+                matmul_shapes=[(128, 128, 128), (256, 256, 256)],
+                bandwidth_bytes=32 * 2**20,
             ),
             train=TrainSettings(batch_sizes=[1, 2], image_side=224, steps=2, warmup=1),
             device=device,
@@ -63,16 +70,20 @@ class BenchSettings:
 def real_preset_settings(device: str = "auto") -> BenchSettings:
     """The defaults for a model of real size (`stamp.bench.presets`): bf16, N = 256 and 1024 after a
     history of 512, the whole autoregressive baseline once, one request at 448x448 and at 896x896
-    (256 and 1,024 cells) after a warm-up, no batch throughput."""
+    (256 and 1,024 cells) after a warm-up, no batch throughput; both parts take the same matmul shapes
+    as their compute reference."""
+    shapes = [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096)]
     return BenchSettings(
         mask_pass=MaskPassSettings(
             ns=[256, 1024],
             dtypes=["bf16"],
             repeats=3,
             ar_repeats=1,
-            matmul_shapes=[(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096)],
+            matmul_shapes=shapes,
         ),
-        request=RequestSettings(dtypes=["bf16"], requests=3, image_sides=[448, 896], batch_sizes=[]),
+        request=RequestSettings(
+            dtypes=["bf16"], requests=3, image_sides=[448, 896], batch_sizes=[], matmul_shapes=shapes
+        ),
         device=device,
     )
 
