@@ -202,12 +202,13 @@ def request_record(
 
 def _work(predictor, prompt: str, res) -> StageWork:
     """The analytic work of the first query just answered on the predictor's current image."""
-    enc = predictor._image
-    ids, _ = predictor._text_request(prompt, None, "<|seg|>", enc)  # the prompt pass's tokens
-    _, patches_h, patches_w = (int(v) for v in enc.grid_thw)
+    gh, gw = predictor.grid_hw
+    merge = predictor.model.merge_size
+    # the prompt pass: the text, and the image as <|vision_start|> + its cells + <|vision_end|>
+    length = predictor.prompt_tokens(prompt) + gh * gw + 2
     cells = res.masks[0].patch_logits.size if res.masks else 0
     return request_work(
-        predictor.model, (patches_h, patches_w), len(ids), decode_steps(res), cells, masks=bool(res.masks)
+        predictor.model, (gh * merge, gw * merge), length, decode_steps(res), cells, masks=bool(res.masks)
     )
 
 
