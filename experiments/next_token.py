@@ -36,7 +36,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -319,18 +318,11 @@ class LabelPredictor(StampPredictor):
             raise ValueError(f"{folder} is not a next-token model (no {MARKER_FILE})")
         super().__init__(model, *args, **kwargs)
 
-    def _answer(self, requests, encoded, cfg: GenerationConfig, on_event):
-        """`StampPredictor._answer` (where every answer of the predictor is generated), with `generate`."""
-        if cfg.repetition_stop is None:
-            cfg = replace(cfg, repetition_stop=self.repetition_stop)
-        reqs = []
-        for (enc, feats, _), r in zip(encoded, requests):
-            req = self._request(enc, feats, r.prompt, r.history, r.answer_prefix)
-            req.max_new_tokens, req.repetition_stop = r.max_new_tokens, r.repetition_stop
-            reqs.append(req)
+    def _generate(self, requests, cfg: GenerationConfig, on_event):
+        """`StampPredictor._generate` (where every answer of the predictor is generated), with this
+        baseline's `generate`: masks decoded as labels."""
         labels = model_labels(self.model, self.processor.tokenizer)
-        outs = generate(self.model, labels, reqs, cfg, self.pad_id, self.eos_ids, on_event)
-        return [self._finish(o, enc, secs, r.refine) for o, (enc, _, secs), r in zip(outs, encoded, requests)]
+        return generate(self.model, labels, requests, cfg, self.pad_id, self.eos_ids, on_event)
 
 
 # ---------------------------------------------------------------- commands

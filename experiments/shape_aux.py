@@ -11,7 +11,7 @@ background, mixed cells and samples without a scene (data other than SynthRef) a
 is its weight beside STAMP's losses; the step's metrics log it as `shape_loss`.
 
 `train` runs STAMP's trainer (`stamp.train.trainer.train`, the arguments of `stamp train`) with this
-term passed as one of its extra losses (`ShapeObjective`, a `stamp.train.trainer.ExtraLoss`): the head
+term passed as one of its extra losses (`ShapeObjective`, a `stamp.train.step.ExtraLoss`): the head
 is trained with the model, saved in each checkpoint's `auxiliary.safetensors` (`shape_aux.head.weight`,
 `shape_aux.head.bias`), restored on `--resume` (which continues exactly), and never part of the
 exported model.
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from stamp.train.trainer import ExtraLoss
+from stamp.train.step import ExtraLoss
 
 NAME = "shape_aux"
 IGNORE = -100

@@ -9,10 +9,11 @@ from stamp.model.packing import plan_rows
 from stamp.tiny import tiny_processor
 
 
-def _batch(model):
+def samples():
+    """Four samples: one `<|seg|>`, none, two, none; images of different sizes."""
     box = np.zeros((224, 224), np.uint8)
     box[40:120, 30:150] = 1
-    samples = [
+    return [
         StampSample(
             "a",
             random_image(224, 224, 1),
@@ -32,8 +33,11 @@ def _batch(model):
             "d", random_image(112, 112, 4), [Turn("user", "Hi"), Turn("assistant", "Hello there.")], []
         ),
     ]
+
+
+def _batch(model):
     proc = tiny_processor()
-    return proc.collate([proc.encode_sample(s) for s in samples])
+    return proc.collate([proc.encode_sample(s) for s in samples()])
 
 
 def test_plan_rows_first_fit_decreasing():

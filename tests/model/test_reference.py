@@ -3,37 +3,13 @@ every sample of a batch (several `<|seg|>` per sample, samples without one, diff
 every attention mode, position mode and attention implementation. (The cached generation is held equal
 to it by tests/inference/test_mask_pass_equivalence.py and test_two_phase.py.)"""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import random_image
+from test_packing import samples
 
-from stamp.data.sample import StampSample, Turn
 from stamp.model.reference import reference_forward
 from stamp.tiny import build_tiny_model
-
-
-def _samples():
-    box = np.zeros((224, 224), np.uint8)
-    box[40:120, 30:150] = 1
-    return [
-        StampSample(
-            "a",
-            random_image(224, 224, 1),
-            [Turn("user", "Segment."), Turn("assistant", "It is <|seg|>.")],
-            [box],
-        ),
-        StampSample(
-            "b", random_image(168, 280, 2), [Turn("user", "How many?"), Turn("assistant", "Three.")], []
-        ),
-        StampSample(
-            "c",
-            random_image(200, 200, 3),
-            [Turn("user", "Both, please."), Turn("assistant", "x <|seg|> y <|seg|>")],
-            [box[:200, :200], 1 - box[:200, :200]],
-        ),
-    ]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -46,7 +22,7 @@ def test_training_forward_equals_the_reference(attn, attention_mode, position_mo
         seed=3, attn_implementation=attn, attention_mode=attention_mode, position_mode=position_mode
     )
     proc = processor
-    examples = [proc.encode_sample(s) for s in _samples()]
+    examples = [proc.encode_sample(s) for s in samples()]
     batch = proc.collate(examples)
     with torch.no_grad():
         out = model.stamp_forward(**batch, pack=pack)
@@ -72,7 +48,7 @@ def test_the_reference_text_is_blind_to_the_placeholders():
     """The conversation never sees a placeholder: its logits equal a plain causal forward's."""
     model, processor = build_tiny_model(seed=4)
     proc = processor
-    example = proc.encode_sample(_samples()[2])
+    example = proc.encode_sample(samples()[2])
     enc = example["image"]
     ids = torch.tensor(example["input_ids"])
     ref = reference_forward(model, ids, enc.pixel_values, enc.grid_thw)

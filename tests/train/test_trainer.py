@@ -18,7 +18,8 @@ from stamp.model.modeling import StampModel
 from stamp.tiny import build_tiny_model
 from stamp.train.checkpoint import latest_checkpoint
 from stamp.train.config import TrainConfig
-from stamp.train.trainer import AUXILIARY_FILE, ExtraLoss, Trainer, train
+from stamp.train.step import ExtraLoss
+from stamp.train.trainer import AUXILIARY_FILE, Trainer, train
 from stamp.yaml_config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -242,7 +242,7 @@ def run_train(model, processor, settings: TrainSettings, log=print) -> list[dict
     """One record per (gradient checkpointing, batch size): ms per step, samples/s, peak memory."""
     from stamp.train.build import apply_lora, set_gradient_checkpointing
     from stamp.train.config import LoraConfig, LossConfig
-    from stamp.train.trainer import StampTrainingModule
+    from stamp.train.step import StampTrainingModule
 
     device = model.device
     planner = model.batch_planner()

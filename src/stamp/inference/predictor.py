@@ -415,6 +415,11 @@ class StampPredictor:
         encoded = self._encode_many([r.image for r in requests])
         return self._answer(requests, encoded, generation or GenerationConfig(), on_event)
 
+    def _generate(self, requests, cfg: GenerationConfig, on_event) -> list:
+        """The answers of `GenerationRequest`s: STAMP's two-phase generation (a subclass may decode its
+        masks another way)."""
+        return generate(self.model, requests, cfg, self.pad_id, self.eos_ids, on_event)
+
     def _answer(self, requests, encoded, cfg: GenerationConfig, on_event) -> list[StampResult]:
         """Generate for checked `requests` whose images are `encoded` ((image, features, seconds) each)."""
         if cfg.repetition_stop is None:
@@ -424,7 +429,7 @@ class StampPredictor:
             req = self._request(enc, feats, r.prompt, r.history, r.answer_prefix)
             req.max_new_tokens, req.repetition_stop = r.max_new_tokens, r.repetition_stop
             reqs.append(req)
-        outs = generate(self.model, reqs, cfg, self.pad_id, self.eos_ids, on_event)
+        outs = self._generate(reqs, cfg, on_event)
         return [
             self._finish(o, enc, secs, r.refine, r.prompt, len(requests))
             for o, (enc, _, secs), r in zip(outs, encoded, requests)

@@ -42,7 +42,7 @@ class TrainStream:
     `batch["plan"]`, so data-loader workers do that bookkeeping too.
     `extra_fields(samples, examples) -> {key: tensor}`: more tensors for the batch, from its samples and
     their encodings (before `example_transform`): the extra loss terms' fields
-    (`stamp.train.trainer.ExtraLoss.batch_fields`).
+    (`stamp.train.step.ExtraLoss.batch_fields`).
     """
 
     def __init__(
