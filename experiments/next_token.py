@@ -187,10 +187,8 @@ def feed(model, state: DecodeState, step_tokens: list[int], finished: list[bool]
     pos = state.next_pos.view(1, bsz, 1).expand(3, bsz, 1)
     new_block = torch.tensor([[-1 if done else 0] for done in finished], device=device)
     keys = torch.cat([state.key_block, new_block], dim=1)
-    allowed = None  # no padding anywhere: each token sees the whole cache and itself
-    if not bool((keys == 0).all()):
-        here = torch.full((bsz, 1), hist, device=device)
-        allowed = build_hybrid_attention_mask(keys, new_block, here, here, model.stamp.attention_mode)
+    here = torch.full((bsz, 1), hist, device=device)
+    allowed = build_hybrid_attention_mask(keys, new_block, here, here, model.stamp.attention_mode)
     hidden, state.cache = model.run_language_model(
         model.get_input_embeddings()(tok), pos, allowed, state.cache
     )

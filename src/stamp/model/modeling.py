@@ -207,30 +207,15 @@ class StampModel:
         self,
         inputs_embeds: torch.Tensor,
         position_ids: torch.Tensor,
-        allowed: torch.Tensor | None,
+        allowed: torch.Tensor,
         cache=None,
     ):
-        """The decoder stack with an explicit (B, 1, Q, K) bool mask. Returns (last hidden states, cache).
-
-        `allowed=None` means every query sees every key (cache + new tokens): no mask reaches the
-        attention backend, which then runs its unmasked kernel (and no Q x K mask is built).
-        """
+        """The decoder stack with an explicit (B, 1, Q, K) bool mask over cache + new tokens (True: the
+        query may attend to the key). Returns (last hidden states, cache)."""
         self.check_attention_backend()
-        extra = {}
-        if allowed is None:
-            text_config = self.config.get_text_config()
-            layer_types = set(getattr(text_config, "layer_types", None) or ["full_attention"])
-            if layer_types == {"full_attention"}:
-                mask = {"full_attention": None}  # a prepared mapping: transformers builds no causal mask
-                extra["is_causal"] = False  # and sdpa must not fall back to its causal default
-            else:  # sliding-window layers need their own masks: spell "everything visible" out
-                past = cache.get_seq_length() if cache is not None else 0
-                q = inputs_embeds.shape[1]
-                allowed = torch.ones((1, 1, q, past + q), dtype=torch.bool, device=inputs_embeds.device)
-                mask = to_backend_mask(allowed, self.attn_implementation)
-        else:
-            mask = to_backend_mask(allowed, self.attn_implementation)
-        return self._decoder(inputs_embeds, position_ids, mask, cache, **extra)
+        return self._decoder(
+            inputs_embeds, position_ids, to_backend_mask(allowed, self.attn_implementation), cache
+        )
 
     def run_causal_language_model(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache=None):
         """The decoder stack with plain causal attention over (B, L) unpadded rows: a prompt pass.
@@ -242,7 +227,7 @@ class StampModel:
         self.check_attention_backend()
         return self._decoder(inputs_embeds, position_ids, None, cache)
 
-    def _decoder(self, inputs_embeds, position_ids, mask, cache, **extra):
+    def _decoder(self, inputs_embeds, position_ids, mask, cache):
         with attention_backends(inputs_embeds.device):
             out = self.model.language_model(
                 inputs_embeds=inputs_embeds,
@@ -250,7 +235,6 @@ class StampModel:
                 attention_mask=mask,
                 **{_cache_kwarg(type(self.model.language_model)): cache},
                 use_cache=cache is not None,
-                **extra,
             )
         return out.last_hidden_state, (out.cache if hasattr(out, "cache") else out.past_key_values)
 
