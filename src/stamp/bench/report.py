@@ -130,7 +130,8 @@ def request_table(doc: dict, markdown: bool = False) -> str:
 
 def stages_table(doc: dict, markdown: bool = False) -> str:
     """The first query's stages against their bounds (`stamp.bench.stages`): measured ms, the work
-    (GFLOP; GB read for decode), the bound at this run's reference rate, and bound / measured."""
+    (GFLOP; GB read for decode), the bound at this run's reference rate, bound / measured, and the
+    stage's own kernels timed alone (`stamp.bench.ceilings`) with kernels / measured."""
     rows = []
     for r in doc.get("request", []):
         if not r.get("stages"):
@@ -156,10 +157,12 @@ def stages_table(doc: dict, markdown: bool = False) -> str:
                     _fmt(st["bound_ms"], ".1f"),
                     rate,
                     _fmt(None if st["share"] is None else 100 * st["share"], ".0f"),
+                    _fmt(st.get("ceiling_ms"), ".1f"),
+                    _fmt(None if st.get("share_of_ceiling") is None else 100 * st["share_of_ceiling"], ".0f"),
                 ]
             )
     header = ["device", "dtype", "image", "stage", "ms", "GFLOP", "GB read", "bound ms", "bound at"]
-    return _table(header + ["% of bound"], rows, markdown)
+    return _table(header + ["% of bound", "kernels alone ms", "% of kernels alone"], rows, markdown)
 
 
 def batch_table(doc: dict, markdown: bool = False) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from stamp.bench.ceilings import stage_ceilings
 from stamp.bench.flops import matmul_peak
 from stamp.bench.mask_pass import DTYPES
 from stamp.bench.stages import STAGE_NAMES, StageWork, memory_bandwidth, request_work, stage_bounds
@@ -190,7 +191,10 @@ def request_record(
     if references is not None and works:
         work = {k: statistics.median(getattr(w, k) for w in works) for k in StageWork.__dataclass_fields__}
         ms = {s: record["first_query_ms"][s] for s in STAGE_NAMES}
-        record["stages"] = stage_bounds(ms, work, references["matmul_gflops"], references["bandwidth_gbs"])
+        ceilings = stage_ceilings(predictor.model, works[0], DTYPES[dtype])
+        record["stages"] = stage_bounds(
+            ms, work, references["matmul_gflops"], references["bandwidth_gbs"], ceilings
+        )
         record["stages_geometry"] = {
             "prompt_tokens": statistics.median(w.prompt_tokens for w in works),
             "decode_steps": statistics.median(w.decode_steps for w in works),

@@ -181,8 +181,12 @@ class StageWork:
     decode_bytes: int
     mask_flops: int
     patches: int
+    patches_h: int
+    patches_w: int
     prompt_tokens: int
     decode_steps: int
+    cells: int
+    """Placeholders of the mask pass (0 without one)."""
 
 
 def request_work(
@@ -201,16 +205,25 @@ def request_work(
         decode_bytes=decode_bytes(model, text, decode_steps, context),
         mask_flops=mask_pass_flops(text, cells, prompt_length) if masks else 0,
         patches=patches_hw[0] * patches_hw[1],
+        patches_h=patches_hw[0],
+        patches_w=patches_hw[1],
         prompt_tokens=prompt_length,
         decode_steps=decode_steps,
+        cells=cells if masks else 0,
     )
 
 
 def stage_bounds(
-    ms: dict[str, float], work: dict[str, float], matmul_gflops: float, bandwidth_gbs: float
+    ms: dict[str, float],
+    work: dict[str, float],
+    matmul_gflops: float,
+    bandwidth_gbs: float,
+    ceilings: dict[str, float] | None = None,
 ) -> dict:
-    """Per stage {ms, gflop, gbyte, bound_ms, bound_by, share} from measured `ms` and analytic `work`
-    (keys `<stage>_flops`, `decode_bytes`); share = bound_ms / ms (None when nothing was measured)."""
+    """Per stage {ms, gflop, gbyte, bound_ms, bound_by, share, ceiling_ms, share_of_ceiling} from
+    measured `ms`, analytic `work` (keys `<stage>_flops`, `decode_bytes`) and the stages' own kernels
+    timed alone (`ceilings`, `stamp.bench.ceilings`; None: not measured); share = bound_ms / ms,
+    share_of_ceiling = ceiling_ms / ms (None when nothing was measured)."""
     out = {}
     for stage in STAGE_NAMES:
         flops = work[f"{stage}_flops"]
@@ -221,6 +234,7 @@ def stage_bounds(
         bound_by = max(candidates, key=candidates.get) if candidates else None
         bound = candidates.get(bound_by) if bound_by else None
         measured = ms.get(stage, 0.0)
+        ceiling = (ceilings or {}).get(stage)
         out[stage] = {
             "ms": measured,
             "gflop": flops / 1e9,
@@ -228,5 +242,7 @@ def stage_bounds(
             "bound_ms": bound,
             "bound_by": bound_by,
             "share": bound / measured if bound is not None and measured > 0 else None,
+            "ceiling_ms": ceiling,
+            "share_of_ceiling": ceiling / measured if ceiling and measured > 0 else None,
         }
     return out

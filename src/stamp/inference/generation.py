@@ -20,6 +20,7 @@ each with a (B, 1, C, K) mask, never an L x L one.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -300,9 +301,12 @@ def decode_step(model, cache, key_block, next_pos, step_tokens, finished, seg_ro
         (next-token logits (B, V), {row: (gh, gw) float mask logits} for the seg rows, cache).
     """
     seen = cache.get_seq_length()
-    hidden, cache = _forward(
-        model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids
-    )
+    one_row = len(step_tokens) == 1 and not seg_rows  # batch 1, no mask pass: matrix-vector products
+    with _matvec_kernels(key_block.device, one_row):
+        hidden, cache = _forward(
+            model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids
+        )
+        logits = model.lm_head(hidden[:, 0])
     row_masks = {}
     for b in seg_rows:
         gh, gw = grids[b]
@@ -310,7 +314,23 @@ def decode_step(model, cache, key_block, next_pos, step_tokens, finished, seg_ro
     extra = cache.get_seq_length() - (seen + 1)  # the placeholder slots
     if extra:
         cache.crop(-extra)
-    return model.lm_head(hidden[:, 0]), row_masks, cache
+    return logits, row_masks, cache
+
+
+@contextlib.contextmanager
+def _matvec_kernels(device: torch.device, one_row: bool):
+    """The matmul kernels of a decode step: on the CPU, PyTorch's own bf16 matrix-vector product reads
+    the weights about twice as fast as oneDNN, which PyTorch picks for every bf16 matmul, so a step of
+    one row per weight runs with oneDNN off; from two rows up oneDNN is faster (docs/PERFORMANCE.md,
+    decode). The results agree to float rounding. Elsewhere nothing changes."""
+    if device.type != "cpu" or not one_row or not torch.backends.mkldnn.enabled:
+        yield
+        return
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = True
 
 
 @dataclass
