@@ -1,4 +1,4 @@
-"""The CPU decode step's kernel choice (`stamp.inference.generation._matvec_kernels`): oneDNN is off for
+"""The CPU decode step's kernel choice (`stamp.inference.generation.matvec_kernels`): oneDNN is off for
 exactly the one-row steps (batch 1, no mask pass), restored afterwards, and a bf16 answer is the same
 with and without it."""
 
@@ -44,7 +44,7 @@ def test_batched_steps_keep_onednn():
 
 
 def test_flag_restored_after_an_error():
-    with pytest.raises(RuntimeError), generation._matvec_kernels(torch.device("cpu"), True):
+    with pytest.raises(RuntimeError), generation.matvec_kernels(torch.device("cpu"), True):
         assert not torch.backends.mkldnn.enabled
         raise RuntimeError("boom")
     assert torch.backends.mkldnn.enabled
@@ -56,7 +56,7 @@ def test_bf16_answer_and_mask_equal_with_onednn_everywhere(monkeypatch):
     pred.set_image(random_image(220, 260, 5))
     ask = dict(answer_prefix="Sure, <|seg|> and", max_new_tokens=12, repetition_stop=False)
     fast = pred.chat("Segment the box.", **ask)
-    monkeypatch.setattr(generation, "_matvec_kernels", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(generation, "matvec_kernels", lambda *a: contextlib.nullcontext())
     plain = pred.chat("Segment the box.", **ask)
     assert fast.token_ids == plain.token_ids
     assert np.abs(fast.masks[0].patch_logits - plain.masks[0].patch_logits).max() <= 1e-2

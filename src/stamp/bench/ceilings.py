@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from stamp.bench.flops import TextDims
 from stamp.bench.stages import VisionDims
 from stamp.bench.timing import measure
+from stamp.inference.generation import matvec_kernels
 
 
 class _Timer:
@@ -48,11 +49,17 @@ class _Timer:
         return measure(fn, device=self.device, repeats=self.repeats).median_ms
 
     def linears(self, rows: int, shapes: list[tuple[int, int]]) -> float:
-        """ms of F.linear on `rows` rows for each (in, out) weight shape, summed."""
+        """ms of F.linear on `rows` rows for each (in, out) weight shape, summed, with the kernels a
+        decode step picks for its rows (`stamp.inference.generation.matvec_kernels`)."""
         total = 0.0
         for fan_in, fan_out in shapes:
             x, w = self.rand(rows, fan_in), self.rand(fan_out, fan_in)
-            total += self.ms(lambda x=x, w=w: F.linear(x, w))
+
+            def run(x=x, w=w):
+                with matvec_kernels(x.device, rows == 1):
+                    F.linear(x, w)
+
+            total += self.ms(run)
         return total
 
 

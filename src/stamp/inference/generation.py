@@ -302,7 +302,7 @@ def decode_step(model, cache, key_block, next_pos, step_tokens, finished, seg_ro
     """
     seen = cache.get_seq_length()
     one_row = len(step_tokens) == 1 and not seg_rows  # batch 1, no mask pass: matrix-vector products
-    with _matvec_kernels(key_block.device, one_row):
+    with matvec_kernels(key_block.device, one_row):
         hidden, cache = _forward(
             model, cache, key_block, next_pos, step_tokens, finished, seg_rows, requests, grids
         )
@@ -318,7 +318,7 @@ def decode_step(model, cache, key_block, next_pos, step_tokens, finished, seg_ro
 
 
 @contextlib.contextmanager
-def _matvec_kernels(device: torch.device, one_row: bool):
+def matvec_kernels(device: torch.device, one_row: bool):
     """The matmul kernels of a decode step: on the CPU, PyTorch's own bf16 matrix-vector product reads
     the weights about twice as fast as oneDNN, which PyTorch picks for every bf16 matmul, so a step of
     one row per weight runs with oneDNN off; from two rows up oneDNN is faster (docs/PERFORMANCE.md,
