@@ -2,14 +2,15 @@
 
 A stage's bound (`stamp.bench.stages`) is its work at the device's best matmul rate (or memory
 bandwidth). Some stages cannot get there with the kernels PyTorch has for their shapes: on a CPU, sdpa
-over the vision tower's thousands of patches with 80-dim heads runs well under the matmul rate, and a
-decode step's matrix-vector products read the weights slower than a copy or a sum does. The *ceiling*
-of a stage is its kernels alone -- one layer's weight matmuls (`F.linear`) and its attention call,
-exactly as transformers issues them, at the stage's shapes, on random inputs -- times the depth, plus
-the patch embedding / merger (vision) or lm_head (prefill, decode, mask): what the stage would take
-with nothing else (norms, rotary, activations, Python, cache bookkeeping). share_of_ceiling =
-ceiling_ms / ms says how much of a stage's time is outside its kernels; bound_ms / ceiling_ms says how
-far the kernels themselves are from the device's rates.
+over the vision tower's thousands of patches with 80-dim heads runs well under the matmul rate. The
+*ceiling* of a stage is its kernels alone -- one layer's weight matmuls (`F.linear`, with the kernels a
+decode step picks) and its attention call, as transformers issues them, at the stage's shapes, on random
+inputs, the least time of 5 calls -- times the depth, plus the patch embedding / merger (vision) or
+lm_head (prefill, decode, mask): what the stage would take with nothing else (norms, rotary,
+activations, Python, cache bookkeeping). share_of_ceiling = ceiling_ms / ms says how much of a stage's
+time is outside its kernels; bound_ms / ceiling_ms how far the kernels themselves are from the
+device's rates. A decode step's weights are small enough that one of them, read over and over, stays
+partly in the CPU's caches, so decode's ceiling can come out under its bandwidth bound.
 
     vision   per block: qkv, proj, MLP (fc1 + fc2, or gate + up + down) on P rows; sdpa over the P
              patches (full blocks) or over each window (Qwen2.5-VL's windowed blocks, windows of one
@@ -46,7 +47,9 @@ class _Timer:
         return (torch.randn(*shape, generator=self.gen) * 0.5).to(self.device, self.dtype)
 
     def ms(self, fn) -> float:
-        return measure(fn, device=self.device, repeats=self.repeats).median_ms
+        """The least time of `repeats` calls: a ceiling is what the kernel can do, and on a shared
+        machine a median still carries the neighbours' load."""
+        return measure(fn, device=self.device, repeats=self.repeats).min_ms
 
     def linears(self, rows: int, shapes: list[tuple[int, int]]) -> float:
         """ms of F.linear on `rows` rows for each (in, out) weight shape, summed, with the kernels a
@@ -137,7 +140,7 @@ def decode_ceiling(dims: TextDims, steps: int, context: int, t: _Timer) -> float
     return steps * step
 
 
-def stage_ceilings(model, work, dtype: torch.dtype, repeats: int = 3) -> dict[str, float]:
+def stage_ceilings(model, work, dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:
     """Ceiling ms of each stage of a request (`stamp.bench.stages.StageWork` gives its sizes)."""
     t = _Timer(dtype, model.device, repeats)
     text = TextDims.from_model(model)
