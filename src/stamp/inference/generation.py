@@ -60,6 +60,32 @@ class GenerationRequest:
     """This row's own bound on free tokens after the forced prefix (None: the config's)."""
     repetition_stop: bool | None = None
     """This row's own `GenerationConfig.repetition_stop` (None: the config's)."""
+    prompt_cache: PromptCache | None = None
+    """The KV cache of an earlier prompt pass on the same image features, whose common prefix with this
+    prompt is not recomputed (used when the batch has this one row; updated by the pass)."""
+
+
+@dataclass
+class PromptCache:
+    """The KV cache of the last prompt pass on one image's features, so that the next prompt on them
+    (a follow-up question, another question) recomputes only its tokens after the longest common
+    prefix: the keys and values of a causal prefix do not depend on what follows it. Owned by
+    `StampPredictor` for its current image; `prefill` reads and refreshes it."""
+
+    features: torch.Tensor | None = None
+    """The image features the cached prompt was embedded with (identity checked before any reuse)."""
+    ids: list[int] = field(default_factory=list)
+    cache: DynamicCache | None = None
+
+    def reusable(self, ids: list[int], features: torch.Tensor) -> int:
+        """How many leading tokens of `ids` (on `features`) can take their entries from here: the
+        common prefix, short of the last token (whose hidden state starts the answer)."""
+        if self.cache is None or features is not self.features:
+            return 0
+        n, limit = 0, min(len(self.ids), len(ids) - 1)
+        while n < limit and self.ids[n] == ids[n]:
+            n += 1
+        return n
 
 
 EventCallback = Callable[..., None]
@@ -147,15 +173,18 @@ class Prefill:
     image_tokens: torch.Tensor  # (B, L) bool, the image placeholder tokens of the prompt
     positions: torch.Tensor  # (3, B, L) M-RoPE positions
     key_block: torch.Tensor  # (B, L) 0 on real tokens, -1 on padding (the hybrid mask's block ids)
-    hidden: torch.Tensor  # (B, L, hidden) the language model's last hidden states
+    hidden: torch.Tensor  # (B, L - reused, hidden) last hidden states of the tokens computed
     cache: DynamicCache
+    reused: int = 0  # leading tokens whose cache entries came from a `PromptCache`
 
 
 @torch.no_grad()
 def prefill(model, requests: list[GenerationRequest], pad_id: int, chunk: int = PREFILL_CHUNK) -> Prefill:
     """Run the language model over the requests' prompts (left-padded into one batch), filling a fresh
     KV cache. The image comes before any text and the prefix is causal, so the hidden states at the
-    image tokens depend on the image and what precedes it only, not on the question.
+    image tokens depend on the image and what precedes it only, not on the question. A single request
+    with a `prompt_cache` starts from the entries of its common prefix with the previous prompt on the
+    same image features (a follow-up question recomputes its new text only) and leaves its own there.
 
     Memory is linear in the prompt length L: rows of one length on sdpa get no mask at all (sdpa's
     causal kernel); otherwise the prompt runs `chunk` queries at a time against the growing cache, each
@@ -175,13 +204,19 @@ def prefill(model, requests: list[GenerationRequest], pad_id: int, chunk: int = 
     embeds = model.embed_conversation(input_ids, [r.features for r in requests])
     positions = model.conversation_positions(input_ids, attn, mm, grid_thw)
     key_block = torch.where(attn.bool(), 0, -1)
-    cache = DynamicCache(config=model.config.get_text_config())
-    if not padded and model.attn_implementation == "sdpa":
+    text_config = model.config.get_text_config()
+    kept = requests[0].prompt_cache if bsz == 1 else None
+    reused = kept.reusable(requests[0].input_ids, requests[0].features) if kept is not None else 0
+    if reused:
+        cache = fork_cache(kept.cache, reused, text_config)
+    else:
+        cache = DynamicCache(config=text_config)
+    if not reused and not padded and model.attn_implementation == "sdpa":
         hidden, cache = model.run_causal_language_model(embeds, positions, cache)
     else:
         index = torch.arange(length, device=device).expand(bsz, -1)
         parts = []
-        for start in range(0, length, chunk):
+        for start in range(reused, length, chunk):
             q = slice(start, min(start + chunk, length))
             allowed = build_hybrid_attention_mask(
                 key_block[:, : q.stop], key_block[:, q], index[:, q], index[:, q], model.stamp.attention_mode
@@ -189,7 +224,18 @@ def prefill(model, requests: list[GenerationRequest], pad_id: int, chunk: int = 
             part, cache = model.run_language_model(embeds[:, q], positions[:, :, q], allowed, cache)
             parts.append(part)
         hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    return Prefill(input_ids, attn, mm.bool(), positions, key_block, hidden, cache)
+    if kept is not None:
+        kept.features, kept.ids = requests[0].features, list(requests[0].input_ids)
+        kept.cache = fork_cache(cache, length, text_config)
+    return Prefill(input_ids, attn, mm.bool(), positions, key_block, hidden, cache, reused)
+
+
+def fork_cache(cache: DynamicCache, length: int, text_config) -> DynamicCache:
+    """A new cache holding copies of the first `length` entries of every layer of `cache`."""
+    out = DynamicCache(config=text_config)
+    for i, layer in enumerate(cache.layers):
+        out.update(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone(), i)
+    return out
 
 
 @torch.no_grad()

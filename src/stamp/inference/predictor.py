@@ -26,6 +26,7 @@ from stamp.inference.generation import (
     EventCallback,
     GenerationConfig,
     GenerationRequest,
+    PromptCache,
     generate,
 )
 from stamp.inference.options import DEFAULT_MAX_PROMPT_TOKENS, UPSAMPLE_SPACES, PredictorOptions  # noqa: F401  (re-exported)
@@ -226,6 +227,7 @@ class StampPredictor:
         self._image: EncodedImage | None = None
         self._features: torch.Tensor | None = None
         self._vision_seconds = 0.0
+        self._prompt_cache: PromptCache | None = None
         self.vision_calls = 0  # how often the vision tower ran (a second query on an image skips it)
 
     # ------------------------------------------------------------------ image
@@ -247,11 +249,13 @@ class StampPredictor:
         return [(e, f, share) for e, f in zip(encs, feats)]
 
     def set_image(self, image: ImageLike) -> None:
-        """Encode `image` (path, PIL, or HxW[xC] array) with the vision tower and keep its features."""
+        """Encode `image` (path, PIL, or HxW[xC] array) with the vision tower and keep its features.
+        Questions on it (`chat`) share the prompt pass of their common prefix (`PromptCache`)."""
         self._image, self._features, self._vision_seconds = self._encode(image)
+        self._prompt_cache = PromptCache()  # questions on this image share their common prompt prefix
 
     def reset_image(self) -> None:
-        self._image = self._features = None
+        self._image = self._features = self._prompt_cache = None
 
     @property
     def grid_hw(self) -> tuple[int, int] | None:
@@ -378,7 +382,7 @@ class StampPredictor:
         request = ChatRequest(self._image.image, prompt, history, answer_prefix)
         self.check_prompt(prompt, history, answer_prefix)
         encoded = [(self._image, self._features, self._vision_seconds)]
-        result = self._answer([request], encoded, cfg, on_event)[0]
+        result = self._answer([request], encoded, cfg, on_event, self._prompt_cache)[0]
         self._vision_seconds = 0.0  # later queries on this image do not run the vision tower
         return result
 
@@ -420,14 +424,18 @@ class StampPredictor:
         masks another way)."""
         return generate(self.model, requests, cfg, self.pad_id, self.eos_ids, on_event)
 
-    def _answer(self, requests, encoded, cfg: GenerationConfig, on_event) -> list[StampResult]:
-        """Generate for checked `requests` whose images are `encoded` ((image, features, seconds) each)."""
+    def _answer(
+        self, requests, encoded, cfg: GenerationConfig, on_event, prompt_cache: PromptCache | None = None
+    ) -> list[StampResult]:
+        """Generate for checked `requests` whose images are `encoded` ((image, features, seconds) each);
+        a single request reuses and refreshes `prompt_cache` (`stamp.inference.generation.PromptCache`)."""
         if cfg.repetition_stop is None:
             cfg = replace(cfg, repetition_stop=self.repetition_stop)
         reqs = []
         for (enc, feats, _), r in zip(encoded, requests):
             req = self._request(enc, feats, r.prompt, r.history, r.answer_prefix)
             req.max_new_tokens, req.repetition_stop = r.max_new_tokens, r.repetition_stop
+            req.prompt_cache = prompt_cache if len(requests) == 1 else None
             reqs.append(req)
         outs = self._generate(reqs, cfg, on_event)
         return [
