@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from stamp.bench.flops import TextDims, matmul_peak
 from stamp.bench.presets import PRESETS, build_config
 from stamp.bench.stages import memory_bandwidth
+from stamp.inference.generation import matvec_kernels
 
 
 def _alternate(fns: dict, repeats: int) -> dict[str, float]:
@@ -46,20 +47,6 @@ def _alternate(fns: dict, repeats: int) -> dict[str, float]:
             fn()
             times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-class _OneDNN:
-    """oneDNN on or off for a block (restored after)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def __enter__(self):
-        self.saved = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = self.enabled
-
-    def __exit__(self, *exc):
-        torch.backends.mkldnn.enabled = self.saved
 
 
 def decode_attention(dims: TextDims, context: int, repeats: int) -> dict:
@@ -98,11 +85,11 @@ def decode_matmuls(dims: TextDims, rows_list: list[int], repeats: int) -> list[d
             w = torch.randn(fan_out, fan_in, dtype=dt)
             x = torch.randn(rows, fan_in, dtype=dt)
 
-            def run(enabled: bool, x=x, w=w):
-                with _OneDNN(enabled):
+            def run(pytorch_kernel: bool, x=x, w=w):
+                with matvec_kernels(x.device, pytorch_kernel):  # off: PyTorch's default, oneDNN
                     F.linear(x, w)
 
-            ms = _alternate({"onednn": lambda: run(True), "pytorch": lambda: run(False)}, repeats)
+            ms = _alternate({"onednn": lambda: run(False), "pytorch": lambda: run(True)}, repeats)
             gbs = {k: w.numel() * w.element_size() / (v * 1e-3) / 1e9 for k, v in ms.items()}
             out.append({"rows": rows, "in": fan_in, "out": fan_out, "ms": ms, "weights_gbs": gbs})
     return out
@@ -167,16 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config, _ = build_config(args.preset)
-    tc = config.get_text_config()
-    dims = TextDims(
-        hidden=tc.hidden_size,
-        layers=tc.num_hidden_layers,
-        heads=tc.num_attention_heads,
-        kv_heads=tc.num_key_value_heads,
-        head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
-        intermediate=tc.intermediate_size,
-        vocab=tc.vocab_size,
-    )
+    dims = TextDims.from_config(config)
     vc = config.vision_config
     embed = getattr(vc, "embed_dim", None) or vc.hidden_size
     side = int(args.patches**0.5)

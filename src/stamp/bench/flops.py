@@ -50,7 +50,12 @@ class TextDims:
 
     @classmethod
     def from_model(cls, model) -> TextDims:
-        tc = model.config.get_text_config()
+        return cls.from_config(model.config, vocab=model.lm_head.out_features)
+
+    @classmethod
+    def from_config(cls, config, vocab: int | None = None) -> TextDims:
+        """The sizes of `config`'s language model (`vocab`: the lm_head's rows, default the config's)."""
+        tc = config.get_text_config()
         head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
         return cls(
             hidden=tc.hidden_size,
@@ -59,7 +64,7 @@ class TextDims:
             kv_heads=tc.num_key_value_heads,
             head_dim=head_dim,
             intermediate=tc.intermediate_size,
-            vocab=model.lm_head.out_features,
+            vocab=tc.vocab_size if vocab is None else vocab,
         )
 
     def to_dict(self) -> dict:
